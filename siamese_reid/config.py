@@ -1,0 +1,258 @@
+"""Typed, frozen configuration loaded from `config.yaml` plus `--set section.key=value` overrides.
+
+Only the entry points see the whole `Config`; library code receives one section or plain
+arguments. Every key is declared here once, with its type and allowed values, so a typo or an
+out-of-range value fails before any work starts, naming the key and the closest valid one.
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from siamese_reid.errors import ReIDError
+
+
+def _field(default, *, choices=None, minimum=None, maximum=None):
+    """A dataclass field carrying its validation rule in metadata."""
+    metadata = {"choices": choices, "minimum": minimum, "maximum": maximum}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    root: str | None = _field(None)
+    train_dir: str | None = _field(None)
+    query_dir: str | None = _field(None)
+    gallery_dir: str | None = _field(None)
+    layout: str = _field("market", choices=("market", "folders"))
+    test_fraction: float = _field(0.5, minimum=0.05, maximum=0.95)
+    image_height: int = _field(128, minimum=16, maximum=1024)
+    image_width: int = _field(64, minimum=8, maximum=1024)
+    split_seed: int = _field(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    dir: str = _field("data/demo")
+    seed: int = _field(0)
+    num_train_identities: int = _field(60, minimum=2)
+    num_test_identities: int = _field(40, minimum=2)
+    num_cameras: int = _field(4, minimum=2, maximum=9)
+    images_per_camera: int = _field(2, minimum=1)
+    num_distractors: int = _field(40, minimum=0)
+    num_junk: int = _field(10, minimum=0)
+    image_height: int = _field(128, minimum=32, maximum=1024)
+    image_width: int = _field(64, minimum=16, maximum=1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = _field("vgg16", choices=("vgg16", "resnet50", "mobilenetv2"))
+    weights: str = _field("none")
+    vgg_blocks: int = _field(5, minimum=1, maximum=5)
+    freeze_blocks: int = _field(0, minimum=0, maximum=5)
+    pooling: str = _field("avg", choices=("avg", "max", "gem"))
+    embedding_dim: int = _field(128, minimum=2)
+    bnneck: bool = _field(True)
+    branches: str = _field("batched", choices=("batched", "separate"))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    name: str = _field("batch_hard", choices=("batch_hard", "semihard", "batch_all", "triplet"))
+    margin: float = _field(0.3, minimum=0.0)
+    soft: bool = _field(False)
+    distance_metric: str = _field("L2", choices=("L2", "squared-L2", "angular"))
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = _field(True)
+    pad_crop: bool = _field(True)
+    pad: int = _field(8, minimum=0)
+    random_erasing: bool = _field(False)
+    erasing_probability: float = _field(0.5, minimum=0.0, maximum=1.0)
+    color_jitter: bool = _field(True)
+    jitter_strength: float = _field(0.2, minimum=0.0, maximum=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    sampler: str = _field("pk", choices=("pk", "triplet"))
+    identities_per_batch: int = _field(8, minimum=2)
+    images_per_identity: int = _field(4, minimum=2)
+    triplet_batch_size: int = _field(16, minimum=1)
+    steps_per_epoch: int = _field(0, minimum=0)
+    epochs: int = _field(30, minimum=1)
+    optimizer: str = _field("adam", choices=("adam", "adamw", "sgd"))
+    learning_rate: float = _field(3.0e-4, minimum=0.0)
+    weight_decay: float = _field(5.0e-4, minimum=0.0)
+    warmup_epochs: int = _field(2, minimum=0)
+    schedule: str = _field("cosine", choices=("cosine", "constant"))
+    seed: int = _field(0)
+    mixed_precision: bool = _field(False)
+    xla: bool = _field(False)
+    strategy: str = _field("default", choices=("default", "mirrored", "multi_worker"))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    every_n_epochs: int = _field(5, minimum=0)
+    batch_size: int = _field(64, minimum=1)
+    metric: str = _field("euclidean", choices=("euclidean", "cosine"))
+    flip_test: bool = _field(True)
+    rerank: bool = _field(False)
+    ap_definition: str = _field("torchreid", choices=("torchreid", "market_official"))
+    max_rank: int = _field(50, minimum=1)
+    num_examples: int = _field(6, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    dir: str = _field("runs")
+    run_name: str | None = _field(None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    demo: DemoConfig = DemoConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def _closest(name, valid_names):
+    matches = difflib.get_close_matches(name, valid_names, n=1, cutoff=0.5)
+    return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+def _coerce(key, value, annotation, field):
+    """Checks `value` against the field's type and rule; returns it converted."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ReIDError(f"config key '{key}' must not be empty")
+    base = next((t for t in allowed if t is not type(None)), annotation)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if base is str and isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ReIDError(
+            f"config key '{key}' must be of type {base.__name__}, got {value!r}"
+        )
+    rule = field.metadata
+    if rule.get("choices") and value not in rule["choices"]:
+        raise ReIDError(
+            f"config key '{key}' must be one of {list(rule['choices'])}, got {value!r}"
+            + _closest(str(value), rule["choices"])
+        )
+    if rule.get("minimum") is not None and value < rule["minimum"]:
+        raise ReIDError(f"config key '{key}' must be >= {rule['minimum']}, got {value!r}")
+    if rule.get("maximum") is not None and value > rule["maximum"]:
+        raise ReIDError(f"config key '{key}' must be <= {rule['maximum']}, got {value!r}")
+    return value
+
+
+def _build_section(section_name, section_class, values):
+    if not isinstance(values, dict):
+        raise ReIDError(f"config section '{section_name}' must be a mapping of keys to values")
+    fields = {f.name: f for f in dataclasses.fields(section_class)}
+    hints = typing.get_type_hints(section_class)
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{section_name}.{name}"
+        if name not in fields:
+            raise ReIDError(f"unknown config key '{key}'" + _closest(name, list(fields)))
+        kwargs[name] = _coerce(key, value, hints[name], fields[name])
+    return section_class(**kwargs)
+
+
+def config_from_dict(raw):
+    """Builds a validated `Config` from nested dicts (missing keys take their defaults)."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ReIDError("the config file must be a mapping of sections")
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    built = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ReIDError(f"unknown config section '{name}'" + _closest(name, list(sections)))
+        built[name] = _build_section(name, hints[name], values or {})
+    config = Config(**built)
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config):
+    if config.model.freeze_blocks > config.model.vgg_blocks and config.model.backbone == "vgg16":
+        raise ReIDError(
+            f"config key 'model.freeze_blocks' ({config.model.freeze_blocks}) cannot exceed "
+            f"'model.vgg_blocks' ({config.model.vgg_blocks})"
+        )
+
+
+def parse_override(text):
+    """Parses `section.key=value` into (section, key, value); the value is read as YAML."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ReIDError(f"--set expects section.key=value, got '{text}'")
+    dotted, raw_value = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError:
+        value = raw_value
+    return section, key, value
+
+
+def load_config(path=None, overrides=()):
+    """Loads `path` (YAML) and applies `section.key=value` overrides.
+
+    Args:
+      path: the YAML file, or None for the built-in defaults.
+      overrides: iterable of `section.key=value` strings; later ones win.
+
+    Returns:
+      A frozen `Config`.
+    """
+    raw = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ReIDError(f"config file '{path}' does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where else ""
+            raise ReIDError(f"config file '{path}' is not valid YAML{line}") from None
+        if not isinstance(raw, dict):
+            raise ReIDError(f"config file '{path}' must be a mapping of sections")
+    raw = {name: dict(values or {}) for name, values in raw.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw)
+
+
+def replace(config, **sections):
+    """Returns `config` with whole sections swapped, e.g. replace(config, data=new_data)."""
+    return dataclasses.replace(config, **sections)
+
+
+def config_to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def save_config(config, path):
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,60 @@
+"""Embedding extraction through tf.data, and the `.npz` embedding file format."""
+
+from pathlib import Path
+
+import numpy as np
+
+from siamese_reid.data.pipeline import inference_dataset
+from siamese_reid.data.records import Sample
+from siamese_reid.errors import ReIDError
+
+
+def extract_embeddings(model, paths, image_size, batch_size=64, flip_test=False, verbose=0):
+    """Embeds images in batches; returns float32 [len(paths), embedding_dim].
+
+    With `flip_test` each embedding is the mean of the image's and its mirror image's
+    embeddings, re-normalised to unit length (the model's outputs are unit vectors).
+    """
+    if len(paths) == 0:
+        raise ReIDError("no images to embed")
+    dataset = inference_dataset(list(paths), image_size, batch_size)
+    embeddings = model.predict(dataset, verbose=verbose)
+    if flip_test:
+        mirrored = dataset.map(lambda images: images[:, :, ::-1, :])
+        embeddings = embeddings + model.predict(mirrored, verbose=verbose)
+        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    return np.asarray(embeddings, dtype=np.float32)
+
+
+def embedding_input_size(model):
+    """(height, width) the embedding model expects."""
+    shape = model.input_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    if shape[1] is None or shape[2] is None:
+        raise ReIDError("the model has no fixed input size; give data.image_height/width")
+    return int(shape[1]), int(shape[2])
+
+
+def save_embeddings(path, features, samples):
+    """Writes features with identities, cameras and paths (no pickled objects)."""
+    np.savez_compressed(
+        path,
+        features=np.asarray(features, dtype=np.float32),
+        pids=np.array([s.pid for s in samples], dtype=np.int64),
+        camids=np.array([s.camid for s in samples], dtype=np.int64),
+        paths=np.array([s.path for s in samples], dtype=str),
+    )
+
+
+def load_embeddings(path):
+    """Returns (features, samples) from a file written by `save_embeddings`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReIDError(f"embedding file '{path}' does not exist")
+    with np.load(path, allow_pickle=False) as data:
+        samples = [
+            Sample(str(p), int(pid), int(cam))
+            for p, pid, cam in zip(data["paths"], data["pids"], data["camids"], strict=True)
+        ]
+        return data["features"], samples

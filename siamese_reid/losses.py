@@ -1,0 +1,277 @@
+"""Triplet losses in `keras.ops`, with tensorflow-addons' names, arguments and semantics.
+
+`triplet_semihard_loss`, `triplet_hard_loss` and their classes follow tensorflow-addons 0.23
+(`tfa.losses`): same argument names and defaults (margin=1.0, distance_metric="L2"), same
+mining rules, `y_true` of shape [batch] or [batch, 1]. Where tensorflow-addons misbehaves we
+deliberately differ (tests pin each case):
+
+* A batch in which no anchor has both a positive and a negative returns 0, not NaN
+  (tfa's semi-hard loss divides by a zero count of positive pairs).
+* Anchors without a positive or without a negative form no triplet and are left out of the
+  mean (tfa's hard loss counts them with a positive distance of 0 or a negative distance equal
+  to the row maximum, which drags the loss towards the margin).
+* The euclidean distance has a finite gradient at zero distance.
+* Distances and losses are always computed in float32, so float16/bfloat16 embeddings never
+  overflow; the soft margin uses a stable softplus instead of log1p(exp(x)).
+
+Reference: Schroff et al., FaceNet (semi-hard), https://arxiv.org/abs/1503.03832;
+Hermans et al., In Defense of the Triplet Loss (batch hard), https://arxiv.org/abs/1703.07737.
+"""
+
+import keras
+from keras import ops
+
+DISTANCE_METRICS = ("L2", "squared-L2", "angular")
+_EPSILON = 1e-12
+
+
+def pairwise_distances(embeddings, distance_metric="L2"):
+    """Distances between all rows of `embeddings` [batch, dim]; returns float32 [batch, batch].
+
+    The diagonal is exactly zero. "angular" is 1 - cosine similarity, clipped at 0.
+    """
+    if distance_metric not in DISTANCE_METRICS:
+        raise ValueError(f"distance_metric must be one of {DISTANCE_METRICS}, got {distance_metric!r}")
+    embeddings = ops.cast(embeddings, "float32")
+    batch_size = ops.shape(embeddings)[0]
+    off_diagonal = 1.0 - ops.eye(batch_size, dtype="float32")
+    if distance_metric == "angular":
+        normalized = embeddings / ops.maximum(ops.norm(embeddings, axis=1, keepdims=True), _EPSILON)
+        distances = ops.maximum(1.0 - ops.matmul(normalized, ops.transpose(normalized)), 0.0)
+        return distances * off_diagonal
+    squared_norms = ops.sum(ops.square(embeddings), axis=1, keepdims=True)
+    squared = squared_norms - 2.0 * ops.matmul(embeddings, ops.transpose(embeddings))
+    squared = ops.maximum(squared + ops.transpose(squared_norms), 0.0) * off_diagonal
+    if distance_metric == "squared-L2":
+        return squared
+    # sqrt has an infinite derivative at 0: take it of a value bounded away from zero and mask
+    # the exact zeros afterwards, so gradients stay finite for identical embeddings.
+    is_zero = ops.cast(squared <= 0.0, "float32")
+    return ops.sqrt(squared + is_zero * _EPSILON) * (1.0 - is_zero)
+
+
+def _label_masks(y_true):
+    labels = ops.reshape(y_true, (-1, 1))
+    same = ops.equal(labels, ops.transpose(labels))
+    batch_size = ops.shape(labels)[0]
+    not_self = ops.logical_not(ops.cast(ops.eye(batch_size), "bool"))
+    positives = ops.logical_and(same, not_self)
+    negatives = ops.logical_not(same)
+    return positives, negatives
+
+
+def _masked_mean(values, mask):
+    mask = ops.cast(mask, "float32")
+    return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def triplet_hard_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L2"):
+    """Batch-hard triplet loss: hardest positive and hardest negative for every anchor.
+
+    Args:
+      y_true: int tensor of shape [batch] or [batch, 1], identity labels.
+      y_pred: float tensor of shape [batch, embedding_dim].
+      margin: hinge margin (ignored when `soft`).
+      soft: use softplus(d_ap - d_an) instead of max(d_ap - d_an + margin, 0).
+      distance_metric: "L2", "squared-L2" or "angular".
+
+    Returns:
+      float32 scalar: the mean over anchors that have a positive and a negative.
+    """
+    distances = pairwise_distances(y_pred, distance_metric)
+    positives, negatives = _label_masks(y_true)
+    hardest_positive = ops.max(ops.where(positives, distances, -1.0), axis=1)
+    hardest_negative = ops.min(ops.where(negatives, distances, ops.max(distances) + 1.0), axis=1)
+    difference = hardest_positive - hardest_negative
+    losses = ops.softplus(difference) if soft else ops.relu(difference + margin)
+    valid = ops.logical_and(ops.any(positives, axis=1), ops.any(negatives, axis=1))
+    return _masked_mean(losses, valid)
+
+
+def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):
+    """Semi-hard triplet loss over every (anchor, positive) pair in the batch.
+
+    For each pair the negative is the closest one farther than the positive; if none is
+    farther, the farthest negative. Loss = mean over pairs of max(d_ap - d_an + margin, 0).
+
+    Args: as `triplet_hard_loss`, without `soft`.
+    """
+    distances = pairwise_distances(y_pred, distance_metric)
+    positives, negatives = _label_masks(y_true)
+    # [anchor, positive, negative] cube: negatives farther than the positive of the pair.
+    d_an = distances[:, None, :]
+    d_ap = distances[:, :, None]
+    is_negative = negatives[:, None, :]
+    farther = ops.logical_and(is_negative, d_an > d_ap)
+    large = ops.max(distances) + 1.0
+    semihard = ops.min(ops.where(farther, d_an, large), axis=2)
+    hardest_fallback = ops.max(ops.where(negatives, distances, -1.0), axis=1, keepdims=True)
+    chosen = ops.where(ops.any(farther, axis=2), semihard, hardest_fallback)
+    losses = ops.relu(distances - chosen + margin)
+    valid = ops.logical_and(positives, ops.any(negatives, axis=1, keepdims=True))
+    return _masked_mean(losses, valid)
+
+
+def triplet_batch_all_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L2"):
+    """Batch-all triplet loss: mean over the active (non-zero) valid triplets.
+
+    Reference: Hermans et al. 2017, the "BA≠0" variant (averaging over all triplets, most of
+    which are inactive late in training, shrinks the gradient towards zero).
+    """
+    distances = pairwise_distances(y_pred, distance_metric)
+    positives, negatives = _label_masks(y_true)
+    difference = distances[:, :, None] - distances[:, None, :]
+    losses = ops.softplus(difference) if soft else ops.relu(difference + margin)
+    valid = ops.logical_and(positives[:, :, None], negatives[:, None, :])
+    active = ops.logical_and(valid, losses > 1e-16)
+    return _masked_mean(losses, active)
+
+
+def triplet_margin_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L2"):
+    """Loss on explicit triplets: `y_pred` is [batch, 3, dim] (anchor, positive, negative).
+
+    `y_true` is ignored (it carries the anchor identities for bookkeeping only).
+    """
+    del y_true
+    d_ap, d_an = _triplet_distances(y_pred, distance_metric)
+    difference = d_ap - d_an
+    losses = ops.softplus(difference) if soft else ops.relu(difference + margin)
+    return ops.mean(losses)
+
+
+def _pair_distance(first, second, distance_metric):
+    if distance_metric == "angular":
+        first = first / ops.maximum(ops.norm(first, axis=-1, keepdims=True), _EPSILON)
+        second = second / ops.maximum(ops.norm(second, axis=-1, keepdims=True), _EPSILON)
+        return ops.maximum(1.0 - ops.sum(first * second, axis=-1), 0.0)
+    squared = ops.sum(ops.square(first - second), axis=-1)
+    if distance_metric == "squared-L2":
+        return squared
+    is_zero = ops.cast(squared <= 0.0, "float32")
+    return ops.sqrt(squared + is_zero * _EPSILON) * (1.0 - is_zero)
+
+
+def _triplet_distances(y_pred, distance_metric):
+    if distance_metric not in DISTANCE_METRICS:
+        raise ValueError(f"distance_metric must be one of {DISTANCE_METRICS}, got {distance_metric!r}")
+    y_pred = ops.cast(y_pred, "float32")
+    anchor, positive, negative = y_pred[:, 0], y_pred[:, 1], y_pred[:, 2]
+    return (
+        _pair_distance(anchor, positive, distance_metric),
+        _pair_distance(anchor, negative, distance_metric),
+    )
+
+
+class _TripletLoss(keras.losses.Loss):
+    """Shared plumbing: keyword arguments stored, forwarded, and serialised."""
+
+    loss_function = None
+
+    def __init__(self, name=None, **loss_kwargs):
+        super().__init__(name=name or type(self).__name__, reduction="sum_over_batch_size")
+        self.loss_kwargs = loss_kwargs
+
+    def call(self, y_true, y_pred):
+        return type(self).loss_function(y_true, y_pred, **self.loss_kwargs)
+
+    def get_config(self):
+        return {"name": self.name, **self.loss_kwargs}
+
+
+@keras.saving.register_keras_serializable(package="siamese_reid")
+class TripletHardLoss(_TripletLoss):
+    """Batch-hard triplet loss (see `triplet_hard_loss`); tfa.losses.TripletHardLoss API."""
+
+    loss_function = staticmethod(triplet_hard_loss)
+
+    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name=None, **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, margin=margin, soft=soft, distance_metric=distance_metric)
+
+
+@keras.saving.register_keras_serializable(package="siamese_reid")
+class TripletSemiHardLoss(_TripletLoss):
+    """Semi-hard triplet loss (see `triplet_semihard_loss`); tfa.losses.TripletSemiHardLoss API."""
+
+    loss_function = staticmethod(triplet_semihard_loss)
+
+    def __init__(self, margin=1.0, distance_metric="L2", name=None, **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, margin=margin, distance_metric=distance_metric)
+
+
+@keras.saving.register_keras_serializable(package="siamese_reid")
+class TripletBatchAllLoss(_TripletLoss):
+    """Batch-all triplet loss over active triplets (see `triplet_batch_all_loss`)."""
+
+    loss_function = staticmethod(triplet_batch_all_loss)
+
+    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name=None, **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, margin=margin, soft=soft, distance_metric=distance_metric)
+
+
+@keras.saving.register_keras_serializable(package="siamese_reid")
+class TripletMarginLoss(_TripletLoss):
+    """Hinge or soft-margin loss on explicit (anchor, positive, negative) embeddings."""
+
+    loss_function = staticmethod(triplet_margin_loss)
+
+    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name=None, **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, margin=margin, soft=soft, distance_metric=distance_metric)
+
+
+LOSSES = {
+    "batch_hard": TripletHardLoss,
+    "semihard": TripletSemiHardLoss,
+    "batch_all": TripletBatchAllLoss,
+    "triplet": TripletMarginLoss,
+}
+
+
+def build_loss(name, margin, soft, distance_metric):
+    """The loss object for `name` (a key of LOSSES) from plain arguments."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid names: {sorted(LOSSES)}")
+    if name == "semihard":
+        return TripletSemiHardLoss(margin=margin, distance_metric=distance_metric)
+    return LOSSES[name](margin=margin, soft=soft, distance_metric=distance_metric)
+
+
+# Statistics that reveal collapse (all embeddings equal: every distance 0, loss = margin).
+def _batch_distance_stats(y_true, y_pred, distance_metric):
+    if len(y_pred.shape) == 3:  # explicit triplets
+        d_ap, d_an = _triplet_distances(y_pred, distance_metric)
+        return d_ap, d_an, ops.ones_like(d_ap, dtype="bool"), ops.ones_like(d_an, dtype="bool")
+    distances = pairwise_distances(y_pred, distance_metric)
+    positives, negatives = _label_masks(y_true)
+    return distances, distances, positives, negatives
+
+
+def make_triplet_metrics(distance_metric, margin):
+    """Returns metric functions: mean positive / negative distance, active-triplet fraction.
+
+    For P x K batches a triplet is active when its hardest negative is closer than the hardest
+    positive plus the margin; for explicit triplets when d_an < d_ap + margin.
+    """
+
+    def mean_positive_distance(y_true, y_pred):
+        d_ap, _, positives, _ = _batch_distance_stats(y_true, y_pred, distance_metric)
+        return _masked_mean(d_ap, positives)
+
+    def mean_negative_distance(y_true, y_pred):
+        _, d_an, _, negatives = _batch_distance_stats(y_true, y_pred, distance_metric)
+        return _masked_mean(d_an, negatives)
+
+    def active_triplet_fraction(y_true, y_pred):
+        if len(y_pred.shape) == 3:
+            d_ap, d_an = _triplet_distances(y_pred, distance_metric)
+            return ops.mean(ops.cast(d_an < d_ap + margin, "float32"))
+        distances, _, positives, negatives = _batch_distance_stats(y_true, y_pred, distance_metric)
+        hardest_positive = ops.max(ops.where(positives, distances, -1.0), axis=1)
+        hardest_negative = ops.min(ops.where(negatives, distances, ops.max(distances) + 1.0), axis=1)
+        valid = ops.logical_and(ops.any(positives, axis=1), ops.any(negatives, axis=1))
+        return _masked_mean(ops.cast(hardest_negative < hardest_positive + margin, "float32"), valid)
+
+    return [mean_positive_distance, mean_negative_distance, active_triplet_fraction]

@@ -1,0 +1,166 @@
+"""Compile and fit with `keras.callbacks`: schedule, checkpoints, resume, NaN guard, evaluation.
+
+No engine of our own: `model.fit` runs the loop; what a re-ID run needs beyond Keras' stock
+callbacks is three small callbacks below.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from siamese_reid.errors import ReIDError
+
+
+@keras.saving.register_keras_serializable(package="siamese_reid")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay or constant.
+
+    A function of the optimizer's step counter only, so a resumed run continues exactly where
+    the schedule left off.
+    """
+
+    def __init__(self, peak, warmup_steps, total_steps, decay="cosine"):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.decay = decay
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        warm = self.peak * tf.minimum((step + 1.0) / warmup, 1.0)
+        if self.decay == "constant" or self.total_steps <= self.warmup_steps:
+            return warm
+        progress = (step - self.warmup_steps) / float(self.total_steps - self.warmup_steps)
+        cosine = 0.5 * self.peak * (1.0 + tf.cos(math.pi * tf.clip_by_value(progress, 0.0, 1.0)))
+        return tf.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "decay": self.decay,
+        }
+
+
+def make_optimizer(name, learning_rate, weight_decay, warmup_steps, total_steps, schedule):
+    """adam | adamw | sgd with the warm-up schedule."""
+    rate = WarmupSchedule(learning_rate, warmup_steps, total_steps, schedule)
+    if name == "adam":
+        return keras.optimizers.Adam(rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=weight_decay)
+    if name == "sgd":
+        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    raise ReIDError(f"unknown optimizer {name!r}; valid names: ['adam', 'adamw', 'sgd']")
+
+
+def make_strategy(name):
+    """The tf.distribute strategy for `name`: default | mirrored | multi_worker.
+
+    mirrored uses every local GPU, or every logical CPU device when there is no GPU (which is
+    how the test suite exercises it); multi_worker reads the cluster from TF_CONFIG.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ReIDError(f"unknown strategy {name!r}; valid names: ['default', 'mirrored', 'multi_worker']")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; raised from inside fit to stop before any save."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training the moment the loss is NaN/inf.
+
+    Raising (rather than setting `stop_training` like keras.callbacks.TerminateOnNaN) ends
+    `fit` before `on_epoch_end`, so no checkpoint or backup is ever written with NaN weights:
+    the last good ones stay on disk.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise NonFiniteLossError(f"the loss became {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1}")
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Adds val_rank1 / val_mAP / val_mINP to the epoch logs every `every_n_epochs` epochs.
+
+    Args:
+      evaluate: function taking no argument and returning a metrics dict (rank1, mAP, mINP).
+      every_n_epochs: evaluation period; the last epoch is always evaluated.
+      total_epochs: number of epochs of the run.
+    """
+
+    def __init__(self, evaluate, every_n_epochs, total_epochs):
+        super().__init__()
+        self.evaluate = evaluate
+        self.every_n_epochs = every_n_epochs
+        self.total_epochs = total_epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        is_last = epoch + 1 == self.total_epochs
+        if not is_last and (self.every_n_epochs == 0 or (epoch + 1) % self.every_n_epochs):
+            return
+        metrics = self.evaluate()
+        if logs is not None:
+            logs.update({f"val_{key}": metrics[key] for key in ("rank1", "mAP", "mINP")})
+        print(
+            f"\nepoch {epoch + 1}: rank-1 {100 * metrics['rank1']:.1f}%  mAP {100 * metrics['mAP']:.1f}%",
+            flush=True,
+        )
+
+
+class EmbeddingCheckpoint(keras.callbacks.Callback):
+    """Saves the embedding tower as last.keras every epoch and best.keras on improvement.
+
+    The monitored value is val_mAP when evaluation ran that epoch (higher is better), else the
+    loss (lower is better); the two are never compared with each other.
+    """
+
+    def __init__(self, tower, output_dir):
+        super().__init__()
+        self.tower = tower
+        self.output_dir = Path(output_dir)
+        self.state_path = self.output_dir / "best.json"
+        self.best = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.tower.save(self.output_dir / "last.keras")
+        key, sign = ("val_mAP", 1.0) if "val_mAP" in logs else ("loss", -1.0)
+        value = float(logs.get(key, np.nan))
+        if not np.isfinite(value):
+            return
+        previous = self.best.get(key)
+        if previous is None or sign * value > sign * previous:
+            self.best = {key: value, "epoch": epoch + 1}
+            self.tower.save(self.output_dir / "best.keras")
+            self.state_path.write_text(json.dumps(self.best))
+
+
+def resume_epoch(backup_dir):
+    """The epoch a BackupAndRestore backup will resume from (0 when there is none)."""
+    metadata = Path(backup_dir) / "training_metadata.json"
+    if not metadata.exists():
+        return 0
+    return int(json.loads(metadata.read_text()).get("epoch", 0))
