@@ -30,8 +30,9 @@ class DataConfig:
     gallery_dir: str | None = _field(None)
     layout: str = _field("market", choices=("market", "folders"))
     test_fraction: float = _field(0.5, minimum=0.05, maximum=0.95)
-    image_height: int = _field(128, minimum=16, maximum=1024)
-    image_width: int = _field(64, minimum=8, maximum=1024)
+    # keras.applications backbones need at least 32x32 inputs.
+    image_height: int = _field(128, minimum=32, maximum=1024)
+    image_width: int = _field(64, minimum=32, maximum=1024)
     split_seed: int = _field(0)
 
 

@@ -125,10 +125,15 @@ def read_history(path):
         rows = list(csv.DictReader(handle))
     if not rows:
         return {}
-    return {
-        key: np.array([float(row[key]) if row.get(key) not in (None, "") else np.nan for row in rows])
-        for key in rows[0]
-    }
+    return {key: np.array([_number(row.get(key)) for row in rows]) for key in rows[0]}
+
+
+def _number(text):
+    """CSVLogger writes "NA" for a metric missing in an epoch (evaluation did not run)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return np.nan
 
 
 def plot_training_curves(history, output_dir):

@@ -17,7 +17,6 @@ from siamese_reid.data.demo import DemoSpec, ensure_demo_dataset
 from siamese_reid.data.records import read_dataset, summarize_split
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.errors import ReIDError
-from siamese_reid.model.embedding import TowerSpec
 
 
 def add_common_arguments(parser):
@@ -76,6 +75,8 @@ def new_run_dir(output_dir, run_name):
 
 def tower_spec(config):
     """Adapter: the model and data sections -> the tower's plain description."""
+    from siamese_reid.model.embedding import TowerSpec  # imports TensorFlow: only when needed
+
     model = config.model
     return TowerSpec(
         backbone=model.backbone,

@@ -117,7 +117,9 @@ def build_embedding_model(spec):
     if spec.bnneck:
         # No learned shift: the L2 normalisation that follows should see centred features
         # (Luo et al., Bag of Tricks, https://arxiv.org/abs/1903.07071).
-        embedding = keras.layers.BatchNormalization(center=False, name="bnneck")(embedding)
+        # momentum 0.9 rather than 0.99: re-ID training sets are small (a few hundred steps),
+        # and the moving statistics used at inference must have converged by the end.
+        embedding = keras.layers.BatchNormalization(center=False, momentum=0.9, name="bnneck")(embedding)
     # float32 output: distances and losses must not be computed in float16.
     embedding = keras.layers.UnitNormalization(name="l2_normalize", dtype="float32")(embedding)
     return keras.Model(images, embedding, name="embedding_tower")

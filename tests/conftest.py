@@ -1,0 +1,36 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from siamese_reid.data.demo import DemoSpec, generate_demo_dataset  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MARKET_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "market1501-sample"
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A small demo dataset in Market-1501 layout (32x16 images)."""
+    root = tmp_path_factory.mktemp("demo")
+    spec = DemoSpec(
+        seed=3, num_train_identities=8, num_test_identities=6, num_cameras=3, images_per_camera=2,
+        num_distractors=4, num_junk=2, image_height=32, image_width=16,
+    )
+    generate_demo_dataset(root, spec)
+    return root
+
+
+def write_image(path, size=(16, 8), mode="RGB", seed=0, image_format=None):
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    array = rng.integers(0, 256, size=(size[0], size[1], channels), dtype=np.uint8)
+    image = Image.fromarray(array[..., 0] if channels == 1 else array, mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=image_format)
+    return array

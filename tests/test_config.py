@@ -1,0 +1,84 @@
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from siamese_reid.config import Config, load_config
+from siamese_reid.errors import ReIDError
+from tests.conftest import PROJECT_ROOT
+
+
+def test_shipped_config_lists_every_key_with_its_default():
+    shipped = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
+    defaults = dataclasses.asdict(Config())
+    assert shipped == defaults
+
+
+def test_every_key_in_shipped_config_is_commented():
+    lines = (PROJECT_ROOT / "config.yaml").read_text().splitlines()
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if line.startswith("  ") and stripped and not stripped.startswith("#"):
+            above = [lines[i].strip() for i in range(index - 1, -1, -1) if lines[i].strip()]
+            # a key is commented above, or belongs to a group introduced by a comment
+            assert above and (above[0].startswith("#") or not above[0].endswith(":")), line
+
+
+def test_overrides_are_typed_and_applied():
+    config = load_config(PROJECT_ROOT / "config.yaml", ["training.epochs=3", "loss.soft=true", "data.root=/x"])
+    assert config.training.epochs == 3
+    assert config.loss.soft is True
+    assert config.data.root == "/x"
+    assert config.training.learning_rate == pytest.approx(3e-4)
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().training.epochs = 3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.epocs=3", "unknown config key 'training.epocs' (did you mean 'epochs'?)"),
+        ("trainig.epochs=3", "unknown config section 'trainig' (did you mean 'training'?)"),
+        ("training.epochs=three", "config key 'training.epochs' must be of type int"),
+        ("training.epochs=0", "config key 'training.epochs' must be >= 1"),
+        ("loss.distance_metric=L3", "must be one of ['L2', 'squared-L2', 'angular']"),
+        ("model.backbone=vgg", "did you mean 'vgg16'?"),
+        ("loss.margin=-1", "config key 'loss.margin' must be >= 0.0"),
+        ("training.epochs", "--set expects section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ReIDError, match=None) as caught:
+        load_config(None, [override])
+    assert message in str(caught.value)
+
+
+def test_typo_in_config_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("training:\n  learning_rat: 0.1\n")
+    with pytest.raises(ReIDError, match="did you mean 'learning_rate'"):
+        load_config(path)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("training: [\n")
+    with pytest.raises(ReIDError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ReIDError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_config_typo_in_one_line_and_fails(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "--set", "training.epocs=3", "--output_dir", str(tmp_path)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: unknown config key 'training.epocs' (did you mean 'epochs'?)"
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from siamese_reid.config import AugmentConfig
+from siamese_reid.data import images, samplers
+from siamese_reid.data.pipeline import inference_dataset, pk_dataset, triplet_dataset
+from siamese_reid.data.records import read_market_folder
+from siamese_reid.errors import ReIDError
+from tests.conftest import write_image
+
+PIDS = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 4, 5])
+CAMIDS = np.array([1, 2, 1, 1, 1, 1, 2, 3, 3, 1, 2])
+
+
+def test_triplets_follow_the_rules_and_are_reproducible():
+    triplets = samplers.sample_triplets(PIDS, CAMIDS, 200, seed=7, epoch=3)
+    anchor, positive, negative = triplets.T
+    assert np.all(anchor != positive)
+    assert np.all(PIDS[anchor] == PIDS[positive])
+    assert np.all(PIDS[anchor] != PIDS[negative])
+    # another camera whenever the identity has one: identity 2 only has camera 1
+    has_other_camera = np.array([np.any((PIDS == PIDS[a]) & (CAMIDS != CAMIDS[a])) for a in anchor])
+    assert np.all(CAMIDS[anchor][has_other_camera] != CAMIDS[positive][has_other_camera])
+    assert not np.isin(anchor, np.flatnonzero(PIDS == 4)).any()  # single-image identity never anchors
+    np.testing.assert_array_equal(triplets, samplers.sample_triplets(PIDS, CAMIDS, 200, seed=7, epoch=3))
+    assert not np.array_equal(triplets, samplers.sample_triplets(PIDS, CAMIDS, 200, seed=7, epoch=4))
+
+
+def test_pk_batches_have_p_identities_of_k_images():
+    batches = samplers.pk_batches(PIDS, identities_per_batch=2, images_per_identity=3, num_batches=50, seed=1)
+    for batch in batches:
+        groups = PIDS[batch].reshape(2, 3)
+        assert np.all(groups == groups[:, :1])  # K images of one identity, contiguous
+        assert groups[0, 0] != groups[1, 0]
+        assert not np.isin(groups, [4, 5]).any()  # single-image identities cannot form positives
+    # identity 2 has 2 < K images: sampled with replacement; identity 3 has 4 >= K: distinct
+    for batch in batches:
+        threes = batch[PIDS[batch] == 3]
+        assert len(threes) in (0, 3) and len(set(threes)) == len(threes)
+    np.testing.assert_array_equal(batches, samplers.pk_batches(PIDS, 2, 3, 50, seed=1))
+    assert samplers.identities_below(PIDS, 3) == [2, 4, 5]
+    assert samplers.singleton_identities(PIDS) == [4, 5]
+
+
+def test_samplers_refuse_impossible_training_sets():
+    with pytest.raises(ReIDError, match="fewer than 2 identities"):
+        samplers.sample_triplets(np.array([1, 1, 1]), np.array([1, 2, 3]), 4, seed=0)
+    with pytest.raises(ReIDError, match="no training identity has two images"):
+        samplers.sample_triplets(np.array([1, 2, 3]), np.array([1, 2, 3]), 4, seed=0)
+    with pytest.raises(ReIDError, match="identities_per_batch"):
+        samplers.pk_batches(PIDS, 5, 2, 3, seed=0)
+
+
+SETTINGS = AugmentConfig(flip=True, pad_crop=True, pad=4, random_erasing=True, erasing_probability=1.0,
+                         color_jitter=True, jitter_strength=0.3)
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda image, seed: images.random_flip(image, seed),
+        lambda image, seed: images.pad_and_crop(image, seed, 4),
+        lambda image, seed: images.color_jitter(image, seed, 0.3),
+        lambda image, seed: images.random_erasing(image, seed, 1.0),
+        lambda image, seed: images.augment(image, seed, SETTINGS),
+    ],
+)
+def test_augmentations_equal_eagerly_and_inside_dataset_map(op):
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (24, 12, 3)), tf.float32)
+    seeds = [tf.constant([5, i], tf.int64) for i in range(6)]
+    eager = [op(image, seed).numpy() for seed in seeds]
+    mapped = tf.data.Dataset.from_tensor_slices(tf.stack(seeds)).map(lambda seed: op(image, seed))
+    for expected, got in zip(eager, mapped, strict=True):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    assert any(not np.allclose(eager[0], other) for other in eager[1:])  # the op does something
+    assert all(e.shape == (24, 12, 3) for e in eager)
+
+
+def test_random_erasing_changes_a_rectangle_only():
+    image = tf.zeros((32, 16, 3))
+    erased = images.random_erasing(image, tf.constant([1, 2], tf.int64), 1.0).numpy()
+    changed = np.any(erased != 0, axis=2)
+    rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+    assert changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "image_format"),
+    [("a.jpg", "RGB", "JPEG"), ("b.png", "RGBA", "PNG"), ("c.bmp", "RGB", "BMP"), ("d.png", "L", "PNG")],
+)
+def test_every_format_reaches_the_model_as_rgb(tmp_path, name, mode, image_format):
+    path = tmp_path / name
+    array = write_image(path, size=(20, 10), mode=mode, image_format=image_format)
+    decoded = images.decode_image(str(path), 20, 10).numpy()
+    assert decoded.shape == (20, 10, 3)
+    if image_format in ("PNG", "BMP"):  # lossless: exact pixels
+        expected = np.repeat(array, 3, axis=2) if mode == "L" else array[..., :3]
+        np.testing.assert_allclose(decoded, expected, atol=1e-3)
+
+
+def test_pk_and_triplet_datasets_deliver_the_sampled_images(tiny_demo):
+    samples = read_market_folder(tiny_demo / "bounding_box_train")
+    paths, pids = [s.path for s in samples], np.array([s.pid for s in samples])
+    camids = np.array([s.camid for s in samples])
+    batches = samplers.pk_batches(pids, 2, 2, 3, seed=0)
+    dataset = pk_dataset(paths, pids, batches, (32, 16), None, seed=0)
+    for (batch_images, batch_labels), indices in zip(dataset, batches, strict=True):
+        assert batch_images.shape == (4, 32, 16, 3)
+        np.testing.assert_array_equal(batch_labels.numpy(), pids[indices])
+        np.testing.assert_allclose(batch_images[1].numpy(), images.decode_image(paths[indices[1]], 32, 16).numpy())
+    triplets = samplers.sample_triplets(pids, camids, 6, seed=0)
+    (anchor, positive, negative), labels = next(iter(triplet_dataset(paths, pids, triplets, 3, (32, 16), SETTINGS, 0)))
+    assert anchor.shape == positive.shape == negative.shape == (3, 32, 16, 3)
+    np.testing.assert_array_equal(labels.numpy(), pids[triplets[:3, 0]])
+    again = next(iter(triplet_dataset(paths, pids, triplets, 3, (32, 16), SETTINGS, 0)))
+    np.testing.assert_array_equal(again[0][2].numpy(), negative.numpy())  # augmentation is seeded
+
+
+def test_inference_dataset_keeps_order(tiny_demo):
+    samples = read_market_folder(tiny_demo / "query")[:5]
+    batches = list(inference_dataset([s.path for s in samples], (32, 16), 2))
+    assert [b.shape[0] for b in batches] == [2, 2, 1]
+    np.testing.assert_allclose(batches[2][0].numpy(), images.decode_image(samples[4].path, 32, 16).numpy())

@@ -1,0 +1,140 @@
+"""The ranking metrics against a brute-force, obviously-correct per-query loop."""
+
+import numpy as np
+import pytest
+
+from siamese_reid.errors import ReIDError
+from siamese_reid.evaluation.distances import compute_distances
+from siamese_reid.evaluation.ranking import evaluate_ranking
+
+
+def reference_ranking(distances, query_pids, gallery_pids, query_camids, gallery_camids, max_rank, official):
+    """Full stable sort per query, then the textbook definitions."""
+    cmc_sum, aps, inps, valid_queries = np.zeros(max_rank), [], [], 0
+    for q in range(len(query_pids)):
+        order = sorted(range(len(gallery_pids)), key=lambda g: (distances[q, g], g))
+        ranked = [
+            g for g in order
+            if gallery_pids[g] != -1 and not (gallery_pids[g] == query_pids[q] and gallery_camids[g] == query_camids[q])
+        ]
+        hits = [gallery_pids[g] == query_pids[q] for g in ranked]
+        if not any(hits):
+            continue
+        valid_queries += 1
+        first = hits.index(True)
+        for k in range(max_rank):
+            cmc_sum[k] += 1.0 if first <= k else 0.0
+        precisions, found = [], 0
+        for position, hit in enumerate(hits, start=1):
+            if hit:
+                found += 1
+                precisions.append(found / position)
+        if official:
+            ap, old_precision = 0.0, 1.0
+            for p in precisions:
+                ap += (1 / len(precisions)) * (old_precision + p) / 2
+                old_precision = p
+        else:
+            ap = sum(precisions) / len(precisions)
+        aps.append(ap)
+        last = max(i for i, hit in enumerate(hits) if hit) + 1
+        inps.append(sum(hits) / last)
+    return cmc_sum / valid_queries, float(np.mean(aps)), float(np.mean(inps)), valid_queries
+
+
+def random_case(rng, num_query, num_gallery, num_ids, num_cams, tie_levels):
+    query_pids = rng.integers(1, num_ids + 1, num_query)
+    gallery_pids = rng.integers(-1, num_ids + 1, num_gallery)  # includes junk (-1) and distractors (0)
+    query_camids = rng.integers(1, num_cams + 1, num_query)
+    gallery_camids = rng.integers(1, num_cams + 1, num_gallery)
+    # few distinct values -> many ties
+    distances = rng.integers(0, tie_levels, (num_query, num_gallery)).astype(np.float64) / tie_levels
+    return distances, query_pids, gallery_pids, query_camids, gallery_camids
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("ap_definition", ["torchreid", "market_official"])
+def test_matches_brute_force_reference(seed, ap_definition):
+    rng = np.random.default_rng(seed)
+    num_gallery = int(rng.integers(1, 40))
+    case = random_case(rng, int(rng.integers(1, 25)), num_gallery, int(rng.integers(1, 6)), int(rng.integers(1, 4)),
+                       int(rng.integers(2, 8)))
+    max_rank = int(rng.integers(1, 60))  # often longer than the filtered gallery
+    reference = reference_ranking(*case, max_rank, ap_definition == "market_official") if _has_valid(case) else None
+    if reference is None:
+        with pytest.raises(ReIDError, match="no query has a valid match"):
+            evaluate_ranking(*case, max_rank=max_rank, ap_definition=ap_definition)
+        return
+    result = evaluate_ranking(*case, max_rank=max_rank, ap_definition=ap_definition, chunk_size=int(rng.integers(1, 9)))
+    cmc, mean_ap, mean_inp, valid = reference
+    np.testing.assert_allclose(result.cmc, cmc, rtol=0, atol=1e-12)
+    assert abs(result.mean_ap - mean_ap) < 1e-12
+    assert abs(result.mean_inp - mean_inp) < 1e-12
+    assert result.num_valid_queries == valid
+    assert result.num_skipped_queries == len(case[1]) - valid
+
+
+def _has_valid(case):
+    _, query_pids, gallery_pids, query_camids, gallery_camids = case
+    for q in range(len(query_pids)):
+        if np.any((gallery_pids == query_pids[q]) & (gallery_camids != query_camids[q])):
+            return True
+    return False
+
+
+def test_protocol_rules_on_a_hand_made_case():
+    # gallery: 0 same id same cam (ignored), 1 junk (ignored), 2 distractor, 3 match, 4 match tie with 2
+    distances = np.array([[0.0, 0.1, 0.2, 0.3, 0.2]])
+    result = evaluate_ranking(
+        distances, np.array([5]), np.array([5, -1, 0, 5, 5]), np.array([1]), np.array([1, 2, 2, 3, 2]), max_rank=4
+    )
+    # valid order: [2 (d=.2), 4 (d=.2, later index), 3 (d=.3)] -> first match at rank 2
+    np.testing.assert_array_equal(result.cmc, [0, 1, 1, 1])
+    assert result.mean_ap == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert result.mean_inp == pytest.approx(2 / 3)
+
+
+def test_query_without_valid_match_is_skipped_and_counted():
+    distances = np.array([[0.1, 0.2], [0.3, 0.1]])
+    result = evaluate_ranking(distances, np.array([1, 2]), np.array([1, 2]), np.array([1, 1]), np.array([2, 1]))
+    assert result.num_valid_queries == 1 and result.num_skipped_queries == 1
+    assert np.isnan(result.query_average_precisions[1])
+
+
+def test_float32_matrix_is_scored_without_copying_to_float64():
+    rng = np.random.default_rng(0)
+    case = random_case(rng, 30, 50, 4, 3, 1000)
+    as32 = evaluate_ranking(case[0].astype(np.float32), *case[1:])
+    as64 = evaluate_ranking(case[0], *case[1:])
+    np.testing.assert_allclose(as32.cmc, as64.cmc)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d, qp, gp, qc, gc: (d, qp[:-1], gp, qc, gc), "query_pids has shape"),
+        (lambda d, qp, gp, qc, gc: (d, qp, gp, qc, gc[:-1]), "gallery_camids has shape"),
+        (lambda d, qp, gp, qc, gc: (np.where(d > 0.5, np.nan, d), qp, gp, qc, gc), "NaN"),
+        (lambda d, qp, gp, qc, gc: (d[:0], qp[:0], gp, qc[:0], gc), "empty query or gallery"),
+        (lambda d, qp, gp, qc, gc: (d[:, :0], qp, gp[:0], qc, gc[:0]), "empty query or gallery"),
+    ],
+)
+def test_bad_input_is_a_clear_error(mutate, message):
+    rng = np.random.default_rng(1)
+    case = random_case(rng, 5, 8, 2, 2, 100)
+    with pytest.raises(ReIDError, match=message):
+        evaluate_ranking(*mutate(*case))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_distances_match_direct_formula(metric):
+    rng = np.random.default_rng(2)
+    query, gallery = rng.normal(size=(7, 5)), rng.normal(size=(11, 5))
+    if metric == "euclidean":
+        expected = np.linalg.norm(query[:, None] - gallery[None], axis=2)
+    else:
+        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+        expected = 1 - unit(query) @ unit(gallery).T
+    got = compute_distances(query, gallery, metric, chunk_size=3)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+
+from siamese_reid.data.records import (
+    Sample,
+    parse_market_name,
+    read_dataset,
+    read_market_folder,
+    split_identity_folders,
+    summarize_split,
+)
+from siamese_reid.data.scan import scan_samples
+from siamese_reid.errors import ReIDError
+from tests.conftest import MARKET_SAMPLE, write_image
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("0002_c1s1_000451_03.jpg", (2, 1)),
+        ("-1_c3s2_012345_01.jpg", (-1, 3)),
+        ("0000_c6s4_002452_02.jpg", (0, 6)),
+        ("0001_c2_f0046182.jpg", (1, 2)),  # DukeMTMC-reID
+        ("Thumbs.db", None),
+        ("person_1.jpg", None),
+    ],
+)
+def test_parse_market_name(name, expected):
+    assert parse_market_name(name) == expected
+
+
+def test_market_reader_keeps_junk_and_distractors(tmp_path):
+    for name in ("0002_c1s1_000451_03.jpg", "-1_c1s1_000001_01.jpg", "0000_c2s1_000002_01.jpg"):
+        write_image(tmp_path / name)
+    samples = read_market_folder(tmp_path)
+    assert sorted((s.pid, s.camid) for s in samples) == [(-1, 1), (0, 2), (2, 1)]
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(ReIDError, match="does not exist"):
+        read_market_folder(tmp_path / "nope", what="query")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReIDError, match="query folder .* is empty"):
+        read_market_folder(tmp_path / "empty", what="query")
+
+
+def test_folder_without_parseable_names(tmp_path):
+    write_image(tmp_path / "person_1.jpg")
+    with pytest.raises(ReIDError, match="Market-1501-style name"):
+        read_market_folder(tmp_path)
+
+
+def test_non_image_and_unparseable_files_are_skipped_with_warning(tmp_path):
+    write_image(tmp_path / "0002_c1s1_000451_03.jpg")
+    (tmp_path / "notes.txt").write_text("hello")
+    write_image(tmp_path / "person.jpg")
+    warnings = []
+    samples = read_market_folder(tmp_path, warnings)
+    assert len(samples) == 1
+    assert any("notes.txt" in w and "not an image" in w for w in warnings)
+    assert any("person.jpg" in w for w in warnings)
+
+
+def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path):
+    good = tmp_path / "0001_c1s1_000001_01.jpg"
+    write_image(good, size=(64, 32))
+    truncated = tmp_path / "0001_c2s1_000002_01.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    corrupt = tmp_path / "0002_c1s1_000003_01.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    samples = read_market_folder(tmp_path)
+    usable, skipped = scan_samples(samples, tmp_path / "cache")
+    assert [s.path for s in usable] == [str(good)]
+    assert {path for path, _ in skipped} == {str(truncated), str(corrupt)}
+
+
+def test_pgm_is_converted_for_tensorflow(tmp_path):
+    write_image(tmp_path / "0001_c1s1_000001_01.pgm", mode="L", image_format="PPM")
+    usable, skipped = scan_samples(read_market_folder(tmp_path), tmp_path / "cache")
+    assert not skipped
+    assert usable[0].path.endswith(".png") and (usable[0].pid, usable[0].camid) == (1, 1)
+
+
+def test_identity_folders_share_identity_numbers_across_splits(tmp_path):
+    for split, names in (("train", ["alice", "bob"]), ("query", ["carol"]), ("gallery", ["carol", "dave"])):
+        for name in names:
+            write_image(tmp_path / split / name / "1.png", image_format="PNG")
+            write_image(tmp_path / split / name / "2.png", image_format="PNG")
+    splits = read_dataset(None, tmp_path / "train", tmp_path / "query", tmp_path / "gallery", "folders", 0.5, 0)
+    carol_query = {s.pid for s in splits.query}
+    carol_gallery = {s.pid for s in splits.gallery if "carol" in s.path}
+    assert carol_query == carol_gallery
+    assert {s.camid for s in splits.query} == {1} and {s.camid for s in splits.gallery} == {2}
+
+
+def test_split_identity_folders_is_disjoint_and_seeded():
+    samples = [Sample(f"{pid}_{i}.png", pid, -1) for pid in range(1, 11) for i in range(3)]
+    train, query, gallery = split_identity_folders(samples, 0.4, seed=5)
+    assert {s.pid for s in train}.isdisjoint({s.pid for s in query} | {s.pid for s in gallery})
+    assert len({s.pid for s in query}) == 4 and len(query) == 4 and len(gallery) == 8
+    assert split_identity_folders(samples, 0.4, seed=5) == (train, query, gallery)
+
+
+def test_summary_counts():
+    samples = [Sample("a", 1, 1), Sample("b", 1, 2), Sample("c", 2, 1), Sample("d", 0, 3), Sample("e", -1, 1)]
+    assert summarize_split(samples) == {
+        "images": 5, "identities": 2, "distractor_images": 1, "junk_images": 1, "cameras": 3,
+        "single_image_identities": 1,
+    }
+
+
+@pytest.mark.skipif(not MARKET_SAMPLE.is_dir(), reason=f"real Market-1501 sample not present at {MARKET_SAMPLE}")
+def test_real_market_sample_counts_match_its_readme():
+    splits = read_dataset(MARKET_SAMPLE, None, None, None, "market", 0.5, 0)
+    counts = {name: summarize_split(getattr(splits, name)) for name in ("train", "query", "gallery")}
+    assert (counts["train"]["images"], counts["train"]["identities"]) == (204, 25)
+    assert (counts["query"]["images"], counts["query"]["identities"]) == (77, 25)
+    assert counts["gallery"]["images"] == 147
+    assert {s.pid for s in splits.gallery} == {s.pid for s in splits.query}
+    assert {s.pid for s in splits.train}.isdisjoint({s.pid for s in splits.query})
+    assert not splits.warnings
+    # one query per identity per camera, as the README says
+    pairs = [(s.pid, s.camid) for s in splits.query]
+    assert len(pairs) == len(set(pairs))
+    assert np.all([s.camid >= 1 for s in splits.query])
