@@ -42,6 +42,7 @@ def main():
     started = time.time()
     trained = run_training(config, run_dir)
     wall = time.time() - started
+    (run_dir / "baselines").mkdir(exist_ok=True)
     config, splits = prepare_data(config, run_dir / "baselines")
     size = (config.data.image_height, config.data.image_width)
     untrained = evaluate_model(build_embedding_model(tower_spec(config)), splits.query, splits.gallery, size,

@@ -145,6 +145,12 @@ def _coerce(key, value, annotation, field):
     base = next((t for t in allowed if t is not type(None)), annotation)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if base is float and isinstance(value, str):
+        # PyYAML follows YAML 1.1, which reads 1e-3 (no dot) as a string: accept it as a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if base is str and isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):

@@ -7,14 +7,17 @@ import csv
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # backend-free: works headless and shows inline in notebooks
+from PIL import Image
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from siamese_reid.evaluation.ranking import protocol_gallery_mask, top_k_gallery
 
-from siamese_reid.evaluation.ranking import protocol_gallery_mask, top_k_gallery  # noqa: E402
+
+def _subplots(rows=1, columns=1, **kwargs):
+    figure = Figure(**kwargs)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    return figure, axes
 
 
 def ranking_metrics(ranking, num_query, num_gallery, protocol):
@@ -64,7 +67,8 @@ def percent(fraction):
 
 def plot_cmc(cmc, path, label=None):
     """CMC curve, ranks 1..len(cmc)."""
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axes = _subplots(figsize=(6, 4))
+    axis = axes[0, 0]
     ranks = np.arange(1, len(cmc) + 1)
     axis.plot(ranks, 100 * np.asarray(cmc), marker="o", markersize=3, label=label)
     axis.set(xlabel="rank", ylabel="matching rate (%)", title="CMC curve", ylim=(0, 101), xlim=(1, len(cmc)))
@@ -73,7 +77,6 @@ def plot_cmc(cmc, path, label=None):
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def _framed(path, color, size, width=4):
@@ -85,8 +88,10 @@ def _framed(path, color, size, width=4):
     return array
 
 
-def plot_retrieval_examples(query_indices, query_samples, gallery_samples, distances, path, top_k=5):
+def plot_retrieval_examples(query_indices, query_samples, gallery_samples, distances, path=None, top_k=5):
     """Query -> top-k gallery images; correct matches framed green, wrong ones red.
+
+    Writes the figure to `path`, or returns it (for notebooks) when `path` is None.
 
     Gallery images the protocol ignores for a query (same identity and camera, junk) are not
     shown, so the figure shows exactly the ranking that was scored.
@@ -95,7 +100,7 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
     gallery_camids = np.array([s.camid for s in gallery_samples])
     size = (128, 64)
     rows = len(query_indices)
-    figure, axes = plt.subplots(rows, top_k + 1, figsize=(1.4 * (top_k + 1), 2.6 * rows), squeeze=False)
+    figure, axes = _subplots(rows, top_k + 1, figsize=(1.4 * (top_k + 1), 2.6 * rows))
     for row, query_index in enumerate(query_indices):
         query = query_samples[query_index]
         keep = protocol_gallery_mask(query.pid, query.camid, gallery_pids, gallery_camids)
@@ -108,12 +113,15 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
                 match = gallery_samples[ranked[column]]
                 color = "green" if match.pid == query.pid else "red"
                 axis.imshow(_framed(match.path, color, size))
-                axis.set_title(f"{column + 1}: id {match.pid}\nd={distances[query_index, ranked[column]]:.3f}", fontsize=7)
+                distance = distances[query_index, ranked[column]]
+                axis.set_title(f"{column + 1}: id {match.pid}\nd={distance:.3f}", fontsize=7)
         for axis in axes[row]:
             axis.axis("off")
     figure.tight_layout()
+    if path is None:
+        return figure
     figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return None
 
 
 def read_history(path):
@@ -142,7 +150,8 @@ def plot_training_curves(history, output_dir):
     written = []
     if "loss" in history:
         epochs = history["epoch"] + 1
-        figure, (loss_axis, stats_axis) = plt.subplots(1, 2, figsize=(10, 4))
+        figure, axes = _subplots(1, 2, figsize=(10, 4))
+        loss_axis, stats_axis = axes[0]
         loss_axis.plot(epochs, history["loss"], marker="o", markersize=3)
         loss_axis.set(xlabel="epoch", ylabel="triplet loss", title="Training loss")
         loss_axis.grid(alpha=0.3)
@@ -158,12 +167,12 @@ def plot_training_curves(history, output_dir):
         stats_axis.legend(fontsize=8)
         figure.tight_layout()
         figure.savefig(output_dir / "loss.png", dpi=120)
-        plt.close(figure)
         written.append(output_dir / "loss.png")
     if "val_rank1" in history and np.isfinite(history["val_rank1"]).any():
         finite = np.isfinite(history["val_rank1"])
         epochs = history["epoch"][finite] + 1
-        figure, axis = plt.subplots(figsize=(6, 4))
+        figure, axes = _subplots(figsize=(6, 4))
+        axis = axes[0, 0]
         axis.plot(epochs, 100 * history["val_rank1"][finite], marker="o", label="rank-1")
         axis.plot(epochs, 100 * history["val_mAP"][finite], marker="s", label="mAP")
         axis.set(xlabel="epoch", ylabel="%", title="Retrieval on query / gallery", ylim=(0, 101))
@@ -171,6 +180,5 @@ def plot_training_curves(history, output_dir):
         axis.legend()
         figure.tight_layout()
         figure.savefig(output_dir / "retrieval_per_epoch.png", dpi=120)
-        plt.close(figure)
         written.append(output_dir / "retrieval_per_epoch.png")
     return written

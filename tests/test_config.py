@@ -32,6 +32,7 @@ def test_overrides_are_typed_and_applied():
     assert config.loss.soft is True
     assert config.data.root == "/x"
     assert config.training.learning_rate == pytest.approx(3e-4)
+    assert load_config(None, ["training.learning_rate=1e-3"]).training.learning_rate == 1e-3
 
 
 def test_config_is_frozen():

@@ -1,0 +1,128 @@
+"""Input pipeline and train-step throughput, against the keras.io Siamese example's approach.
+
+Measured in one run, at the shapes of config.yaml (override with --set):
+  1. the tf.data P x K pipeline alone (decode + resize + augment), images/s;
+  2. the P x K train step (model.fit on the tf.data pipeline), images/s;
+  3. the triplet-mode train step, tower run as one batched call on anchor+positive+negative;
+  4. the same with three separate tower calls;
+  5. the baseline: three separate tower calls fed by a Python generator of triplets that
+     decodes with PIL, as in the keras.io Siamese example.
+
+    python benchmarks/bench_pipeline.py [--set data.image_height=128 ...] [--steps 20]
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from siamese_reid.cli.common import new_run_dir, prepare_data, tower_spec  # noqa: E402
+from siamese_reid.config import load_config  # noqa: E402
+from siamese_reid.data import samplers  # noqa: E402
+from siamese_reid.data.pipeline import pk_dataset, triplet_dataset  # noqa: E402
+from siamese_reid.losses import build_loss  # noqa: E402
+from siamese_reid.model.embedding import build_embedding_model  # noqa: E402
+from siamese_reid.model.siamese import SiameseModel  # noqa: E402
+
+
+def images_per_second(dataset_or_generator, steps, images_per_step, consume):
+    iterator = iter(dataset_or_generator)
+    consume(next(iterator))  # warm-up: tracing, first decode
+    started = time.perf_counter()
+    for _ in range(steps):
+        consume(next(iterator))
+    return steps * images_per_step / (time.perf_counter() - started)
+
+
+def fit_images_per_second(model, dataset, steps, images_per_step):
+    """Times model.fit after one warm-up epoch (graph tracing excluded)."""
+    model.fit(dataset.take(2), epochs=1, verbose=0)
+    started = time.perf_counter()
+    model.fit(dataset.take(steps), epochs=1, verbose=0)
+    return steps * images_per_step / (time.perf_counter() - started)
+
+
+def python_triplet_generator(paths, triplets, batch_size, size):
+    """keras.io-style: decode with PIL in Python, one triplet at a time."""
+    def load(path):
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB").resize((size[1], size[0])), dtype=np.float32)
+
+    while True:
+        for start in range(0, len(triplets) - batch_size + 1, batch_size):
+            block = triplets[start:start + batch_size]
+            yield tuple(np.stack([load(paths[i]) for i in block[:, column]]) for column in range(3)), np.zeros(batch_size)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="config.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--output", default="benchmarks/results/pipeline.json")
+    arguments = parser.parse_args()
+    config = load_config(arguments.config, arguments.overrides)
+    config, splits = prepare_data(config, new_run_dir("benchmarks/results", "pipeline_data"))
+    size = (config.data.image_height, config.data.image_width)
+    training, steps = config.training, arguments.steps
+    paths, pids = [s.path for s in splits.train], np.array([s.pid for s in splits.train])
+    camids = np.array([s.camid for s in splits.train])
+    pk_size = training.identities_per_batch * training.images_per_identity
+    triplet_size = training.triplet_batch_size
+    batches = samplers.pk_batches(pids, training.identities_per_batch, training.images_per_identity, steps + 3, 0)
+    triplets = samplers.sample_triplets(pids, camids, (steps + 3) * triplet_size, 0)
+    results = {}
+
+    pk = pk_dataset(paths, pids, batches, size, config.augment, 0)
+    results["pipeline_pk_images_per_s"] = images_per_second(pk, steps, pk_size, lambda batch: batch[0].numpy())
+    print(f"tf.data P x K pipeline alone: {results['pipeline_pk_images_per_s']:.0f} images/s", flush=True)
+
+    def compiled(model, loss_name):
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=build_loss(loss_name, 0.3, False, "L2"))
+        return model
+
+    keras.utils.set_random_seed(0)
+    tower = build_embedding_model(tower_spec(config))
+    results["train_pk_images_per_s"] = fit_images_per_second(compiled(tower, "batch_hard"), pk, steps, pk_size)
+    print(f"P x K train step (tf.data + fit): {results['train_pk_images_per_s']:.1f} images/s", flush=True)
+
+    triplet_stream = triplet_dataset(paths, pids, triplets, triplet_size, size, config.augment, 0)
+    for branches in ("batched", "separate"):
+        model = compiled(SiameseModel(build_embedding_model(tower_spec(config)), branches), "triplet")
+        key = f"train_triplet_{branches}_images_per_s"
+        results[key] = fit_images_per_second(model, triplet_stream, steps, 3 * triplet_size)
+        print(f"triplet train step, {branches} branches (tf.data): {results[key]:.1f} images/s", flush=True)
+
+    generator_model = compiled(SiameseModel(build_embedding_model(tower_spec(config)), "separate"), "triplet")
+    generator = python_triplet_generator(paths, triplets, triplet_size, size)
+    signature = (tuple(tf.TensorSpec((triplet_size, *size, 3), tf.float32) for _ in range(3)),
+                 tf.TensorSpec((triplet_size,), tf.float64))
+    from_generator = tf.data.Dataset.from_generator(lambda: generator, output_signature=signature)
+    results["baseline_python_generator_separate_images_per_s"] = fit_images_per_second(
+        generator_model, from_generator, steps, 3 * triplet_size)
+    results["speedup_vs_baseline"] = (results["train_triplet_batched_images_per_s"]
+                                      / results["baseline_python_generator_separate_images_per_s"])
+    print(f"baseline, Python generator + three tower calls: "
+          f"{results['baseline_python_generator_separate_images_per_s']:.1f} images/s "
+          f"-> ours {results['speedup_vs_baseline']:.2f}x", flush=True)
+    results.update(image_size=list(size), backbone=config.model.backbone, vgg_blocks=config.model.vgg_blocks,
+                   pk_batch=pk_size, triplet_batch=triplet_size, steps=steps,
+                   machine=f"{platform.machine()}, {os.cpu_count()} cores", tensorflow=tf.__version__,
+                   gpus=len(tf.config.list_physical_devices("GPU")))
+    Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(arguments.output).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Loading a finished run and the analyses the notebooks show. Pure numpy; no plotting.
+
+Everything here reads the files a run leaves (config.yaml, history.csv, metrics.json,
+*_embeddings.npz), so it works on any run folder, including ones copied from another machine.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from siamese_reid.errors import ReIDError
+from siamese_reid.evaluation.distances import compute_distances
+from siamese_reid.evaluation.embeddings import load_embeddings
+from siamese_reid.evaluation.ranking import protocol_gallery_mask
+from siamese_reid.reporting import read_history
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    path: Path
+    config: dict
+    dataset_summary: dict
+    history: dict
+    metrics: dict
+    query_features: np.ndarray
+    query_samples: list
+    gallery_features: np.ndarray
+    gallery_samples: list
+
+
+def newest_run(runs_dir="runs"):
+    """The most recently finished run (one with metrics.json) under `runs_dir`."""
+    candidates = sorted(Path(runs_dir).glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ReIDError(f"no finished run under '{runs_dir}': run python train.py first")
+    return candidates[-1].parent
+
+
+def load_run(path):
+    path = Path(path)
+    if not (path / "metrics.json").is_file():
+        raise ReIDError(f"'{path}' is not a finished run (no metrics.json)")
+    query_features, query_samples = load_embeddings(path / "query_embeddings.npz")
+    gallery_features, gallery_samples = load_embeddings(path / "gallery_embeddings.npz")
+    return Run(
+        path=path,
+        config=yaml.safe_load((path / "config.yaml").read_text()),
+        dataset_summary=json.loads((path / "dataset_summary.json").read_text()),
+        history=read_history(path / "history.csv"),
+        metrics=json.loads((path / "metrics.json").read_text()),
+        query_features=query_features,
+        query_samples=query_samples,
+        gallery_features=gallery_features,
+        gallery_samples=gallery_samples,
+    )
+
+
+def run_distances(run):
+    metric = run.metrics.get("protocol", {}).get("metric", "euclidean")
+    return compute_distances(run.query_features, run.gallery_features, metric)
+
+
+def pair_distances(distances, query_samples, gallery_samples):
+    """Distances of same-identity (positive) and different-identity (negative) pairs.
+
+    Only pairs the protocol scores: same identity and camera, and junk, are left out.
+    Returns (positive distances, negative distances), 1-D arrays.
+    """
+    gallery_pids = np.array([s.pid for s in gallery_samples])
+    gallery_camids = np.array([s.camid for s in gallery_samples])
+    positives, negatives = [], []
+    for row, query in enumerate(query_samples):
+        keep = protocol_gallery_mask(query.pid, query.camid, gallery_pids, gallery_camids)
+        same = gallery_pids == query.pid
+        positives.append(distances[row, keep & same])
+        negatives.append(distances[row, keep & ~same])
+    return np.concatenate(positives), np.concatenate(negatives)
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+    """A "no match" threshold: pairs closer than `value` are accepted as the same person."""
+
+    value: float
+    true_accept_rate: float
+    false_accept_rate: float
+
+
+def accept_rates(positive, negative, threshold):
+    """(true accept rate, false accept rate) of accepting pairs with distance < threshold."""
+    return float(np.mean(positive < threshold)), float(np.mean(negative < threshold))
+
+
+def suggest_threshold(positive, negative, max_false_accept_rate=None):
+    """The threshold at the equal error rate (TAR = 1 - FAR), or the largest one whose false
+    accept rate stays at or below `max_false_accept_rate`."""
+    if len(positive) == 0 or len(negative) == 0:
+        raise ReIDError("need both positive and negative pairs to suggest a threshold")
+    candidates = np.unique(np.concatenate([positive, negative]))
+    candidates = np.concatenate([candidates, [candidates[-1] + 1e-6]])
+    false_accepts = np.searchsorted(np.sort(negative), candidates, side="left") / len(negative)
+    true_accepts = np.searchsorted(np.sort(positive), candidates, side="left") / len(positive)
+    if max_false_accept_rate is None:
+        index = int(np.argmin(np.abs(true_accepts - (1.0 - false_accepts))))
+    else:
+        allowed = np.flatnonzero(false_accepts <= max_false_accept_rate)
+        index = int(allowed[-1]) if len(allowed) else 0
+    return Threshold(float(candidates[index]), float(true_accepts[index]), float(false_accepts[index]))
+
+
+def worst_queries(query_average_precisions, count):
+    """Indices of the `count` queries with the lowest AP (skipped queries, NaN, excluded)."""
+    scored = np.flatnonzero(np.isfinite(query_average_precisions))
+    order = np.argsort(query_average_precisions[scored], kind="stable")
+    return scored[order[:count]]
+
+
+def project_2d(features):
+    """PCA projection to two dimensions (centred; sign fixed for reproducible plots)."""
+    centred = np.asarray(features, dtype=np.float64) - np.mean(features, axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    axes = components[:2]
+    axes *= np.sign(axes[np.arange(len(axes)), np.argmax(np.abs(axes), axis=1)])[:, None]
+    return centred @ axes.T
