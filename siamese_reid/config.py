@@ -31,8 +31,8 @@ class DataConfig:
     layout: str = _field("market", choices=("market", "folders"))
     test_fraction: float = _field(0.5, minimum=0.05, maximum=0.95)
     # keras.applications backbones need at least 32x32 inputs.
-    image_height: int = _field(128, minimum=32, maximum=1024)
-    image_width: int = _field(64, minimum=32, maximum=1024)
+    image_height: int = _field(64, minimum=32, maximum=1024)
+    image_width: int = _field(32, minimum=32, maximum=1024)
     split_seed: int = _field(0)
 
 
@@ -54,7 +54,7 @@ class DemoConfig:
 class ModelConfig:
     backbone: str = _field("vgg16", choices=("vgg16", "resnet50", "mobilenetv2"))
     weights: str = _field("none")
-    vgg_blocks: int = _field(5, minimum=1, maximum=5)
+    vgg_blocks: int = _field(3, minimum=1, maximum=5)
     freeze_blocks: int = _field(0, minimum=0, maximum=5)
     pooling: str = _field("avg", choices=("avg", "max", "gem"))
     embedding_dim: int = _field(128, minimum=2)
@@ -74,7 +74,7 @@ class LossConfig:
 class AugmentConfig:
     flip: bool = _field(True)
     pad_crop: bool = _field(True)
-    pad: int = _field(8, minimum=0)
+    pad: int = _field(4, minimum=0)
     random_erasing: bool = _field(False)
     erasing_probability: float = _field(0.5, minimum=0.0, maximum=1.0)
     color_jitter: bool = _field(True)
@@ -88,7 +88,7 @@ class TrainingConfig:
     images_per_identity: int = _field(4, minimum=2)
     triplet_batch_size: int = _field(16, minimum=1)
     steps_per_epoch: int = _field(0, minimum=0)
-    epochs: int = _field(30, minimum=1)
+    epochs: int = _field(100, minimum=1)
     optimizer: str = _field("adam", choices=("adam", "adamw", "sgd"))
     learning_rate: float = _field(3.0e-4, minimum=0.0)
     weight_decay: float = _field(5.0e-4, minimum=0.0)
@@ -102,7 +102,7 @@ class TrainingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    every_n_epochs: int = _field(5, minimum=0)
+    every_n_epochs: int = _field(10, minimum=0)
     batch_size: int = _field(64, minimum=1)
     metric: str = _field("euclidean", choices=("euclidean", "cosine"))
     flip_test: bool = _field(True)

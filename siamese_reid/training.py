@@ -118,12 +118,17 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         self.total_epochs = total_epochs
 
     def on_epoch_end(self, epoch, logs=None):
+        keys = ("rank1", "mAP", "mINP")
         is_last = epoch + 1 == self.total_epochs
         if not is_last and (self.every_n_epochs == 0 or (epoch + 1) % self.every_n_epochs):
+            # keras.callbacks.CSVLogger fixes its columns at the first epoch: the keys must be
+            # present (as NaN) in epochs without evaluation, or they never reach history.csv.
+            if logs is not None:
+                logs.update({f"val_{key}": float("nan") for key in keys})
             return
         metrics = self.evaluate()
         if logs is not None:
-            logs.update({f"val_{key}": metrics[key] for key in ("rank1", "mAP", "mINP")})
+            logs.update({f"val_{key}": metrics[key] for key in keys})
         print(
             f"\nepoch {epoch + 1}: rank-1 {100 * metrics['rank1']:.1f}%  mAP {100 * metrics['mAP']:.1f}%",
             flush=True,
@@ -132,6 +137,9 @@ class PeriodicEvaluation(keras.callbacks.Callback):
 
 class EmbeddingCheckpoint(keras.callbacks.Callback):
     """Saves the embedding tower as last.keras every epoch and best.keras on improvement.
+
+    best.keras is chosen on the query/gallery split, i.e. on test data: it is for monitoring
+    and for users who hold out their own validation split, not for reporting results.
 
     The monitored value is val_mAP when evaluation ran that epoch (higher is better), else the
     loss (lower is better); the two are never compared with each other.

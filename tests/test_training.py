@@ -121,6 +121,11 @@ def test_resume_after_kill_continues_with_the_right_epoch(tmp_path, tiny_demo):
     process.wait()
     killed_at = json.loads(metadata.read_text())["epoch"]
     assert 2 <= killed_at < 4
+    import h5py
+
+    with h5py.File(run_dir / "backup" / "latest.weights.h5") as backup:
+        # the optimizer's step counter drives the learning-rate schedule: it must be saved too
+        assert int(backup["optimizer/vars/0"][()]) == killed_at * 3
     result = subprocess.run([sys.executable, "train.py", "--resume", str(run_dir)], cwd=PROJECT_ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

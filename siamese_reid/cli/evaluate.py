@@ -72,16 +72,20 @@ def _model_and_config(arguments):
     run_dir = Path(arguments.run)
     if not (run_dir / "config.yaml").is_file():
         raise ReIDError(f"'{run_dir}' is not a training run folder (no config.yaml in it)")
-    model_path = next((run_dir / n for n in ("best.keras", "last.keras") if (run_dir / n).is_file()), None)
-    if model_path is None:
-        raise ReIDError(f"no best.keras or last.keras in run folder '{run_dir}'")
+    model_path = run_dir / f"{arguments.checkpoint}.keras"
+    if not model_path.is_file():
+        raise ReIDError(f"no {model_path.name} in run folder '{run_dir}'")
     return model_path, config_from_arguments(arguments, base_config_path=run_dir / "config.yaml")
 
 
 @exit_on_user_error
 def main(argv=None):
     parser = argument_parser("Evaluate a re-ID embedding model under the Market-1501 protocol.")
-    parser.add_argument("--run", default=None, help="a training run folder (uses its best.keras and config)")
+    parser.add_argument("--run", default=None, help="a training run folder (uses its model and config)")
+    parser.add_argument(
+        "--checkpoint", default="last", choices=("last", "best"),
+        help="with --run: the last epoch (default; what train.py reports) or the best by val mAP",
+    )
     parser.add_argument("--weights", default=None, help="an embedding model file (.keras)")
     add_common_arguments(parser)
     arguments = parser.parse_args(argv)

@@ -191,9 +191,9 @@ def run_training(config, run_dir, resuming=False):
     elapsed = time.time() - started
     print(f"training took {elapsed:.0f} s")
     reporting.plot_training_curves(reporting.read_history(Path(run_dir) / "history.csv"), run_dir)
-    best = Path(run_dir) / "best.keras"
-    final_tower = keras.saving.load_model(best, compile=False) if best.exists() else tower
-    metrics = evaluate_and_report(final_tower, splits.query, splits.gallery, input_size, config.evaluation, run_dir)
+    # The reported numbers are the last epoch's: best.keras is chosen on query/gallery, which
+    # is the test set, so scoring it would report a model selected on its own test data.
+    metrics = evaluate_and_report(tower, splits.query, splits.gallery, input_size, config.evaluation, run_dir)
     metrics["training_seconds"] = elapsed
     reporting.write_json(Path(run_dir) / "metrics.json", metrics)
     return metrics
