@@ -163,13 +163,16 @@ def _triplet_distances(y_pred, distance_metric):
 
 
 class _TripletLoss(keras.losses.Loss):
-    """Shared plumbing: keyword arguments stored, forwarded, and serialised."""
+    """Shared plumbing: the keyword arguments are stored, forwarded to the loss function and
+    serialised. `reduction` is accepted and ignored, as in tensorflow-addons: every loss
+    already reduces the batch to one scalar."""
 
     loss_function = None
 
-    def __init__(self, name=None, **loss_kwargs):
-        super().__init__(name=name or type(self).__name__, reduction="sum_over_batch_size")
-        self.loss_kwargs = loss_kwargs
+    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name=None, **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name or type(self).__name__, reduction="sum_over_batch_size", **kwargs)
+        self.loss_kwargs = {"margin": margin, "soft": soft, "distance_metric": distance_metric}
 
     def call(self, y_true, y_pred):
         return type(self).loss_function(y_true, y_pred, **self.loss_kwargs)
@@ -184,10 +187,6 @@ class TripletHardLoss(_TripletLoss):
 
     loss_function = staticmethod(triplet_hard_loss)
 
-    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name=None, **kwargs):
-        kwargs.pop("reduction", None)
-        super().__init__(name=name, margin=margin, soft=soft, distance_metric=distance_metric)
-
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
 class TripletSemiHardLoss(_TripletLoss):
@@ -196,8 +195,8 @@ class TripletSemiHardLoss(_TripletLoss):
     loss_function = staticmethod(triplet_semihard_loss)
 
     def __init__(self, margin=1.0, distance_metric="L2", name=None, **kwargs):
-        kwargs.pop("reduction", None)
-        super().__init__(name=name, margin=margin, distance_metric=distance_metric)
+        super().__init__(margin=margin, distance_metric=distance_metric, name=name, **kwargs)
+        del self.loss_kwargs["soft"]  # semi-hard mining has no soft-margin variant
 
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
@@ -206,20 +205,12 @@ class TripletBatchAllLoss(_TripletLoss):
 
     loss_function = staticmethod(triplet_batch_all_loss)
 
-    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name=None, **kwargs):
-        kwargs.pop("reduction", None)
-        super().__init__(name=name, margin=margin, soft=soft, distance_metric=distance_metric)
-
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
 class TripletMarginLoss(_TripletLoss):
     """Hinge or soft-margin loss on explicit (anchor, positive, negative) embeddings."""
 
     loss_function = staticmethod(triplet_margin_loss)
-
-    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name=None, **kwargs):
-        kwargs.pop("reduction", None)
-        super().__init__(name=name, margin=margin, soft=soft, distance_metric=distance_metric)
 
 
 LOSSES = {

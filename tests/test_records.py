@@ -123,3 +123,10 @@ def test_real_market_sample_counts_match_its_readme():
     pairs = [(s.pid, s.camid) for s in splits.query]
     assert len(pairs) == len(set(pairs))
     assert np.all([s.camid >= 1 for s in splits.query])
+
+
+def test_records_hold_absolute_paths(tmp_path, monkeypatch):
+    write_image(tmp_path / "data" / "0002_c1s1_000451_03.jpg")
+    monkeypatch.chdir(tmp_path)
+    [sample] = read_market_folder("data")
+    assert sample.path == str((tmp_path / "data" / "0002_c1s1_000451_03.jpg").resolve())

@@ -161,3 +161,25 @@ raise SystemExit(main(args))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 replica(s)" in result.stdout
     assert (tmp_path / "mirrored" / "metrics.json").is_file()
+
+
+def test_mixed_precision_and_xla_switches_train_on_cpu(tmp_path, tiny_demo):
+    script = f"""
+from siamese_reid.cli.train import main
+settings = {FAST + demo_settings(tiny_demo) + ["training.epochs=1", "training.steps_per_epoch=2",
+            "training.identities_per_batch=4", "training.images_per_identity=2", "training.mixed_precision=true",
+            "training.xla=true", "training.sampler=triplet", "training.triplet_batch_size=4"]!r}
+args = ["--output_dir", {str(tmp_path)!r}, "--set", "output.run_name=mp"]
+for item in settings:
+    args += ["--set", item]
+raise SystemExit(main(args))
+"""
+    # a subprocess: the mixed-precision policy is global to the Keras process
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    history = np.genfromtxt(tmp_path / "mp" / "history.csv", delimiter=",", names=True)
+    assert np.isfinite(history["loss"]).all()
+    embeddings = np.load(tmp_path / "mp" / "query_embeddings.npz")["features"]
+    assert embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-3)

@@ -1,7 +1,8 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017). Pure numpy.
 
-Memory: three dense float32 matrices of size (Q + G) x (Q + G) plus an int32 one (the
-neighbour ranks): about 16 (Q + G)^2 bytes, i.e. 5.8 GB for Market-1501 (19,281 images).
+Memory: at its peak five dense 4-byte (Q + G) x (Q + G) matrices (distances, neighbour ranks,
+encodings, expanded encodings, one temporary): about 20 (Q + G)^2 bytes, i.e. 6.9 GiB for
+Market-1501 (19,281 images).
 Use it on query/gallery sets of that size or smaller.
 
 Reference: Zhong et al., Re-ranking Person Re-identification with k-reciprocal Encoding,
