@@ -13,6 +13,7 @@ Measured in one run, at the shapes of config.yaml (override with --set):
 
 import argparse
 import json
+import warnings
 import os
 import platform
 import sys
@@ -45,12 +46,27 @@ def images_per_second(dataset_or_generator, steps, images_per_step, consume):
     return steps * images_per_step / (time.perf_counter() - started)
 
 
+class StepTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.durations = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.durations.append(time.perf_counter() - self.started)
+
+
 def fit_images_per_second(model, dataset, steps, images_per_step):
-    """Times model.fit after one warm-up epoch (graph tracing excluded)."""
-    model.fit(dataset.take(2), epochs=1, verbose=0)
-    started = time.perf_counter()
-    model.fit(dataset.take(steps), epochs=1, verbose=0)
-    return steps * images_per_step / (time.perf_counter() - started)
+    """images/s from the median train-step time of `steps` steps of model.fit, after a
+    warm-up fit (tracing excluded). The median, not the total, because this 2-core VM's
+    throughput varies a lot from second to second; the spread is returned too."""
+    model.fit(dataset.take(2), epochs=1, verbose=0, shuffle=False)
+    timer = StepTimer()
+    model.fit(dataset.take(steps), epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    rates = images_per_step / np.array(timer.durations)
+    return float(np.median(rates)), (float(np.percentile(rates, 25)), float(np.percentile(rates, 75)))
 
 
 def python_triplet_generator(paths, triplets, batch_size, size):
@@ -69,9 +85,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--output", default="benchmarks/results/pipeline.json")
     arguments = parser.parse_args()
+    # from_generator datasets have no known length: Keras warns when a warm-up pass ends them
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
     config = load_config(arguments.config, arguments.overrides)
     config, splits = prepare_data(config, new_run_dir("benchmarks/results", "pipeline_data"))
     size = (config.data.image_height, config.data.image_width)
@@ -94,28 +112,35 @@ def main():
 
     keras.utils.set_random_seed(0)
     tower = build_embedding_model(tower_spec(config))
-    results["train_pk_images_per_s"] = fit_images_per_second(compiled(tower, "batch_hard"), pk, steps, pk_size)
-    print(f"P x K train step (tf.data + fit): {results['train_pk_images_per_s']:.1f} images/s", flush=True)
+    results["train_pk_images_per_s"], spread = fit_images_per_second(compiled(tower, "batch_hard"), pk, steps, pk_size)
+    print(f"P x K train step (tf.data + fit): {results['train_pk_images_per_s']:.1f} images/s "
+          f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})", flush=True)
 
     triplet_stream = triplet_dataset(paths, pids, triplets, triplet_size, size, config.augment, 0)
     for branches in ("batched", "separate"):
         model = compiled(SiameseModel(build_embedding_model(tower_spec(config)), branches), "triplet")
         key = f"train_triplet_{branches}_images_per_s"
-        results[key] = fit_images_per_second(model, triplet_stream, steps, 3 * triplet_size)
-        print(f"triplet train step, {branches} branches (tf.data): {results[key]:.1f} images/s", flush=True)
+        results[key], spread = fit_images_per_second(model, triplet_stream, steps, 3 * triplet_size)
+        print(f"triplet train step, {branches} branches (tf.data): {results[key]:.1f} images/s "
+              f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})", flush=True)
 
     generator_model = compiled(SiameseModel(build_embedding_model(tower_spec(config)), "separate"), "triplet")
-    generator = python_triplet_generator(paths, triplets, triplet_size, size)
     signature = (tuple(tf.TensorSpec((triplet_size, *size, 3), tf.float32) for _ in range(3)),
                  tf.TensorSpec((triplet_size,), tf.float64))
-    from_generator = tf.data.Dataset.from_generator(lambda: generator, output_signature=signature)
-    results["baseline_python_generator_separate_images_per_s"] = fit_images_per_second(
+    # A fresh generator per iteration: tf.data finalises the one it was iterating when a fit ends.
+    from_generator = tf.data.Dataset.from_generator(
+        lambda: python_triplet_generator(paths, triplets, triplet_size, size), output_signature=signature)
+    results["baseline_generator_alone_images_per_s"] = images_per_second(
+        python_triplet_generator(paths, triplets, triplet_size, size), steps, 3 * triplet_size, lambda batch: None)
+    print(f"baseline input alone (Python generator, PIL): {results['baseline_generator_alone_images_per_s']:.0f} "
+          f"images/s", flush=True)
+    results["baseline_python_generator_separate_images_per_s"], spread = fit_images_per_second(
         generator_model, from_generator, steps, 3 * triplet_size)
     results["speedup_vs_baseline"] = (results["train_triplet_batched_images_per_s"]
                                       / results["baseline_python_generator_separate_images_per_s"])
     print(f"baseline, Python generator + three tower calls: "
           f"{results['baseline_python_generator_separate_images_per_s']:.1f} images/s "
-          f"-> ours {results['speedup_vs_baseline']:.2f}x", flush=True)
+          f"(interquartile {spread[0]:.1f}-{spread[1]:.1f}) -> ours {results['speedup_vs_baseline']:.2f}x", flush=True)
     results.update(image_size=list(size), backbone=config.model.backbone, vgg_blocks=config.model.vgg_blocks,
                    pk_batch=pk_size, triplet_batch=triplet_size, steps=steps,
                    machine=f"{platform.machine()}, {os.cpu_count()} cores", tensorflow=tf.__version__,

@@ -29,6 +29,8 @@ def main():
     parser.add_argument("--output_dir", default="benchmarks/results/learning")
     arguments = parser.parse_args()
 
+    import keras
+
     from siamese_reid.cli.common import new_run_dir, prepare_data, tower_spec
     from siamese_reid.cli.train import run_training
     from siamese_reid.config import load_config, replace
@@ -45,8 +47,9 @@ def main():
     (run_dir / "baselines").mkdir(exist_ok=True)
     config, splits = prepare_data(config, run_dir / "baselines")
     size = (config.data.image_height, config.data.image_width)
-    untrained = evaluate_model(build_embedding_model(tower_spec(config)), splits.query, splits.gallery, size,
-                               config.evaluation).ranking
+    keras.utils.set_random_seed(config.training.seed)  # the trained run's exact initial weights
+    untrained_tower = build_embedding_model(tower_spec(config))
+    untrained = evaluate_model(untrained_tower, splits.query, splits.gallery, size, config.evaluation).ranking
     histogram = evaluate_features(
         colour_histogram_features([s.path for s in splits.query]),
         colour_histogram_features([s.path for s in splits.gallery]),

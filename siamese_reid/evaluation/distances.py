@@ -7,12 +7,18 @@ from siamese_reid.errors import ReIDError
 METRICS = ("euclidean", "cosine")
 
 
-def compute_distances(query_features, gallery_features, metric="euclidean", chunk_size=2048):
+# float64 intermediates per chunk are bounded to this many elements (2 arrays of 256 MiB).
+_CHUNK_ELEMENTS = 2**25
+
+
+def compute_distances(query_features, gallery_features, metric="euclidean", chunk_size=None):
     """Returns float32 distances [num_query, num_gallery]; smaller is more similar.
 
     euclidean: ||q - g||_2, computed as sqrt(|q|^2 + |g|^2 - 2 q.g) clipped at 0;
     cosine: 1 - cos(q, g).
-    Only one chunk of float64 intermediates exists at a time.
+    Queries are processed `chunk_size` at a time (default: as many as keep the float64
+    intermediates of one chunk under 2 x 256 MiB), so memory beyond the output is bounded
+    whatever the gallery size.
     """
     if metric not in METRICS:
         raise ReIDError(f"distance metric must be one of {METRICS}, got {metric!r}")
@@ -28,11 +34,14 @@ def compute_distances(query_features, gallery_features, metric="euclidean", chun
     if metric == "cosine":
         query_features = _unit_rows(query_features)
         gallery_features = _unit_rows(gallery_features)
+    if chunk_size is None:
+        chunk_size = max(1, _CHUNK_ELEMENTS // max(len(gallery_features), 1))
     gallery_squared = np.square(gallery_features, dtype=np.float64).sum(axis=1)
     output = np.empty((len(query_features), len(gallery_features)), dtype=np.float32)
+    gallery_transposed = gallery_features.T.astype(np.float64)
     for start in range(0, len(query_features), chunk_size):
         query_chunk = query_features[start : start + chunk_size]
-        products = query_chunk.astype(np.float64) @ gallery_features.T.astype(np.float64)
+        products = query_chunk.astype(np.float64) @ gallery_transposed
         if metric == "cosine":
             output[start : start + chunk_size] = 1.0 - products
             continue

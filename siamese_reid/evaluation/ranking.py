@@ -88,7 +88,7 @@ def evaluate_ranking(
     gallery_camids,
     max_rank=50,
     ap_definition="torchreid",
-    chunk_size=256,
+    chunk_size=None,
 ):
     """Evaluates a query x gallery distance matrix under the Market-1501 protocol.
 
@@ -109,7 +109,8 @@ def evaluate_ranking(
       max_rank: length of the CMC curve (may exceed the gallery size).
       ap_definition: "torchreid" (mean precision at each match) or "market_official"
         (the trapezoid rule of the official Market-1501 evaluation code).
-      chunk_size: queries processed together; bounds the temporary memory.
+      chunk_size: queries processed together; by default as many as keep each of the chunk's
+        boolean masks under 32 MiB (2^25 elements), whatever the gallery size.
 
     Returns:
       A `RankingResult`. mINP follows Ye et al.: for each query, the number of matches divided
@@ -127,6 +128,8 @@ def evaluate_ranking(
     if max_rank < 1:
         raise ReIDError(f"max_rank must be >= 1, got {max_rank}")
 
+    if chunk_size is None:
+        chunk_size = max(1, 2**25 // distances.shape[1])
     first_match_counts = np.zeros(max_rank + 1, dtype=np.int64)
     average_precisions = np.full(len(query_pids), np.nan)
     inverse_negative_penalties = []
