@@ -13,11 +13,11 @@ Measured in one run, at the shapes of config.yaml (override with --set):
 
 import argparse
 import json
-import warnings
 import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -71,14 +71,18 @@ def fit_images_per_second(model, dataset, steps, images_per_step):
 
 def python_triplet_generator(paths, triplets, batch_size, size):
     """keras.io-style: decode with PIL in Python, one triplet at a time."""
+
     def load(path):
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB").resize((size[1], size[0])), dtype=np.float32)
 
     while True:
         for start in range(0, len(triplets) - batch_size + 1, batch_size):
-            block = triplets[start:start + batch_size]
-            yield tuple(np.stack([load(paths[i]) for i in block[:, column]]) for column in range(3)), np.zeros(batch_size)
+            block = triplets[start : start + batch_size]
+            yield (
+                tuple(np.stack([load(paths[i]) for i in block[:, column]]) for column in range(3)),
+                np.zeros(batch_size),
+            )
 
 
 def main():
@@ -113,38 +117,63 @@ def main():
     keras.utils.set_random_seed(0)
     tower = build_embedding_model(tower_spec(config))
     results["train_pk_images_per_s"], spread = fit_images_per_second(compiled(tower, "batch_hard"), pk, steps, pk_size)
-    print(f"P x K train step (tf.data + fit): {results['train_pk_images_per_s']:.1f} images/s "
-          f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})", flush=True)
+    print(
+        f"P x K train step (tf.data + fit): {results['train_pk_images_per_s']:.1f} images/s "
+        f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})",
+        flush=True,
+    )
 
     triplet_stream = triplet_dataset(paths, pids, triplets, triplet_size, size, config.augment, 0)
     for branches in ("batched", "separate"):
         model = compiled(SiameseModel(build_embedding_model(tower_spec(config)), branches), "triplet")
         key = f"train_triplet_{branches}_images_per_s"
         results[key], spread = fit_images_per_second(model, triplet_stream, steps, 3 * triplet_size)
-        print(f"triplet train step, {branches} branches (tf.data): {results[key]:.1f} images/s "
-              f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})", flush=True)
+        print(
+            f"triplet train step, {branches} branches (tf.data): {results[key]:.1f} images/s "
+            f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})",
+            flush=True,
+        )
 
     generator_model = compiled(SiameseModel(build_embedding_model(tower_spec(config)), "separate"), "triplet")
-    signature = (tuple(tf.TensorSpec((triplet_size, *size, 3), tf.float32) for _ in range(3)),
-                 tf.TensorSpec((triplet_size,), tf.float64))
+    signature = (
+        tuple(tf.TensorSpec((triplet_size, *size, 3), tf.float32) for _ in range(3)),
+        tf.TensorSpec((triplet_size,), tf.float64),
+    )
     # A fresh generator per iteration: tf.data finalises the one it was iterating when a fit ends.
     from_generator = tf.data.Dataset.from_generator(
-        lambda: python_triplet_generator(paths, triplets, triplet_size, size), output_signature=signature)
+        lambda: python_triplet_generator(paths, triplets, triplet_size, size), output_signature=signature
+    )
     results["baseline_generator_alone_images_per_s"] = images_per_second(
-        python_triplet_generator(paths, triplets, triplet_size, size), steps, 3 * triplet_size, lambda batch: None)
-    print(f"baseline input alone (Python generator, PIL): {results['baseline_generator_alone_images_per_s']:.0f} "
-          f"images/s", flush=True)
+        python_triplet_generator(paths, triplets, triplet_size, size), steps, 3 * triplet_size, lambda batch: None
+    )
+    print(
+        f"baseline input alone (Python generator, PIL): {results['baseline_generator_alone_images_per_s']:.0f} "
+        f"images/s",
+        flush=True,
+    )
     results["baseline_python_generator_separate_images_per_s"], spread = fit_images_per_second(
-        generator_model, from_generator, steps, 3 * triplet_size)
-    results["speedup_vs_baseline"] = (results["train_triplet_batched_images_per_s"]
-                                      / results["baseline_python_generator_separate_images_per_s"])
-    print(f"baseline, Python generator + three tower calls: "
-          f"{results['baseline_python_generator_separate_images_per_s']:.1f} images/s "
-          f"(interquartile {spread[0]:.1f}-{spread[1]:.1f}) -> ours {results['speedup_vs_baseline']:.2f}x", flush=True)
-    results.update(image_size=list(size), backbone=config.model.backbone, vgg_blocks=config.model.vgg_blocks,
-                   pk_batch=pk_size, triplet_batch=triplet_size, steps=steps,
-                   machine=f"{platform.machine()}, {os.cpu_count()} cores", tensorflow=tf.__version__,
-                   gpus=len(tf.config.list_physical_devices("GPU")))
+        generator_model, from_generator, steps, 3 * triplet_size
+    )
+    results["speedup_vs_baseline"] = (
+        results["train_triplet_batched_images_per_s"] / results["baseline_python_generator_separate_images_per_s"]
+    )
+    print(
+        f"baseline, Python generator + three tower calls: "
+        f"{results['baseline_python_generator_separate_images_per_s']:.1f} images/s "
+        f"(interquartile {spread[0]:.1f}-{spread[1]:.1f}) -> ours {results['speedup_vs_baseline']:.2f}x",
+        flush=True,
+    )
+    results.update(
+        image_size=list(size),
+        backbone=config.model.backbone,
+        vgg_blocks=config.model.vgg_blocks,
+        pk_batch=pk_size,
+        triplet_batch=triplet_size,
+        steps=steps,
+        machine=f"{platform.machine()}, {os.cpu_count()} cores",
+        tensorflow=tf.__version__,
+        gpus=len(tf.config.list_physical_devices("GPU")),
+    )
     Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
     Path(arguments.output).write_text(json.dumps(results, indent=2))
 

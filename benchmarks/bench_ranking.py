@@ -32,8 +32,9 @@ from siamese_reid.evaluation.ranking import evaluate_ranking  # noqa: E402
 CASES = {
     "market": dict(num_query=3368, num_gallery=15913, num_ids=750, num_distractors=2798, num_cameras=6),
     "msmt": dict(num_query=11659, num_gallery=82161, num_ids=3060, num_distractors=0, num_cameras=15),
-    "market500k": dict(num_query=3368, num_gallery=15913 + 500000, num_ids=750, num_distractors=2798 + 500000,
-                       num_cameras=6),
+    "market500k": dict(
+        num_query=3368, num_gallery=15913 + 500000, num_ids=750, num_distractors=2798 + 500000, num_cameras=6
+    ),
 }
 
 
@@ -42,8 +43,9 @@ def make_case(num_query, num_gallery, num_ids, num_distractors, num_cameras, dim
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(num_ids + 1, dim)).astype(np.float32)
     query_pids = rng.integers(1, num_ids + 1, num_query)
-    gallery_pids = np.concatenate([rng.integers(1, num_ids + 1, num_gallery - num_distractors),
-                                   np.zeros(num_distractors, dtype=np.int64)])
+    gallery_pids = np.concatenate(
+        [rng.integers(1, num_ids + 1, num_gallery - num_distractors), np.zeros(num_distractors, dtype=np.int64)]
+    )
     query_camids = rng.integers(1, num_cameras + 1, num_query)
     gallery_camids = rng.integers(1, num_cameras + 1, num_gallery)
 
@@ -129,22 +131,41 @@ def main():
         case = make_case(**sizes)
         build = time.perf_counter() - started
         matrix_gb = case[0].nbytes / 2**30
-        print(f"{name}: {case[0].shape[0]:,} x {case[0].shape[1]:,} float32 ({matrix_gb:.1f} GiB, built in {build:.0f} s)",
-              flush=True)
+        print(
+            f"{name}: {case[0].shape[0]:,} x {case[0].shape[1]:,} float32 "
+            f"({matrix_gb:.1f} GiB, built in {build:.0f} s)",
+            flush=True,
+        )
         result, seconds, peak, process_peak = measure(evaluate_ranking, *case)
-        row = {"shape": list(case[0].shape), "matrix_gib": matrix_gb, "seconds": seconds, "peak_extra_gib": peak,
-               "process_peak_gib": process_peak, "rank1": float(result.cmc[0]), "mAP": result.mean_ap}
-        print(f"  evaluate_ranking: {seconds:.1f} s, peak extra memory {peak:.2f} GiB, process peak "
-              f"{process_peak:.1f} GiB (rank-1 {result.cmc[0]:.4f}, mAP {result.mean_ap:.4f})", flush=True)
+        row = {
+            "shape": list(case[0].shape),
+            "matrix_gib": matrix_gb,
+            "seconds": seconds,
+            "peak_extra_gib": peak,
+            "process_peak_gib": process_peak,
+            "rank1": float(result.cmc[0]),
+            "mAP": result.mean_ap,
+        }
+        print(
+            f"  evaluate_ranking: {seconds:.1f} s, peak extra memory {peak:.2f} GiB, process peak "
+            f"{process_peak:.1f} GiB (rank-1 {result.cmc[0]:.4f}, mAP {result.mean_ap:.4f})",
+            flush=True,
+        )
         if name == "market":
             (cmc, mean_ap), loop_seconds, loop_peak, loop_process_peak = measure(loop_baseline, *case)
             assert abs(cmc[0] - result.cmc[0]) < 1e-6 and abs(mean_ap - result.mean_ap) < 1e-9
-            row.update(baseline_seconds=loop_seconds, baseline_peak_extra_gib=loop_peak,
-                       baseline_process_peak_gib=loop_process_peak,
-                       speedup=loop_seconds / seconds)
-            print(f"  per-query loop + full argsort: {loop_seconds:.1f} s, peak extra memory {loop_peak:.2f} GiB, "
-                  f"process peak {loop_process_peak:.1f} GiB "
-                  f"-> {loop_seconds / seconds:.1f}x faster, same metrics", flush=True)
+            row.update(
+                baseline_seconds=loop_seconds,
+                baseline_peak_extra_gib=loop_peak,
+                baseline_process_peak_gib=loop_process_peak,
+                speedup=loop_seconds / seconds,
+            )
+            print(
+                f"  per-query loop + full argsort: {loop_seconds:.1f} s, peak extra memory {loop_peak:.2f} GiB, "
+                f"process peak {loop_process_peak:.1f} GiB "
+                f"-> {loop_seconds / seconds:.1f}x faster, same metrics",
+                flush=True,
+            )
         report["cases"][name] = row
         del case
     Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,9 @@ def main():
     histogram = evaluate_features(
         colour_histogram_features([s.path for s in splits.query]),
         colour_histogram_features([s.path for s in splits.gallery]),
-        splits.query, splits.gallery, replace(config.evaluation, rerank=False, metric="euclidean"),
+        splits.query,
+        splits.gallery,
+        replace(config.evaluation, rerank=False, metric="euclidean"),
     ).ranking
     rows = {
         "trained": {"rank1": trained["rank1"], "mAP": trained["mAP"]},

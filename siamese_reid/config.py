@@ -154,9 +154,7 @@ def _coerce(key, value, annotation, field):
     if base is str and isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        raise ReIDError(
-            f"config key '{key}' must be of type {base.__name__}, got {value!r}"
-        )
+        raise ReIDError(f"config key '{key}' must be of type {base.__name__}, got {value!r}")
     rule = field.metadata
     if rule.get("choices") and value not in rule["choices"]:
         raise ReIDError(

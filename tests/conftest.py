@@ -19,8 +19,15 @@ def tiny_demo(tmp_path_factory):
     """A small demo dataset in Market-1501 layout (32x16 images)."""
     root = tmp_path_factory.mktemp("demo")
     spec = DemoSpec(
-        seed=3, num_train_identities=8, num_test_identities=6, num_cameras=3, images_per_camera=2,
-        num_distractors=4, num_junk=2, image_height=32, image_width=16,
+        seed=3,
+        num_train_identities=8,
+        num_test_identities=6,
+        num_cameras=3,
+        images_per_camera=2,
+        num_distractors=4,
+        num_junk=2,
+        image_height=32,
+        image_width=16,
     )
     generate_demo_dataset(root, spec)
     return root

@@ -20,7 +20,10 @@ def test_threshold_at_equal_error_rate_and_at_a_false_accept_budget():
     threshold = suggest_threshold(positive, negative)
     assert threshold.value == pytest.approx(0.75, abs=0.02)
     assert threshold.true_accept_rate == pytest.approx(1 - threshold.false_accept_rate, abs=0.01)
-    assert accept_rates(positive, negative, threshold.value) == (threshold.true_accept_rate, threshold.false_accept_rate)
+    assert accept_rates(positive, negative, threshold.value) == (
+        threshold.true_accept_rate,
+        threshold.false_accept_rate,
+    )
     strict = suggest_threshold(positive, negative, max_false_accept_rate=0.001)
     assert strict.false_accept_rate <= 0.001 and strict.value < threshold.value
     with pytest.raises(ReIDError):

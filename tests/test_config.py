@@ -78,7 +78,10 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 def test_cli_reports_config_typo_in_one_line_and_fails(tmp_path):
     result = subprocess.run(
         [sys.executable, "train.py", "--set", "training.epocs=3", "--output_dir", str(tmp_path)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: unknown config key 'training.epocs' (did you mean 'epochs'?)"

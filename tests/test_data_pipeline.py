@@ -52,8 +52,15 @@ def test_samplers_refuse_impossible_training_sets():
         samplers.pk_batches(PIDS, 5, 2, 3, seed=0)
 
 
-SETTINGS = AugmentConfig(flip=True, pad_crop=True, pad=4, random_erasing=True, erasing_probability=1.0,
-                         color_jitter=True, jitter_strength=0.3)
+SETTINGS = AugmentConfig(
+    flip=True,
+    pad_crop=True,
+    pad=4,
+    random_erasing=True,
+    erasing_probability=1.0,
+    color_jitter=True,
+    jitter_strength=0.3,
+)
 
 
 @pytest.mark.parametrize(
@@ -122,3 +129,22 @@ def test_inference_dataset_keeps_order(tiny_demo):
     batches = list(inference_dataset([s.path for s in samples], (32, 16), 2))
     assert [b.shape[0] for b in batches] == [2, 2, 1]
     np.testing.assert_allclose(batches[2][0].numpy(), images.decode_image(samples[4].path, 32, 16).numpy())
+
+
+@pytest.mark.parametrize("sampler", ["pk", "triplet"])
+def test_resumed_stream_equals_the_tail_of_the_uninterrupted_one(tiny_demo, sampler):
+    import dataclasses
+
+    from siamese_reid.cli.train import build_training_dataset
+    from siamese_reid.config import TrainingConfig
+
+    samples = read_market_folder(tiny_demo / "bounding_box_train")
+    training = dataclasses.replace(
+        TrainingConfig(), sampler=sampler, identities_per_batch=2, images_per_identity=2, triplet_batch_size=2, epochs=3
+    )
+    full = list(build_training_dataset(samples, training, SETTINGS, (32, 32), start_epoch=0, steps=2))
+    resumed = list(build_training_dataset(samples, training, SETTINGS, (32, 32), start_epoch=2, steps=2))
+    assert len(full) == 6 and len(resumed) == 2
+    for expected, got in zip(full[4:], resumed, strict=True):
+        for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(got), strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -36,7 +36,11 @@ def softplus(x):
 def reference_hard(labels, embeddings, margin, soft, metric):
     losses = []
     for a in range(len(labels)):
-        pos = [distance(embeddings[a], embeddings[p], metric) for p in range(len(labels)) if p != a and labels[p] == labels[a]]
+        pos = [
+            distance(embeddings[a], embeddings[p], metric)
+            for p in range(len(labels))
+            if p != a and labels[p] == labels[a]
+        ]
         neg = [distance(embeddings[a], embeddings[n], metric) for n in range(len(labels)) if labels[n] != labels[a]]
         if pos and neg:
             diff = max(pos) - min(neg)
@@ -99,12 +103,14 @@ def test_explicit_triplet_loss_matches_reference(metric):
     rng = np.random.default_rng(4)
     triplets = rng.normal(size=(9, 3, 5)).astype(np.float32)
     for soft in (False, True):
-        expected = np.mean([
-            (softplus if soft else lambda x: max(x + 0.5, 0.0))(
-                distance(t[0], t[1], metric) - distance(t[0], t[2], metric)
-            )
-            for t in triplets
-        ])
+        expected = np.mean(
+            [
+                (softplus if soft else lambda x: max(x + 0.5, 0.0))(
+                    distance(t[0], t[1], metric) - distance(t[0], t[2], metric)
+                )
+                for t in triplets
+            ]
+        )
         got = float(triplet_margin_loss(None, triplets, margin=0.5, soft=soft, distance_metric=metric))
         assert got == pytest.approx(expected, abs=1e-5)
 
@@ -182,8 +188,9 @@ def test_compiles_by_class_and_trains(loss_class):
     rng = np.random.default_rng(0)
     inputs = (rng.normal(size=(4, 8))[labels] + 0.5 * rng.normal(size=(32, 8))).astype(np.float32)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.UnitNormalization()])
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss_class(margin=0.5),
-                  metrics=make_triplet_metrics("L2", 0.5))
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.05), loss=loss_class(margin=0.5), metrics=make_triplet_metrics("L2", 0.5)
+    )
     history = model.fit(inputs, labels, batch_size=32, epochs=15, verbose=0, shuffle=False)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert {"active_triplet_fraction", "mean_positive_distance", "mean_negative_distance"} <= set(history.history)

@@ -10,7 +10,9 @@ SMALL = TowerSpec(image_height=32, image_width=32, vgg_blocks=2, embedding_dim=8
 
 
 def images(seed, batch=4, spec=SMALL):
-    return np.random.default_rng(seed).uniform(0, 255, (batch, spec.image_height, spec.image_width, 3)).astype("float32")
+    return (
+        np.random.default_rng(seed).uniform(0, 255, (batch, spec.image_height, spec.image_width, 3)).astype("float32")
+    )
 
 
 def test_embeddings_are_unit_length_float32():
@@ -68,7 +70,10 @@ def test_other_backbones_build(backbone):
 
 def test_imagenet_download_failure_explains_what_to_do(monkeypatch):
     def offline(*args, **kwargs):
-        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] Temporary failure in name resolution")
+        raise Exception(
+            "URL fetch failure on https://storage.googleapis.com/...: None -- "
+            "[Errno -3] Temporary failure in name resolution"
+        )
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr("keras.src.applications.vgg16.file_utils.get_file", offline)

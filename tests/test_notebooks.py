@@ -13,9 +13,17 @@ NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, tiny_demo):
     output = tmp_path_factory.mktemp("runs")
-    settings = ["data.image_height=32", "data.image_width=32", "model.vgg_blocks=2", "training.epochs=2",
-                "training.identities_per_batch=4", "training.images_per_identity=2", "evaluation.every_n_epochs=1",
-                f"data.root={tiny_demo}", "output.run_name=small"]
+    settings = [
+        "data.image_height=32",
+        "data.image_width=32",
+        "model.vgg_blocks=2",
+        "training.epochs=2",
+        "training.identities_per_batch=4",
+        "training.images_per_identity=2",
+        "evaluation.every_n_epochs=1",
+        f"data.root={tiny_demo}",
+        "output.run_name=small",
+    ]
     args = ["--output_dir", str(output)]
     for item in settings:
         args += ["--set", item]
@@ -28,6 +36,8 @@ def test_notebook_runs_without_error(path, small_run, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "commit without outputs"
     monkeypatch.setenv("SIAMESE_REID_RUN", str(small_run))
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 5  # curves, CMC, browser, failure cases, distances, projection

@@ -14,7 +14,8 @@ def reference_ranking(distances, query_pids, gallery_pids, query_camids, gallery
     for q in range(len(query_pids)):
         order = sorted(range(len(gallery_pids)), key=lambda g: (distances[q, g], g))
         ranked = [
-            g for g in order
+            g
+            for g in order
             if gallery_pids[g] != -1 and not (gallery_pids[g] == query_pids[q] and gallery_camids[g] == query_camids[q])
         ]
         hits = [gallery_pids[g] == query_pids[q] for g in ranked]
@@ -57,8 +58,14 @@ def random_case(rng, num_query, num_gallery, num_ids, num_cams, tie_levels):
 def test_matches_brute_force_reference(seed, ap_definition):
     rng = np.random.default_rng(seed)
     num_gallery = int(rng.integers(1, 40))
-    case = random_case(rng, int(rng.integers(1, 25)), num_gallery, int(rng.integers(1, 6)), int(rng.integers(1, 4)),
-                       int(rng.integers(2, 8)))
+    case = random_case(
+        rng,
+        int(rng.integers(1, 25)),
+        num_gallery,
+        int(rng.integers(1, 6)),
+        int(rng.integers(1, 4)),
+        int(rng.integers(2, 8)),
+    )
     max_rank = int(rng.integers(1, 60))  # often longer than the filtered gallery
     reference = reference_ranking(*case, max_rank, ap_definition == "market_official") if _has_valid(case) else None
     if reference is None:

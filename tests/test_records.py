@@ -104,7 +104,11 @@ def test_split_identity_folders_is_disjoint_and_seeded():
 def test_summary_counts():
     samples = [Sample("a", 1, 1), Sample("b", 1, 2), Sample("c", 2, 1), Sample("d", 0, 3), Sample("e", -1, 1)]
     assert summarize_split(samples) == {
-        "images": 5, "identities": 2, "distractor_images": 1, "junk_images": 1, "cameras": 3,
+        "images": 5,
+        "identities": 2,
+        "distractor_images": 1,
+        "junk_images": 1,
+        "cameras": 3,
         "single_image_identities": 1,
     }
 

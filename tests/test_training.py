@@ -17,8 +17,13 @@ from tests.conftest import PROJECT_ROOT
 
 # Small, fast settings: 3 VGG blocks on 32x32 inputs.
 FAST = [
-    "data.image_height=32", "data.image_width=32", "model.vgg_blocks=3", "model.embedding_dim=32",
-    "evaluation.num_examples=2", "evaluation.flip_test=false", "training.warmup_epochs=1",
+    "data.image_height=32",
+    "data.image_width=32",
+    "model.vgg_blocks=3",
+    "model.embedding_dim=32",
+    "evaluation.num_examples=2",
+    "evaluation.flip_test=false",
+    "training.warmup_epochs=1",
 ]
 
 
@@ -37,9 +42,15 @@ def run_train(tmp_path, settings, name="run", extra=()):
 def test_training_improves_retrieval_on_held_out_identities(tmp_path):
     # A demo big enough to learn from, with test identities never seen in training.
     settings = FAST + [
-        "demo.dir=" + str(tmp_path / "demo"), "demo.num_train_identities=24", "demo.num_test_identities=16",
-        "demo.num_distractors=8", "demo.image_height=64", "demo.image_width=32",
-        "training.epochs=8", "training.learning_rate=0.001", "evaluation.every_n_epochs=4",
+        "demo.dir=" + str(tmp_path / "demo"),
+        "demo.num_train_identities=24",
+        "demo.num_test_identities=16",
+        "demo.num_distractors=8",
+        "demo.image_height=64",
+        "demo.image_width=32",
+        "training.epochs=8",
+        "training.learning_rate=0.001",
+        "evaluation.every_n_epochs=4",
     ]
     status, run_dir = run_train(tmp_path, settings)
     assert status == 0
@@ -62,8 +73,18 @@ def test_training_improves_retrieval_on_held_out_identities(tmp_path):
     assert metrics["mAP"] > baseline.mean_ap + 0.05, (metrics["mAP"], baseline.mean_ap)
     assert metrics["rank1"] > baseline.cmc[0]
     # what a user looks at after training
-    for name in ("loss.png", "retrieval_per_epoch.png", "cmc.png", "retrieval_examples.png", "best.keras",
-                 "last.keras", "metrics.json", "history.csv", "config.yaml", "dataset_summary.json"):
+    for name in (
+        "loss.png",
+        "retrieval_per_epoch.png",
+        "cmc.png",
+        "retrieval_examples.png",
+        "best.keras",
+        "last.keras",
+        "metrics.json",
+        "history.csv",
+        "config.yaml",
+        "dataset_summary.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert set(metrics) >= {"rank1", "rank5", "rank10", "mAP", "mINP", "num_queries", "num_gallery", "protocol"}
     assert "val_mAP" in history.dtype.names
@@ -72,8 +93,12 @@ def test_training_improves_retrieval_on_held_out_identities(tmp_path):
 def test_evaluate_cli_on_a_run_and_on_bad_models(tmp_path, tiny_demo, capsys):
     from siamese_reid.cli.evaluate import main as evaluate_main
 
-    status, run_dir = run_train(tmp_path, FAST + demo_settings(tiny_demo) + ["training.epochs=1",
-                                "training.identities_per_batch=4", "training.images_per_identity=2"])
+    status, run_dir = run_train(
+        tmp_path,
+        FAST
+        + demo_settings(tiny_demo)
+        + ["training.epochs=1", "training.identities_per_batch=4", "training.images_per_identity=2"],
+    )
     assert status == 0
     assert evaluate_main(["--run", str(run_dir)]) == 0
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
@@ -89,12 +114,22 @@ def test_evaluate_cli_on_a_run_and_on_bad_models(tmp_path, tiny_demo, capsys):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_model(tmp_path, tiny_demo, capsys):
-    settings = FAST + demo_settings(tiny_demo) + [
-        "training.epochs=3", "training.steps_per_epoch=2", "training.identities_per_batch=4",
-        "training.images_per_identity=2", "training.learning_rate=1e30", "training.warmup_epochs=0",
-        "training.optimizer=sgd", "model.bnneck=false", "loss.distance_metric=squared-L2",
-        "evaluation.every_n_epochs=0",
-    ]
+    settings = (
+        FAST
+        + demo_settings(tiny_demo)
+        + [
+            "training.epochs=3",
+            "training.steps_per_epoch=2",
+            "training.identities_per_batch=4",
+            "training.images_per_identity=2",
+            "training.learning_rate=1e30",
+            "training.warmup_epochs=0",
+            "training.optimizer=sgd",
+            "model.bnneck=false",
+            "loss.distance_metric=squared-L2",
+            "evaluation.every_n_epochs=0",
+        ]
+    )
     status, run_dir = run_train(tmp_path, settings)
     err = capsys.readouterr().err
     assert status == 2
@@ -104,10 +139,18 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_model(tmp_path,
 
 @pytest.mark.slow
 def test_resume_after_kill_continues_with_the_right_epoch(tmp_path, tiny_demo):
-    settings = FAST + demo_settings(tiny_demo) + [
-        "training.epochs=4", "training.steps_per_epoch=3", "training.identities_per_batch=4",
-        "training.images_per_identity=2", "evaluation.every_n_epochs=0", "output.run_name=resumable",
-    ]
+    settings = (
+        FAST
+        + demo_settings(tiny_demo)
+        + [
+            "training.epochs=4",
+            "training.steps_per_epoch=3",
+            "training.identities_per_batch=4",
+            "training.images_per_identity=2",
+            "evaluation.every_n_epochs=0",
+            "output.run_name=resumable",
+        ]
+    )
     command = [sys.executable, "train.py", "--output_dir", str(tmp_path)]
     for item in settings:
         command += ["--set", item]
@@ -126,8 +169,13 @@ def test_resume_after_kill_continues_with_the_right_epoch(tmp_path, tiny_demo):
     with h5py.File(run_dir / "backup" / "latest.weights.h5") as backup:
         # the optimizer's step counter drives the learning-rate schedule: it must be saved too
         assert int(backup["optimizer/vars/0"][()]) == killed_at * 3
-    result = subprocess.run([sys.executable, "train.py", "--resume", str(run_dir)], cwd=PROJECT_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "train.py", "--resume", str(run_dir)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resuming from the end of epoch {killed_at}" in result.stdout
     history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
@@ -149,15 +197,25 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from siamese_reid.cli.train import main
-settings = {FAST + demo_settings(tiny_demo) + ["training.epochs=1", "training.steps_per_epoch=2",
-            "training.identities_per_batch=4", "training.images_per_identity=2", "training.strategy=mirrored"]!r}
+settings = {
+        FAST
+        + demo_settings(tiny_demo)
+        + [
+            "training.epochs=1",
+            "training.steps_per_epoch=2",
+            "training.identities_per_batch=4",
+            "training.images_per_identity=2",
+            "training.strategy=mirrored",
+        ]!r
+    }
 args = ["--output_dir", {str(tmp_path)!r}, "--set", "output.run_name=mirrored"]
 for item in settings:
     args += ["--set", item]
 raise SystemExit(main(args))
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 replica(s)" in result.stdout
     assert (tmp_path / "mirrored" / "metrics.json").is_file()
@@ -166,17 +224,29 @@ raise SystemExit(main(args))
 def test_mixed_precision_and_xla_switches_train_on_cpu(tmp_path, tiny_demo):
     script = f"""
 from siamese_reid.cli.train import main
-settings = {FAST + demo_settings(tiny_demo) + ["training.epochs=1", "training.steps_per_epoch=2",
-            "training.identities_per_batch=4", "training.images_per_identity=2", "training.mixed_precision=true",
-            "training.xla=true", "training.sampler=triplet", "training.triplet_batch_size=4"]!r}
+settings = {
+        FAST
+        + demo_settings(tiny_demo)
+        + [
+            "training.epochs=1",
+            "training.steps_per_epoch=2",
+            "training.identities_per_batch=4",
+            "training.images_per_identity=2",
+            "training.mixed_precision=true",
+            "training.xla=true",
+            "training.sampler=triplet",
+            "training.triplet_batch_size=4",
+        ]!r
+    }
 args = ["--output_dir", {str(tmp_path)!r}, "--set", "output.run_name=mp"]
 for item in settings:
     args += ["--set", item]
 raise SystemExit(main(args))
 """
     # a subprocess: the mixed-precision policy is global to the Keras process
-    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     history = np.genfromtxt(tmp_path / "mp" / "history.csv", delimiter=",", names=True)
     assert np.isfinite(history["loss"]).all()

@@ -26,7 +26,11 @@ def add_common_arguments(parser):
     parser.add_argument("--gallery_dir", default=None, help="gallery images (overrides data.gallery_dir)")
     parser.add_argument("--output_dir", default=None, help="where the run is written")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override one config key; repeatable",
     )
 
@@ -111,8 +115,14 @@ def prepare_data(config, run_dir, need_train=True):
     config = resolve_demo(config)
     data = config.data
     splits = read_dataset(
-        data.root, data.train_dir, data.query_dir, data.gallery_dir,
-        data.layout, data.test_fraction, data.split_seed, need_train=need_train,
+        data.root,
+        data.train_dir,
+        data.query_dir,
+        data.gallery_dir,
+        data.layout,
+        data.test_fraction,
+        data.split_seed,
+        need_train=need_train,
     )
     warnings = list(splits.warnings)
     usable = {}

@@ -83,7 +83,9 @@ def main(argv=None):
     parser = argument_parser("Evaluate a re-ID embedding model under the Market-1501 protocol.")
     parser.add_argument("--run", default=None, help="a training run folder (uses its model and config)")
     parser.add_argument(
-        "--checkpoint", default="last", choices=("last", "best"),
+        "--checkpoint",
+        default="last",
+        choices=("last", "best"),
         help="with --run: the last epoch (default; what train.py reports) or the best by val mAP",
     )
     parser.add_argument("--weights", default=None, help="an embedding model file (.keras)")

@@ -48,16 +48,22 @@ def build_training_dataset(train, training, augment, input_size, start_epoch, st
     camids = np.array([s.camid for s in train])
     epochs = range(start_epoch, training.epochs)
     if training.sampler == "pk":
-        batches = np.concatenate([
-            samplers.pk_batches(
-                pids, training.identities_per_batch, training.images_per_identity, steps, training.seed, epoch
-            )
-            for epoch in epochs
-        ])
-        return pk_dataset(paths, pids, batches, input_size, augment, training.seed)
+        batches = np.concatenate(
+            [
+                samplers.pk_batches(
+                    pids, training.identities_per_batch, training.images_per_identity, steps, training.seed, epoch
+                )
+                for epoch in epochs
+            ]
+        )
+        start = start_epoch * steps * batches.shape[1]  # images streamed before start_epoch
+        return pk_dataset(paths, pids, batches, input_size, augment, training.seed, start)
     count = steps * training.triplet_batch_size
     triplets = np.concatenate([samplers.sample_triplets(pids, camids, count, training.seed, e) for e in epochs])
-    return triplet_dataset(paths, pids, triplets, training.triplet_batch_size, input_size, augment, training.seed)
+    start = start_epoch * count * 3
+    return triplet_dataset(
+        paths, pids, triplets, training.triplet_batch_size, input_size, augment, training.seed, start
+    )
 
 
 def _report_sampling(train, training):
@@ -97,8 +103,12 @@ def _build_model(config, steps, strategy):
             model = tower
             loss_object = build_loss(loss.name, loss.margin, loss.soft, loss.distance_metric)
         optimizer = make_optimizer(
-            training.optimizer, training.learning_rate, training.weight_decay,
-            training.warmup_epochs * steps, training.epochs * steps, training.schedule,
+            training.optimizer,
+            training.learning_rate,
+            training.weight_decay,
+            training.warmup_epochs * steps,
+            training.epochs * steps,
+            training.schedule,
         )
         model.compile(
             optimizer=optimizer,
@@ -159,9 +169,7 @@ def run_training(config, run_dir, resuming=False):
         raise ReIDError(f"run '{run_dir}' already finished its {config.training.epochs} epochs")
     if start_epoch:
         print(f"resuming from the end of epoch {start_epoch}")
-    dataset = build_training_dataset(
-        splits.train, config.training, config.augment, input_size, start_epoch, steps
-    )
+    dataset = build_training_dataset(splits.train, config.training, config.augment, input_size, start_epoch, steps)
 
     def evaluate_now():
         from siamese_reid.evaluation.evaluator import evaluate_model
@@ -221,7 +229,9 @@ def main(argv=None):
         output_dir = arguments.output_dir or config.output.dir
         run_dir = new_run_dir(output_dir, config.output.run_name)
         if (run_dir / "config.yaml").exists():
-            raise ReIDError(f"run folder '{run_dir}' already holds a run: use --resume {run_dir} or another output.run_name")
+            raise ReIDError(
+                f"run folder '{run_dir}' already holds a run: use --resume {run_dir} or another output.run_name"
+            )
     quiet_tensorflow()
     print(f"run folder: {run_dir}")
     run_training(config, run_dir, resuming=bool(arguments.resume))

@@ -28,8 +28,7 @@ def compute_distances(query_features, gallery_features, metric="euclidean", chun
         raise ReIDError("features must be 2-D arrays [num_images, embedding_dim]")
     if query_features.shape[1] != gallery_features.shape[1]:
         raise ReIDError(
-            f"query and gallery features differ in size: {query_features.shape[1]} vs "
-            f"{gallery_features.shape[1]}"
+            f"query and gallery features differ in size: {query_features.shape[1]} vs {gallery_features.shape[1]}"
         )
     if metric == "cosine":
         query_features = _unit_rows(query_features)

@@ -40,6 +40,7 @@ def evaluate_features(query_features, gallery_features, query_samples, gallery_s
 
 def evaluate_model(model, query_samples, gallery_samples, image_size, settings, verbose=0):
     """Embeds both sets with `model` (flip test-time augmentation per settings) and scores."""
+
     def embed(samples):
         return extract_embeddings(
             model, [s.path for s in samples], image_size, settings.batch_size, settings.flip_test, verbose

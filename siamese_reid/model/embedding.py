@@ -55,9 +55,7 @@ def _resolve_weights(weights):
         return "imagenet"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise ReIDError(
-            f"model.weights '{weights}' is neither 'none', 'imagenet' nor an existing weights file"
-        )
+        raise ReIDError(f"model.weights '{weights}' is neither 'none', 'imagenet' nor an existing weights file")
     return str(path)
 
 

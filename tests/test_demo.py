@@ -1,0 +1,80 @@
+import hashlib
+
+import numpy as np
+
+from siamese_reid.data.demo import DemoSpec, ensure_demo_dataset, generate_demo_dataset
+from siamese_reid.data.records import read_dataset, summarize_split
+from siamese_reid.evaluation.baselines import colour_histogram_features
+from siamese_reid.evaluation.distances import compute_distances
+from siamese_reid.evaluation.ranking import evaluate_ranking
+
+SPEC = DemoSpec(
+    seed=1,
+    num_train_identities=10,
+    num_test_identities=20,
+    num_cameras=4,
+    images_per_camera=2,
+    num_distractors=10,
+    num_junk=3,
+    image_height=64,
+    image_width=32,
+)
+
+
+def digest(root):
+    files = sorted(p for p in root.rglob("*.jpg"))
+    return [(p.relative_to(root).as_posix(), hashlib.sha1(p.read_bytes()).hexdigest()) for p in files]
+
+
+def test_same_seed_same_images_other_seed_other_images(tmp_path):
+    generate_demo_dataset(tmp_path / "a", SPEC)
+    generate_demo_dataset(tmp_path / "b", SPEC)
+    generate_demo_dataset(tmp_path / "c", DemoSpec(**{**SPEC.__dict__, "seed": 2}))
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+
+
+def test_market_layout_with_cameras_distractors_and_junk(tmp_path):
+    counts = generate_demo_dataset(tmp_path, SPEC)
+    splits = read_dataset(tmp_path, None, None, None, "market", 0.5, 0)
+    assert counts == {
+        "bounding_box_train": len(splits.train),
+        "query": len(splits.query),
+        "bounding_box_test": len(splits.gallery),
+    }
+    train_pids, query_pids = {s.pid for s in splits.train}, {s.pid for s in splits.query}
+    assert len(train_pids) == 10 and len(query_pids) == 20 and train_pids.isdisjoint(query_pids)
+    gallery = summarize_split(splits.gallery)
+    assert gallery["distractor_images"] == 10 and gallery["junk_images"] == 3
+    for split in (splits.train, splits.query, splits.gallery):
+        assert summarize_split(split)["cameras"] >= 2
+    # every query identity has a gallery image from another camera (a valid match exists)
+    for query in splits.query:
+        assert any(g.pid == query.pid and g.camid != query.camid for g in splits.gallery)
+    pairs = [(s.pid, s.camid) for s in splits.query]
+    assert len(pairs) == len(set(pairs))  # one query per identity and camera
+
+
+def test_a_colour_histogram_cannot_solve_it(tmp_path):
+    generate_demo_dataset(tmp_path, SPEC)
+    splits = read_dataset(tmp_path, None, None, None, "market", 0.5, 0)
+    distances = compute_distances(
+        colour_histogram_features([s.path for s in splits.query]),
+        colour_histogram_features([s.path for s in splits.gallery]),
+    )
+    result = evaluate_ranking(
+        distances,
+        np.array([s.pid for s in splits.query]),
+        np.array([s.pid for s in splits.gallery]),
+        np.array([s.camid for s in splits.query]),
+        np.array([s.camid for s in splits.gallery]),
+    )
+    assert result.cmc[0] < 0.25 and result.mean_ap < 0.25, (result.cmc[0], result.mean_ap)
+
+
+def test_ensure_regenerates_only_when_the_spec_changes(tmp_path):
+    assert ensure_demo_dataset(tmp_path / "demo", SPEC) is True
+    assert ensure_demo_dataset(tmp_path / "demo", SPEC) is False
+    smaller = DemoSpec(**{**SPEC.__dict__, "num_test_identities": 5})
+    assert ensure_demo_dataset(tmp_path / "demo", smaller) is True
+    assert len(list((tmp_path / "demo" / "query").iterdir())) < 20 * 2  # old images are gone
