@@ -1,0 +1,293 @@
+"""The built-in demo dataset: procedurally drawn pedestrians in Market-1501 layout.
+
+Identity lives in the person (clothing colours and where they go, clothing pattern, body
+proportions, hair, bag and hat); the camera and the shot decide everything else (background,
+illumination, colour cast, blur, scale, crop, occlusion). Clothing colours come from a small
+shared palette, so many identities share the same colours in different places or patterns:
+a colour histogram alone cannot tell them apart, and camera colour casts move histograms further.
+Deterministic: the images are a pure function of the arguments.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PALETTE = np.array(
+    [
+        [200, 30, 30], [30, 60, 170], [40, 140, 50], [230, 200, 40], [25, 25, 25],
+        [235, 235, 235], [120, 120, 120], [140, 80, 40], [150, 60, 160], [240, 130, 30],
+    ],
+    dtype=np.float32,
+)
+SKIN_TONES = np.array([[240, 200, 170], [200, 150, 110], [150, 100, 70], [95, 60, 40]], np.float32)
+PATTERNS = ("solid", "horizontal_stripes", "vertical_stripes", "checks", "two_tone")
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """What stays the same about one person across cameras."""
+
+    shirt: np.ndarray
+    shirt_second: np.ndarray
+    trousers: np.ndarray
+    shoes: np.ndarray
+    hair: np.ndarray
+    skin: np.ndarray
+    pattern: str
+    stripe_period: int
+    torso_fraction: float
+    width_fraction: float
+    long_trousers: bool
+    bag_color: np.ndarray | None
+    bag_side: int
+    hat_color: np.ndarray | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Camera:
+    """What one camera does to every image it takes."""
+
+    background_top: np.ndarray
+    background_bottom: np.ndarray
+    gain: float
+    cast: np.ndarray
+    blur: int
+    noise: float
+
+
+def _color(rng, exclude=()):
+    choices = [i for i in range(len(PALETTE)) if i not in exclude]
+    index = int(rng.choice(choices))
+    return index, PALETTE[index]
+
+
+def make_identity(rng):
+    shirt_index, shirt = _color(rng)
+    _, shirt_second = _color(rng, exclude=(shirt_index,))
+    _, trousers = _color(rng)
+    return Identity(
+        shirt=shirt,
+        shirt_second=shirt_second,
+        trousers=trousers,
+        shoes=PALETTE[int(rng.choice([4, 5, 7, 6]))],
+        hair=PALETTE[int(rng.choice([4, 7, 3, 6]))],
+        skin=SKIN_TONES[int(rng.integers(len(SKIN_TONES)))],
+        pattern=PATTERNS[int(rng.integers(len(PATTERNS)))],
+        stripe_period=int(rng.integers(3, 7)),
+        torso_fraction=float(rng.uniform(0.30, 0.42)),
+        width_fraction=float(rng.uniform(0.32, 0.50)),
+        long_trousers=bool(rng.random() < 0.75),
+        bag_color=_color(rng)[1] if rng.random() < 0.45 else None,
+        bag_side=int(rng.choice([-1, 1])),
+        hat_color=_color(rng)[1] if rng.random() < 0.25 else None,
+    )
+
+
+def make_camera(rng):
+    return Camera(
+        background_top=rng.uniform(40, 220, size=3).astype(np.float32),
+        background_bottom=rng.uniform(40, 200, size=3).astype(np.float32),
+        gain=float(rng.uniform(0.6, 1.3)),
+        cast=rng.uniform(0.75, 1.25, size=3).astype(np.float32),
+        blur=int(rng.integers(0, 3)),
+        noise=float(rng.uniform(2, 10)),
+    )
+
+
+def _box_blur(image, radius):
+    if radius <= 0:
+        return image
+    kernel = 2 * radius + 1
+    padded = np.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
+    summed = np.cumsum(np.cumsum(padded, axis=0), axis=1)
+    summed = np.pad(summed, ((1, 0), (1, 0), (0, 0)))
+    height, width = image.shape[:2]
+    total = (
+        summed[kernel : kernel + height, kernel : kernel + width]
+        - summed[:height, kernel : kernel + width]
+        - summed[kernel : kernel + height, :width]
+        + summed[:height, :width]
+    )
+    return total / (kernel * kernel)
+
+
+def _background(camera, rng, height, width):
+    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    canvas = camera.background_top * (1 - rows) + camera.background_bottom * rows
+    canvas = np.broadcast_to(canvas, (height, width, 3)).copy()
+    # A few shot-dependent clutter rectangles (doors, signs, other objects).
+    for _ in range(int(rng.integers(1, 4))):
+        top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+        canvas[top : top + int(rng.integers(5, height // 2)), left : left + int(rng.integers(3, width // 2))] = (
+            rng.uniform(30, 230, size=3)
+        )
+    return canvas
+
+
+def _torso_texture(identity, rows, cols):
+    if identity.pattern == "horizontal_stripes":
+        second = (rows // identity.stripe_period) % 2 == 1
+    elif identity.pattern == "vertical_stripes":
+        second = (cols // identity.stripe_period) % 2 == 1
+    elif identity.pattern == "checks":
+        second = ((rows // identity.stripe_period) + (cols // identity.stripe_period)) % 2 == 1
+    elif identity.pattern == "two_tone":
+        second = rows > rows.min() + (rows.max() - rows.min()) / 2
+    else:
+        second = np.zeros_like(rows, dtype=bool)
+    return np.where(second[..., None], identity.shirt_second, identity.shirt)
+
+
+def draw_person(identity, camera, rng, height, width):
+    """Draws one shot of `identity` seen by `camera`; returns uint8 [height, width, 3]."""
+    canvas = _background(camera, rng, height, width)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    scale = rng.uniform(0.78, 0.97)
+    person_height = scale * height
+    top = rng.uniform(0.01, 1.0 - scale) * height
+    center = width / 2 + rng.uniform(-0.08, 0.08) * width
+    half_width = identity.width_fraction * width / 2 * scale / 0.9
+
+    def region(y0, y1, x0, x1):
+        return (rows >= top + y0 * person_height) & (rows < top + y1 * person_height) & (
+            cols >= center + x0 * half_width
+        ) & (cols < center + x1 * half_width)
+
+    head_center = top + 0.08 * person_height
+    head = ((rows - head_center) / (0.075 * person_height)) ** 2 + (
+        (cols - center) / (0.42 * half_width)
+    ) ** 2 <= 1
+    canvas[head] = identity.skin
+    hair = head & (rows < head_center - 0.02 * person_height)
+    canvas[hair] = identity.hair
+    if identity.hat_color is not None:
+        canvas[region(-0.005, 0.045, -0.55, 0.55)] = identity.hat_color
+    torso_end = 0.16 + identity.torso_fraction
+    torso = region(0.16, torso_end, -1.0, 1.0)
+    arms = region(0.17, torso_end - 0.02, -1.3, -1.0) | region(0.17, torso_end - 0.02, 1.0, 1.3)
+    canvas[torso] = _torso_texture(identity, rows - top, cols)[torso]
+    canvas[arms] = identity.shirt
+    legs_end = 0.94
+    gap = np.abs(cols - center) < 0.12 * half_width
+    trouser_end = legs_end if identity.long_trousers else torso_end + 0.22
+    canvas[region(torso_end, trouser_end, -0.85, 0.85) & ~gap] = identity.trousers
+    if not identity.long_trousers:
+        canvas[region(trouser_end, legs_end, -0.7, 0.7) & ~gap] = identity.skin
+    canvas[region(legs_end, 1.0, -0.95, 0.95) & ~gap] = identity.shoes
+    if identity.bag_color is not None:
+        side = identity.bag_side * (1 if rng.random() < 0.8 else -1)  # seen from behind, sometimes
+        x0, x1 = (1.0, 1.7) if side > 0 else (-1.7, -1.0)
+        canvas[region(torso_end - 0.12, torso_end + 0.08, x0, x1)] = identity.bag_color
+    if rng.random() < 0.3:  # partial occlusion by something in front of the person
+        occluder_top = int(rng.uniform(0.5, 0.85) * height)
+        occluder_width = int(rng.uniform(0.3, 0.7) * width)
+        left = int(rng.integers(0, width - occluder_width + 1))
+        canvas[occluder_top:, left : left + occluder_width] = rng.uniform(30, 230, size=3)
+    shot_gain = camera.gain * rng.uniform(0.85, 1.15)
+    canvas = canvas * shot_gain * camera.cast
+    canvas = _box_blur(canvas, camera.blur + int(rng.random() < 0.3))
+    canvas = canvas + rng.normal(0.0, camera.noise, size=canvas.shape)
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def _crop_jitter(image, rng):
+    """Detector-style box jitter: crop a little off each side and resize back."""
+    height, width = image.shape[:2]
+    top, bottom = int(rng.integers(0, height // 12 + 1)), int(rng.integers(0, height // 12 + 1))
+    left, right = int(rng.integers(0, width // 10 + 1)), int(rng.integers(0, width // 10 + 1))
+    cropped = Image.fromarray(image[top : height - bottom, left : width - right])
+    return cropped.resize((width, height), Image.BILINEAR)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSpec:
+    seed: int = 0
+    num_train_identities: int = 60
+    num_test_identities: int = 40
+    num_cameras: int = 4
+    images_per_camera: int = 2
+    num_distractors: int = 40
+    num_junk: int = 10
+    image_height: int = 128
+    image_width: int = 64
+
+
+def _file_name(pid, camid, frame, box):
+    prefix = "-1" if pid < 0 else f"{pid:04d}"
+    return f"{prefix}_c{camid}s1_{frame:06d}_{box:02d}.jpg"
+
+
+def generate_demo_dataset(output_dir, spec):
+    """Writes the demo dataset in Market-1501 layout; returns {split: number of images}.
+
+    Training identities are 1..N, test identities N+1..; each identity is seen by 2 or more
+    cameras. Queries are one image per test identity and camera; the rest of its images go to
+    the gallery with distractors (pid 0) and junk boxes (pid -1).
+    """
+    output_dir = Path(output_dir)
+    rng = np.random.default_rng(spec.seed)
+    cameras = [make_camera(rng) for _ in range(spec.num_cameras)]
+    folders = {name: output_dir / name for name in ("bounding_box_train", "query", "bounding_box_test")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    counts = dict.fromkeys(folders, 0)
+    frame = 0
+
+    def save(split, pid, camid, image):
+        nonlocal frame
+        frame += 1
+        image = _crop_jitter(image, rng)
+        image.save(folders[split] / _file_name(pid, camid, frame, 1), quality=92)
+        counts[split] += 1
+
+    def shots(identity, camera_ids):
+        for camid in camera_ids:
+            yield camid, [
+                draw_person(identity, cameras[camid - 1], rng, spec.image_height, spec.image_width)
+                for _ in range(spec.images_per_camera)
+            ]
+
+    num_identities = spec.num_train_identities + spec.num_test_identities
+    for pid in range(1, num_identities + 1):
+        identity = make_identity(rng)
+        num_seen = int(rng.integers(2, spec.num_cameras + 1))
+        camera_ids = sorted(int(c) + 1 for c in rng.choice(spec.num_cameras, num_seen, replace=False))
+        for camid, images in shots(identity, camera_ids):
+            if pid <= spec.num_train_identities:
+                for image in images:
+                    save("bounding_box_train", pid, camid, image)
+            else:
+                save("query", pid, camid, images[0])
+                for image in images[1:] or images[:1]:
+                    save("bounding_box_test", pid, camid, image)
+    for pid, count in ((0, spec.num_distractors), (-1, spec.num_junk)):
+        for _ in range(count):
+            camid = int(rng.integers(1, spec.num_cameras + 1))
+            image = draw_person(make_identity(rng), cameras[camid - 1], rng, spec.image_height, spec.image_width)
+            if pid < 0:  # junk: a badly cropped box showing mostly background
+                image = np.roll(image, spec.image_height // 2, axis=0)
+            save("bounding_box_test", pid, camid, image)
+    return counts
+
+
+def ensure_demo_dataset(output_dir, spec):
+    """Generates the demo dataset unless `output_dir` already holds one made from `spec`.
+
+    The spec is stored beside the images; a different spec regenerates into a fresh folder so
+    stale images of another size or seed are never mixed in.
+    """
+    import json
+    import shutil
+
+    output_dir = Path(output_dir)
+    marker = output_dir / "demo_spec.json"
+    wanted = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    if marker.exists() and marker.read_text() == wanted:
+        return False
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    generate_demo_dataset(output_dir, spec)
+    marker.write_text(wanted)
+    return True

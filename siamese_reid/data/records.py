@@ -1,0 +1,224 @@
+"""Dataset readers. Every reader returns a list of `Sample(path, pid, camid)` records.
+
+Identity conventions follow Market-1501: pid -1 marks junk boxes (ignored by the evaluator),
+pid 0 marks distractors (kept in the gallery as negatives). camid is 1-based as in the file
+names. Folder-per-identity datasets have no camera ids; see `assign_split_cameras`.
+Pure Python: no TensorFlow, no image decoding.
+"""
+
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+from siamese_reid.errors import ReIDError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".gif", ".tif", ".tiff")
+
+# Market-1501: 0002_c1s1_000451_03.jpg; DukeMTMC-reID: 0001_c2_f0046182.jpg; junk: -1_c1s1_...
+_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+
+
+class Sample(NamedTuple):
+    path: str
+    pid: int
+    camid: int
+
+
+def parse_market_name(file_name):
+    """Returns (pid, camid) for a Market-1501 / DukeMTMC-reID file name, or None."""
+    match = _MARKET_NAME.match(file_name)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def _require_folder(folder, what):
+    """The folder as an absolute path (records must stay valid from any working directory:
+    notebooks, evaluate.py run from elsewhere)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ReIDError(f"{what} folder '{folder}' does not exist")
+    if not folder.is_dir():
+        raise ReIDError(f"{what} path '{folder}' is not a folder")
+    return folder.resolve()
+
+
+def _image_files(folder):
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def read_market_folder(folder, warnings=None, what="image"):
+    """Reads one Market-1501-style folder of images.
+
+    Files that are not images or whose names do not parse are skipped and reported in
+    `warnings` (a list the caller records); a folder with no usable image is an error.
+    """
+    folder = _require_folder(folder, what)
+    warnings = [] if warnings is None else warnings
+    files = _image_files(folder)
+    if not files:
+        raise ReIDError(f"{what} folder '{folder}' is empty")
+    samples = []
+    for path in files:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            warnings.append(f"skipped '{path}': not an image file")
+            continue
+        parsed = parse_market_name(path.name)
+        if parsed is None:
+            warnings.append(f"skipped '{path}': name does not match PID_cCAM... (Market-1501)")
+            continue
+        samples.append(Sample(str(path), *parsed))
+    if not samples:
+        raise ReIDError(
+            f"no file in {what} folder '{folder}' has a Market-1501-style name such as "
+            "0002_c1s1_000451_03.jpg; for one folder per identity use data.layout: folders"
+        )
+    return samples
+
+
+def _identity_names(root):
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+
+
+def read_identity_folders(root, warnings=None, what="image", identity_ids=None):
+    """Reads root/<identity>/<images>.
+
+    Identities are numbered 1.. in sorted folder-name order, or by `identity_ids` (a dict of
+    folder name -> pid) so that query and gallery folders read separately agree.
+    camid is -1 (unknown) until `assign_split_cameras` sets it.
+    """
+    root = _require_folder(root, what)
+    warnings = [] if warnings is None else warnings
+    names = _identity_names(root)
+    if not names:
+        raise ReIDError(f"{what} folder '{root}' has no identity sub-folders")
+    if identity_ids is None:
+        identity_ids = {name: pid for pid, name in enumerate(names, start=1)}
+    samples = []
+    for name in names:
+        pid, identity_folder = identity_ids[name], root / name
+        for path in _image_files(identity_folder):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                warnings.append(f"skipped '{path}': not an image file")
+                continue
+            samples.append(Sample(str(path), pid, -1))
+    if not samples:
+        raise ReIDError(f"{what} folder '{root}' holds no image files")
+    return samples
+
+
+def assign_split_cameras(samples, camid):
+    """Gives every sample of a camera-less split the same camera id.
+
+    Without cameras the same-camera rule of the protocol cannot apply, so queries get camera 1
+    and gallery images camera 2: the rule then removes nothing and every gallery image of the
+    query's identity counts as a match.
+    """
+    return [Sample(s.path, s.pid, camid) for s in samples]
+
+
+def split_identity_folders(samples, test_fraction, seed):
+    """Splits a camera-less folder dataset into disjoint-identity train / query / gallery.
+
+    A seeded permutation holds out `test_fraction` of the identities; of each held-out identity
+    with at least two images one image (seeded) becomes the query and the rest the gallery.
+    """
+    import numpy as np  # local: keeps the reader module importable without numpy at call sites
+
+    pids = sorted({s.pid for s in samples})
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pids))
+    num_test = max(1, round(len(pids) * test_fraction))
+    test_pids = {pids[i] for i in order[:num_test]}
+    train = [s for s in samples if s.pid not in test_pids]
+    query, gallery = [], []
+    for pid in sorted(test_pids):
+        images = [s for s in samples if s.pid == pid]
+        if len(images) < 2:
+            gallery.extend(images)
+            continue
+        pick = int(rng.integers(len(images)))
+        query.append(images[pick])
+        gallery.extend(images[:pick] + images[pick + 1 :])
+    return (
+        assign_split_cameras(train, 1),
+        assign_split_cameras(query, 1),
+        assign_split_cameras(gallery, 2),
+    )
+
+
+class DatasetSplits(NamedTuple):
+    train: list
+    query: list
+    gallery: list
+    warnings: list
+
+
+def read_dataset(
+    root, train_dir, query_dir, gallery_dir, layout, test_fraction, split_seed, need_train=True
+):
+    """Reads the three splits of a dataset; explicit *_dir arguments override `root`.
+
+    Args:
+      root: dataset root (Market layout: bounding_box_train/, query/, bounding_box_test/;
+        folders layout: one folder per identity, split by `split_identity_folders`).
+      train_dir, query_dir, gallery_dir: explicit split folders, or None.
+      layout: "market" or "folders".
+      test_fraction, split_seed: used only for a folders root without explicit splits.
+      need_train: when False (evaluation), a missing train split is not an error.
+    """
+    warnings = []
+    if layout == "market":
+        base = Path(root) if root else None
+        folders = {
+            "train": train_dir or (base / "bounding_box_train" if base else None),
+            "query": query_dir or (base / "query" if base else None),
+            "gallery": gallery_dir or (base / "bounding_box_test" if base else None),
+        }
+        if not need_train and (folders["train"] is None or not Path(folders["train"]).exists()):
+            folders.pop("train")
+        missing = [name for name, folder in folders.items() if folder is None]
+        if missing:
+            raise ReIDError(f"no {', '.join(missing)} folder given: set data.root or data.*_dir")
+        splits = {
+            name: read_market_folder(folder, warnings, what=name)
+            for name, folder in folders.items()
+        }
+        return DatasetSplits(splits.get("train", []), splits["query"], splits["gallery"], warnings)
+    if train_dir or query_dir or gallery_dir:
+        if not (train_dir and query_dir and gallery_dir):
+            raise ReIDError("with layout folders give all of train_dir, query_dir, gallery_dir")
+        folders = {"train": train_dir, "query": query_dir, "gallery": gallery_dir}
+        names = sorted({n for d in folders.values() for n in _identity_names(_require_folder(d, "image"))})
+        identity_ids = {name: pid for pid, name in enumerate(names, start=1)}
+        train, query, gallery = (
+            read_identity_folders(folder, warnings, what, identity_ids)
+            for what, folder in folders.items()
+        )
+        return DatasetSplits(
+            assign_split_cameras(train, 1),
+            assign_split_cameras(query, 1),
+            assign_split_cameras(gallery, 2),
+            warnings,
+        )
+    if not root:
+        raise ReIDError("with layout folders set data.root or all three data.*_dir")
+    train, query, gallery = split_identity_folders(
+        read_identity_folders(root, warnings, "dataset"), test_fraction, split_seed
+    )
+    return DatasetSplits(train, query, gallery, warnings)
+
+
+def summarize_split(samples):
+    """Counts a user wants to see for one split."""
+    counts = {}
+    for sample in samples:
+        counts[sample.pid] = counts.get(sample.pid, 0) + 1
+    return {
+        "images": len(samples),
+        "identities": len([pid for pid in counts if pid > 0]),
+        "distractor_images": counts.get(0, 0),
+        "junk_images": counts.get(-1, 0),
+        "cameras": len({s.camid for s in samples}),
+        "single_image_identities": len([pid for pid, n in counts.items() if n == 1 and pid > 0]),
+    }

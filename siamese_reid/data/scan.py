@@ -1,0 +1,56 @@
+"""Checks every image once before training, so one bad file never kills a long run.
+
+Each file is fully decoded with Pillow. Corrupt or truncated files are skipped and listed.
+Formats that TensorFlow cannot decode (PGM/PPM, TIFF) are converted once to PNG in a cache
+folder, so the tf.data hot path only ever sees JPEG, PNG, BMP or GIF.
+"""
+
+import hashlib
+from pathlib import Path
+
+from PIL import Image
+
+from siamese_reid.data.records import Sample
+
+TF_DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
+
+
+def _converted_path(path, cache_dir):
+    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{digest}.png"
+
+
+def check_image(path):
+    """Returns the Pillow format name of a fully decodable image; raises OSError otherwise."""
+    with Image.open(path) as image:
+        image.load()  # decodes every pixel: truncated and corrupt files raise here
+        return image.format
+
+
+def scan_samples(samples, cache_dir):
+    """Splits `samples` into usable ones and a list of (path, reason) for skipped files.
+
+    Args:
+      samples: list of `Sample`.
+      cache_dir: where images in formats TensorFlow cannot decode are converted to PNG.
+
+    Returns:
+      (usable samples, with converted paths where needed; skipped [(path, reason)]).
+    """
+    usable, skipped = [], []
+    for sample in samples:
+        try:
+            image_format = check_image(sample.path)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            skipped.append((sample.path, f"unreadable image ({error})".replace("\n", " ")))
+            continue
+        if image_format in TF_DECODABLE_FORMATS:
+            usable.append(sample)
+            continue
+        target = _converted_path(sample.path, cache_dir)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(sample.path) as image:
+                image.convert("RGB").save(target)
+        usable.append(Sample(str(target), sample.pid, sample.camid))
+    return usable, skipped
