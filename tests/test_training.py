@@ -191,62 +191,50 @@ def test_bad_dataset_is_one_line_error(tmp_path, capsys):
     assert err.strip().count("\n") == 0 and "train folder" in err and "is empty" in err
 
 
+def _train_in_subprocess(tmp_path, run_name, settings, preamble=""):
+    """Runs train.py's main in a fresh process (device setup and the mixed-precision policy
+    are global to a TensorFlow process)."""
+    args = ["--output_dir", str(tmp_path), "--set", f"output.run_name={run_name}"]
+    for item in settings:
+        args += ["--set", item]
+    script = f"{preamble}\nfrom siamese_reid.cli.train import main\nraise SystemExit(main({args!r}))\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+
+
+SMALL_RUN = [
+    "training.epochs=1",
+    "training.steps_per_epoch=2",
+    "training.identities_per_batch=4",
+    "training.images_per_identity=2",
+]
+
+
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path, tiny_demo):
-    script = f"""
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from siamese_reid.cli.train import main
-settings = {
-        FAST
-        + demo_settings(tiny_demo)
-        + [
-            "training.epochs=1",
-            "training.steps_per_epoch=2",
-            "training.identities_per_batch=4",
-            "training.images_per_identity=2",
-            "training.strategy=mirrored",
-        ]!r
-    }
-args = ["--output_dir", {str(tmp_path)!r}, "--set", "output.run_name=mirrored"]
-for item in settings:
-    args += ["--set", item]
-raise SystemExit(main(args))
-"""
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    preamble = (
+        "import tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)"
     )
+    settings = FAST + demo_settings(tiny_demo) + SMALL_RUN + ["training.strategy=mirrored"]
+    result = _train_in_subprocess(tmp_path, "mirrored", settings, preamble)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 replica(s)" in result.stdout
     assert (tmp_path / "mirrored" / "metrics.json").is_file()
 
 
 def test_mixed_precision_and_xla_switches_train_on_cpu(tmp_path, tiny_demo):
-    script = f"""
-from siamese_reid.cli.train import main
-settings = {
+    settings = (
         FAST
         + demo_settings(tiny_demo)
+        + SMALL_RUN
         + [
-            "training.epochs=1",
-            "training.steps_per_epoch=2",
-            "training.identities_per_batch=4",
-            "training.images_per_identity=2",
             "training.mixed_precision=true",
             "training.xla=true",
             "training.sampler=triplet",
             "training.triplet_batch_size=4",
-        ]!r
-    }
-args = ["--output_dir", {str(tmp_path)!r}, "--set", "output.run_name=mp"]
-for item in settings:
-    args += ["--set", item]
-raise SystemExit(main(args))
-"""
-    # a subprocess: the mixed-precision policy is global to the Keras process
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+        ]
     )
+    result = _train_in_subprocess(tmp_path, "mp", settings)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     history = np.genfromtxt(tmp_path / "mp" / "history.csv", delimiter=",", names=True)
     assert np.isfinite(history["loss"]).all()

@@ -96,6 +96,9 @@ def _build_model(config, steps, strategy):
         tower = build_embedding_model(tower_spec(config))
         if training.sampler == "triplet":
             model = SiameseModel(tower, branches=config.model.branches)
+            # Build the subclassed model now: BackupAndRestore needs its variables before fit.
+            blank = np.zeros((1, config.data.image_height, config.data.image_width, 3), "float32")
+            model((blank, blank, blank))
             loss_object = build_loss("triplet", loss.margin, loss.soft, loss.distance_metric)
         else:
             if loss.name == "triplet":
