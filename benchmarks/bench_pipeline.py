@@ -15,13 +15,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -17,14 +17,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from siamese_reid.evaluation.distances import compute_distances  # noqa: E402
 from siamese_reid.evaluation.ranking import evaluate_ranking  # noqa: E402

@@ -13,11 +13,7 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
