@@ -95,7 +95,7 @@ class TrainingConfig:
     warmup_epochs: int = _field(2, minimum=0)
     schedule: str = _field("cosine", choices=("cosine", "constant"))
     seed: int = _field(0)
-    mixed_precision: bool = _field(False)
+    precision: str = _field("float32", choices=("float32", "mixed_float16", "mixed_bfloat16"))
     xla: bool = _field(False)
     strategy: str = _field("default", choices=("default", "mirrored", "multi_worker"))
 

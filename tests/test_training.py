@@ -181,6 +181,14 @@ def test_resume_after_kill_continues_with_the_right_epoch(tmp_path, tiny_demo):
     history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
     assert list(history["epoch"].astype(int)) == list(range(4))  # no epoch lost, none repeated
     assert (run_dir / "metrics.json").is_file()
+    again = subprocess.run(
+        [sys.executable, "train.py", "--resume", str(run_dir)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 2 and "already finished" in again.stderr
 
 
 def test_bad_dataset_is_one_line_error(tmp_path, capsys):
@@ -222,13 +230,14 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path, tiny_demo):
     assert (tmp_path / "mirrored" / "metrics.json").is_file()
 
 
-def test_mixed_precision_and_xla_switches_train_on_cpu(tmp_path, tiny_demo):
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_and_xla_switches_train_on_cpu(tmp_path, tiny_demo, precision):
     settings = (
         FAST
         + demo_settings(tiny_demo)
         + SMALL_RUN
         + [
-            "training.mixed_precision=true",
+            f"training.precision={precision}",
             "training.xla=true",
             "training.sampler=triplet",
             "training.triplet_batch_size=4",

@@ -153,8 +153,7 @@ def run_training(config, run_dir, resuming=False):
     from siamese_reid.training import NonFiniteLossError, make_strategy, resume_epoch
 
     keras.utils.set_random_seed(config.training.seed)
-    if config.training.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(config.training.precision)
     config, splits = prepare_data(config, run_dir)
     save_run_config(config, run_dir)
     _report_sampling(splits.train, config.training)
@@ -226,6 +225,8 @@ def main(argv=None):
         run_dir = Path(arguments.resume)
         if not (run_dir / "config.yaml").is_file():
             raise ReIDError(f"cannot resume: '{run_dir}' has no config.yaml (not a run folder)")
+        if (run_dir / "metrics.json").is_file() and not (run_dir / "backup").exists():
+            raise ReIDError(f"cannot resume: run '{run_dir}' already finished (see its metrics.json)")
         config = config_from_arguments(arguments, base_config_path=run_dir / "config.yaml")
     else:
         config = config_from_arguments(arguments)

@@ -16,8 +16,16 @@ from PIL import Image
 
 PALETTE = np.array(
     [
-        [200, 30, 30], [30, 60, 170], [40, 140, 50], [230, 200, 40], [25, 25, 25],
-        [235, 235, 235], [120, 120, 120], [140, 80, 40], [150, 60, 160], [240, 130, 30],
+        [200, 30, 30],
+        [30, 60, 170],
+        [40, 140, 50],
+        [230, 200, 40],
+        [25, 25, 25],
+        [235, 235, 235],
+        [120, 120, 120],
+        [140, 80, 40],
+        [150, 60, 160],
+        [240, 130, 30],
     ],
     dtype=np.float32,
 )
@@ -151,14 +159,15 @@ def draw_person(identity, camera, rng, height, width):
     half_width = identity.width_fraction * width / 2 * scale / 0.9
 
     def region(y0, y1, x0, x1):
-        return (rows >= top + y0 * person_height) & (rows < top + y1 * person_height) & (
-            cols >= center + x0 * half_width
-        ) & (cols < center + x1 * half_width)
+        return (
+            (rows >= top + y0 * person_height)
+            & (rows < top + y1 * person_height)
+            & (cols >= center + x0 * half_width)
+            & (cols < center + x1 * half_width)
+        )
 
     head_center = top + 0.08 * person_height
-    head = ((rows - head_center) / (0.075 * person_height)) ** 2 + (
-        (cols - center) / (0.42 * half_width)
-    ) ** 2 <= 1
+    head = ((rows - head_center) / (0.075 * person_height)) ** 2 + ((cols - center) / (0.42 * half_width)) ** 2 <= 1
     canvas[head] = identity.skin
     hair = head & (rows < head_center - 0.02 * person_height)
     canvas[hair] = identity.hair
@@ -244,10 +253,13 @@ def generate_demo_dataset(output_dir, spec):
 
     def shots(identity, camera_ids):
         for camid in camera_ids:
-            yield camid, [
-                draw_person(identity, cameras[camid - 1], rng, spec.image_height, spec.image_width)
-                for _ in range(spec.images_per_camera)
-            ]
+            yield (
+                camid,
+                [
+                    draw_person(identity, cameras[camid - 1], rng, spec.image_height, spec.image_width)
+                    for _ in range(spec.images_per_camera)
+                ],
+            )
 
     num_identities = spec.num_train_identities + spec.num_test_identities
     for pid in range(1, num_identities + 1):

@@ -31,9 +31,7 @@ def _image_stream(paths, labels, flat_indices, image_size, augment_settings, see
             image = augment(image, tf.stack([tf.constant(seed, tf.int64), position]), augment_settings)
         return image, tf.gather(labels, index)
 
-    return tf.data.Dataset.zip(positions, indices).map(
-        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    return tf.data.Dataset.zip(positions, indices).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def pk_dataset(paths, pids, batches, image_size, augment_settings, seed, start_position=0):

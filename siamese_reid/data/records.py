@@ -154,9 +154,7 @@ class DatasetSplits(NamedTuple):
     warnings: list
 
 
-def read_dataset(
-    root, train_dir, query_dir, gallery_dir, layout, test_fraction, split_seed, need_train=True
-):
+def read_dataset(root, train_dir, query_dir, gallery_dir, layout, test_fraction, split_seed, need_train=True):
     """Reads the three splits of a dataset; explicit *_dir arguments override `root`.
 
     Args:
@@ -180,10 +178,7 @@ def read_dataset(
         missing = [name for name, folder in folders.items() if folder is None]
         if missing:
             raise ReIDError(f"no {', '.join(missing)} folder given: set data.root or data.*_dir")
-        splits = {
-            name: read_market_folder(folder, warnings, what=name)
-            for name, folder in folders.items()
-        }
+        splits = {name: read_market_folder(folder, warnings, what=name) for name, folder in folders.items()}
         return DatasetSplits(splits.get("train", []), splits["query"], splits["gallery"], warnings)
     if train_dir or query_dir or gallery_dir:
         if not (train_dir and query_dir and gallery_dir):
@@ -192,8 +187,7 @@ def read_dataset(
         names = sorted({n for d in folders.values() for n in _identity_names(_require_folder(d, "image"))})
         identity_ids = {name: pid for pid, name in enumerate(names, start=1)}
         train, query, gallery = (
-            read_identity_folders(folder, warnings, what, identity_ids)
-            for what, folder in folders.items()
+            read_identity_folders(folder, warnings, what, identity_ids) for what, folder in folders.items()
         )
         return DatasetSplits(
             assign_split_cameras(train, 1),
