@@ -6,7 +6,8 @@ Measured in one run, at the shapes of config.yaml (override with --set):
   3. the triplet-mode train step, tower run as one batched call on anchor+positive+negative;
   4. the same with three separate tower calls;
   5. the baseline: three separate tower calls fed by a Python generator of triplets that
-     decodes with PIL, as in the keras.io Siamese example.
+     decodes with PIL, as in the keras.io Siamese example;
+  6. the P x K train step under each precision policy, with and without XLA.
 
     python benchmarks/bench_pipeline.py [--set data.image_height=128 ...] [--steps 20]
 """
@@ -161,6 +162,21 @@ def main():
         f"(interquartile {spread[0]:.1f}-{spread[1]:.1f}) -> ours {results['speedup_vs_baseline']:.2f}x",
         flush=True,
     )
+    for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
+        for xla in (False, True):
+            keras.mixed_precision.set_global_policy(policy)
+            model = build_embedding_model(tower_spec(config))
+            model.compile(
+                optimizer=keras.optimizers.Adam(1e-4), loss=build_loss("batch_hard", 0.3, False, "L2"), jit_compile=xla
+            )
+            key = f"train_pk_{policy}{'_xla' if xla else ''}_images_per_s"
+            results[key], spread = fit_images_per_second(model, pk, steps, pk_size)
+            print(
+                f"P x K train step, {policy}{' + XLA' if xla else ''}: {results[key]:.1f} images/s "
+                f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})",
+                flush=True,
+            )
+    keras.mixed_precision.set_global_policy("float32")
     results.update(
         image_size=list(size),
         backbone=config.model.backbone,

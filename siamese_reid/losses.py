@@ -11,8 +11,9 @@ deliberately differ (tests pin each case):
   mean (tfa's hard loss counts them with a positive distance of 0 or a negative distance equal
   to the row maximum, which drags the loss towards the margin).
 * The euclidean distance has a finite gradient at zero distance.
-* Distances and losses are always computed in float32, so float16/bfloat16 embeddings never
-  overflow; the soft margin uses a stable softplus instead of log1p(exp(x)).
+* Distances and losses are computed in float32 (as tensorflow-addons does for float16 and
+  bfloat16), and the soft margin uses a stable softplus instead of log1p(exp(x)), which is
+  infinite once x > 88.
 
 Reference: Schroff et al., FaceNet (semi-hard), https://arxiv.org/abs/1503.03832;
 Hermans et al., In Defense of the Triplet Loss (batch hard), https://arxiv.org/abs/1703.07737.
