@@ -250,3 +250,45 @@ def test_mixed_precision_and_xla_switches_train_on_cpu(tmp_path, tiny_demo, prec
     embeddings = np.load(tmp_path / "mp" / "query_embeddings.npz")["features"]
     assert embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-3)
+
+
+def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint_and_backup(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from siamese_reid.training import EmbeddingCheckpoint, NonFiniteLossError, StopOnNonFiniteLoss
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.UnitNormalization()])
+    model.compile(optimizer="adam", loss="mse")
+    inputs = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    poisoned = inputs.copy()
+    poisoned[0, 0] = np.nan  # epoch 2 sees a NaN input: its loss is NaN
+    dataset = tf.data.Dataset.from_tensor_slices((np.concatenate([inputs, poisoned]), np.zeros((16, 3)))).batch(8)
+    callbacks = [
+        StopOnNonFiniteLoss(),
+        EmbeddingCheckpoint(model, tmp_path),
+        keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
+    ]
+    with pytest.raises(NonFiniteLossError, match="epoch 2, batch 1"):
+        model.fit(dataset, epochs=2, steps_per_epoch=1, callbacks=callbacks, verbose=0, shuffle=False)
+    saved = keras.saving.load_model(tmp_path / "last.keras")
+    assert all(np.isfinite(w).all() for w in saved.get_weights())  # the epoch-1 model, not NaN
+    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+
+
+def test_training_split_with_one_identity_is_a_clear_error(tmp_path, capsys):
+    from tests.conftest import write_image
+
+    root = tmp_path / "data"
+    for split, names in (
+        ("bounding_box_train", ["0001_c1s1_000001_01.jpg", "0001_c2s1_000002_01.jpg"]),
+        ("query", ["0002_c1s1_000003_01.jpg", "0003_c1s1_000004_01.jpg"]),
+        ("bounding_box_test", ["0002_c2s1_000005_01.jpg", "0003_c2s1_000006_01.jpg"]),
+    ):
+        for index, name in enumerate(names):
+            write_image(root / split / name, seed=index)
+    status, _ = run_train(tmp_path, [f"data.root={root}"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.strip() == "error: the training split has fewer than 2 usable identities: triplets need negatives"
