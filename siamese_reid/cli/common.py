@@ -4,7 +4,6 @@ This is the one layer below the scripts that sees the whole `Config`; it hands t
 plain arguments or a single section (the adapters below).
 """
 
-import argparse
 import datetime
 import functools
 import json
@@ -169,7 +168,3 @@ def save_run_config(config, run_dir):
 
 def image_size(config):
     return config.data.image_height, config.data.image_width
-
-
-def argument_parser(description):
-    return argparse.ArgumentParser(description=description)

@@ -1,12 +1,12 @@
 """evaluate.py: score a trained embedding model on query / gallery and draw the report."""
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 
 from siamese_reid.cli.common import (
     add_common_arguments,
-    argument_parser,
     config_from_arguments,
     exit_on_user_error,
     image_size,
@@ -80,7 +80,7 @@ def _model_and_config(arguments):
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argument_parser("Evaluate a re-ID embedding model under the Market-1501 protocol.")
+    parser = argparse.ArgumentParser(description="Evaluate a re-ID embedding model under the Market-1501 protocol.")
     parser.add_argument("--run", default=None, help="a training run folder (uses its model and config)")
     parser.add_argument(
         "--checkpoint",

@@ -5,7 +5,9 @@ images needs (P x K images a batch, or 3 x triplet_batch_size). Batches of every
 drawn from (seed, epoch), so a resumed run sees the same batches an uninterrupted one would.
 """
 
+import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +15,6 @@ import numpy as np
 
 from siamese_reid.cli.common import (
     add_common_arguments,
-    argument_parser,
     config_from_arguments,
     exit_on_user_error,
     image_size,
@@ -210,14 +211,12 @@ def run_training(config, run_dir, resuming=False):
 
 
 def _is_interactive():
-    import sys
-
     return sys.stdout.isatty()
 
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argument_parser("Train a Siamese re-ID embedding model with triplet loss.")
+    parser = argparse.ArgumentParser(description="Train a Siamese re-ID embedding model with triplet loss.")
     add_common_arguments(parser)
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     arguments = parser.parse_args(argv)
