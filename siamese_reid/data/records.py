@@ -3,12 +3,14 @@
 Identity conventions follow Market-1501: pid -1 marks junk boxes (ignored by the evaluator),
 pid 0 marks distractors (kept in the gallery as negatives). camid is 1-based as in the file
 names. Folder-per-identity datasets have no camera ids; see `assign_split_cameras`.
-Pure Python: no TensorFlow, no image decoding.
+No TensorFlow and no image decoding: readers only list and parse files.
 """
 
 import re
 from pathlib import Path
 from typing import NamedTuple
+
+import numpy as np
 
 from siamese_reid.errors import ReIDError
 
@@ -123,8 +125,6 @@ def split_identity_folders(samples, test_fraction, seed):
     A seeded permutation holds out `test_fraction` of the identities; of each held-out identity
     with at least two images one image (seeded) becomes the query and the rest the gallery.
     """
-    import numpy as np  # local: keeps the reader module importable without numpy at call sites
-
     pids = sorted({s.pid for s in samples})
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pids))
