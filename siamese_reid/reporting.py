@@ -61,10 +61,6 @@ def metrics_table(metrics, title="Evaluation"):
     return "\n".join(lines)
 
 
-def percent(fraction):
-    return f"{100 * fraction:.1f}%"
-
-
 def plot_cmc(cmc, path, label=None):
     """CMC curve, ranks 1..len(cmc)."""
     figure, axes = _subplots(figsize=(6, 4))
