@@ -7,7 +7,6 @@ plain arguments or a single section (the adapters below).
 import datetime
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -62,11 +61,6 @@ def exit_on_user_error(main):
             return 130
 
     return wrapped
-
-
-def quiet_tensorflow():
-    """Hides TensorFlow's C++ start-up chatter (CUDA probing on CPU machines)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def new_run_dir(output_dir, run_name):

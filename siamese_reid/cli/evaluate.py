@@ -12,31 +12,28 @@ from siamese_reid.cli.common import (
     image_size,
     new_run_dir,
     prepare_data,
-    quiet_tensorflow,
     save_run_config,
 )
 from siamese_reid.errors import ReIDError
 
 
-def evaluate_and_report(tower, query, gallery, input_size, settings, output_dir, verbose=0):
-    """Embeds, ranks and writes metrics.json, cmc.png, retrieval_examples.png, embeddings.npz.
+def write_report(evaluation, query, gallery, settings, output_dir, extra=None):
+    """Writes metrics.json, cmc.png, retrieval_examples.png, the embeddings and per-query APs.
 
     Args:
-      tower: the embedding model.
+      evaluation: an `Evaluation` of `query` against `gallery`.
       query, gallery: lists of `Sample`.
-      input_size: (height, width) of the model input.
-      settings: the `EvaluationConfig` section.
+      settings: the `EvaluationConfig` section the evaluation used.
       output_dir: folder the files are written to.
+      extra: more entries for metrics.json (e.g. training time).
 
     Returns:
       The metrics dictionary.
     """
     from siamese_reid import reporting
     from siamese_reid.evaluation.embeddings import save_embeddings
-    from siamese_reid.evaluation.evaluator import evaluate_model
 
     output_dir = Path(output_dir)
-    evaluation = evaluate_model(tower, query, gallery, input_size, settings, verbose)
     protocol = {
         "ap_definition": settings.ap_definition,
         "metric": settings.metric,
@@ -48,6 +45,7 @@ def evaluate_and_report(tower, query, gallery, input_size, settings, output_dir,
         "ties": "gallery order",
     }
     metrics = reporting.ranking_metrics(evaluation.ranking, len(query), len(gallery), protocol)
+    metrics.update(extra or {})
     reporting.write_json(output_dir / "metrics.json", metrics)
     reporting.plot_cmc(evaluation.ranking.cmc, output_dir / "cmc.png")
     if settings.num_examples:
@@ -92,7 +90,6 @@ def main(argv=None):
     add_common_arguments(parser)
     arguments = parser.parse_args(argv)
     model_path, config = _model_and_config(arguments)
-    quiet_tensorflow()
     from siamese_reid.evaluation.embeddings import embedding_input_size
     from siamese_reid.model.embedding import load_embedding_model
 
@@ -109,6 +106,9 @@ def main(argv=None):
     if input_size != image_size(config):
         print(f"note: the model expects {input_size[0]}x{input_size[1]} images; resizing to that")
     print(f"evaluating {model_path} on {len(splits.query)} queries x {len(splits.gallery)} gallery images")
-    evaluate_and_report(tower, splits.query, splits.gallery, input_size, config.evaluation, output_dir, verbose=1)
+    from siamese_reid.evaluation.evaluator import evaluate_model
+
+    evaluation = evaluate_model(tower, splits.query, splits.gallery, input_size, config.evaluation, verbose=1)
+    write_report(evaluation, splits.query, splits.gallery, config.evaluation, output_dir)
     print(f"results written to {output_dir}")
     return 0

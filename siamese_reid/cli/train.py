@@ -20,11 +20,10 @@ from siamese_reid.cli.common import (
     image_size,
     new_run_dir,
     prepare_data,
-    quiet_tensorflow,
     save_run_config,
     tower_spec,
 )
-from siamese_reid.cli.evaluate import evaluate_and_report
+from siamese_reid.cli.evaluate import write_report
 from siamese_reid.errors import ReIDError
 
 
@@ -174,11 +173,13 @@ def run_training(config, run_dir, resuming=False):
         print(f"resuming from the end of epoch {start_epoch}")
     dataset = build_training_dataset(splits.train, config.training, config.augment, input_size, start_epoch, steps)
 
+    latest = {}  # the newest Evaluation: the last epoch's is the final report's
+
     def evaluate_now():
         from siamese_reid.evaluation.evaluator import evaluate_model
 
-        evaluation = evaluate_model(tower, splits.query, splits.gallery, input_size, config.evaluation)
-        return reporting.ranking_metrics(evaluation.ranking, len(splits.query), len(splits.gallery), {})
+        latest["evaluation"] = evaluate_model(tower, splits.query, splits.gallery, input_size, config.evaluation)
+        return reporting.ranking_metrics(latest["evaluation"].ranking, len(splits.query), len(splits.gallery), {})
 
     print(f"training {config.training.epochs} epochs of {steps} batches ({config.training.sampler} sampler)")
     started = time.time()
@@ -202,12 +203,11 @@ def run_training(config, run_dir, resuming=False):
     elapsed = time.time() - started
     print(f"training took {elapsed:.0f} s")
     reporting.plot_training_curves(reporting.read_history(Path(run_dir) / "history.csv"), run_dir)
-    # The reported numbers are the last epoch's: best.keras is chosen on query/gallery, which
-    # is the test set, so scoring it would report a model selected on its own test data.
-    metrics = evaluate_and_report(tower, splits.query, splits.gallery, input_size, config.evaluation, run_dir)
-    metrics["training_seconds"] = elapsed
-    reporting.write_json(Path(run_dir) / "metrics.json", metrics)
-    return metrics
+    # The reported numbers are the last epoch's (PeriodicEvaluation always scores the last
+    # epoch, so its evaluation is reused): best.keras is chosen on query/gallery, which is the
+    # test set, so scoring it would report a model selected on its own test data.
+    extra = {"training_seconds": elapsed}
+    return write_report(latest["evaluation"], splits.query, splits.gallery, config.evaluation, run_dir, extra)
 
 
 def _is_interactive():
@@ -235,7 +235,6 @@ def main(argv=None):
             raise ReIDError(
                 f"run folder '{run_dir}' already holds a run: use --resume {run_dir} or another output.run_name"
             )
-    quiet_tensorflow()
     print(f"run folder: {run_dir}")
     run_training(config, run_dir, resuming=bool(arguments.resume))
     print(f"results written to {run_dir}")
