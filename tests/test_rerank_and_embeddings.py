@@ -67,3 +67,21 @@ def test_embeddings_round_trip_without_pickle(tmp_path):
         assert set(data.files) == {"features", "pids", "camids", "paths"}
     with pytest.raises(ReIDError, match="does not exist"):
         load_embeddings(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 64])
+def test_flip_test_embedding_is_the_normalised_mean_of_image_and_mirror(tiny_demo, batch_size):
+    from siamese_reid.data.images import decode_image
+    from siamese_reid.data.records import read_market_folder
+    from siamese_reid.evaluation.embeddings import extract_embeddings
+    from siamese_reid.model.embedding import TowerSpec, build_embedding_model
+
+    model = build_embedding_model(TowerSpec(image_height=32, image_width=32, vgg_blocks=2, embedding_dim=8))
+    paths = [s.path for s in read_market_folder(tiny_demo / "query")[:5]]
+    images = np.stack([decode_image(path, 32, 32).numpy() for path in paths])
+    expected = model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    got = extract_embeddings(model, paths, (32, 32), batch_size=batch_size, flip_test=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    plain = extract_embeddings(model, paths, (32, 32), batch_size=batch_size)
+    np.testing.assert_allclose(plain, model.predict(images, verbose=0), atol=1e-5)

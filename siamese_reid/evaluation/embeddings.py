@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from siamese_reid.data.pipeline import inference_dataset
 from siamese_reid.data.records import Sample
@@ -13,17 +14,22 @@ def extract_embeddings(model, paths, image_size, batch_size=64, flip_test=False,
     """Embeds images in batches; returns float32 [len(paths), embedding_dim].
 
     With `flip_test` each embedding is the mean of the image's and its mirror image's
-    embeddings, re-normalised to unit length (the model's outputs are unit vectors).
+    embeddings, re-normalised to unit length (the model's outputs are unit vectors). Each image
+    is decoded once: a batch and its mirror image go through the model together.
     """
     if len(paths) == 0:
         raise ReIDError("no images to embed")
     dataset = inference_dataset(list(paths), image_size, batch_size)
-    embeddings = model.predict(dataset, verbose=verbose)
-    if flip_test:
-        mirrored = dataset.map(lambda images: images[:, :, ::-1, :])
-        embeddings = embeddings + model.predict(mirrored, verbose=verbose)
-        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    return np.asarray(embeddings, dtype=np.float32)
+    if not flip_test:
+        return np.asarray(model.predict(dataset, verbose=verbose), dtype=np.float32)
+    with_mirror = dataset.map(lambda images: tf.concat([images, images[:, :, ::-1, :]], axis=0))
+    outputs = model.predict(with_mirror, verbose=verbose)
+    # predict concatenates [batch, mirrored batch] per batch: undo that batch by batch.
+    sizes = [min(batch_size, len(paths) - start) for start in range(0, len(paths), batch_size)]
+    blocks = np.split(outputs, np.cumsum([2 * size for size in sizes])[:-1])
+    embeddings = np.concatenate([block[: len(block) // 2] + block[len(block) // 2 :] for block in blocks])
+    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    return embeddings.astype(np.float32)
 
 
 def embedding_input_size(model):
