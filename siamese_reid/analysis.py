@@ -29,6 +29,7 @@ class Run:
     query_samples: list
     gallery_features: np.ndarray
     gallery_samples: list
+    query_average_precisions: np.ndarray  # as scored for metrics.json; NaN for skipped queries
 
 
 def newest_run(runs_dir="runs"):
@@ -55,6 +56,7 @@ def load_run(path):
         query_samples=query_samples,
         gallery_features=gallery_features,
         gallery_samples=gallery_samples,
+        query_average_precisions=np.load(path / "query_average_precisions.npy"),
     )
 
 
