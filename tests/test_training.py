@@ -137,6 +137,12 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_model(tmp_path,
     assert "Traceback" not in err
 
 
+def resume(run_dir):
+    """`python train.py --resume RUN_DIR`, as a user types it."""
+    command = [sys.executable, "train.py", "--resume", str(run_dir)]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_resume_after_kill_continues_with_the_right_epoch(tmp_path, tiny_demo):
     settings = (
@@ -169,25 +175,13 @@ def test_resume_after_kill_continues_with_the_right_epoch(tmp_path, tiny_demo):
     with h5py.File(run_dir / "backup" / "latest.weights.h5") as backup:
         # the optimizer's step counter drives the learning-rate schedule: it must be saved too
         assert int(backup["optimizer/vars/0"][()]) == killed_at * 3
-    result = subprocess.run(
-        [sys.executable, "train.py", "--resume", str(run_dir)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = resume(run_dir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resuming from the end of epoch {killed_at}" in result.stdout
     history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
     assert list(history["epoch"].astype(int)) == list(range(4))  # no epoch lost, none repeated
     assert (run_dir / "metrics.json").is_file()
-    again = subprocess.run(
-        [sys.executable, "train.py", "--resume", str(run_dir)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = resume(run_dir)
     assert again.returncode == 2 and "already finished" in again.stderr
 
 
