@@ -141,8 +141,9 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
     best.keras is chosen on the query/gallery split, i.e. on test data: it is for monitoring
     and for users who hold out their own validation split, not for reporting results.
 
-    The monitored value is val_mAP when evaluation ran that epoch (higher is better), else the
-    loss (lower is better); the two are never compared with each other.
+    The monitored value is val_mAP (higher is better) when the logs carry it: with
+    `PeriodicEvaluation` they always do, NaN in epochs without evaluation, which are skipped.
+    Without an evaluation callback it is the loss (lower is better).
     """
 
     def __init__(self, tower, output_dir):
