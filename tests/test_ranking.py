@@ -8,8 +8,37 @@ from siamese_reid.evaluation.distances import compute_distances
 from siamese_reid.evaluation.ranking import evaluate_ranking
 
 
+def official_compute_ap(good_image, junk_image, index):
+    """Line-by-line port of the official Market-1501 evaluation's compute_AP.m (Zheng et al.).
+
+    good_image: gallery indices of true matches; junk_image: indices to ignore; index: the
+    whole gallery ranked from the best match. The previous precision is carried over every
+    non-junk position, matches or not.
+    """
+    ngood = len(good_image)
+    old_recall, old_precision, ap, intersect_size, j, good_now = 0.0, 1.0, 0.0, 0, 0, 0
+    for n in range(len(index)):
+        flag = 0
+        if index[n] in good_image:
+            flag = 1
+            good_now += 1
+        if index[n] in junk_image:
+            continue
+        if flag == 1:
+            intersect_size += 1
+        recall = intersect_size / ngood
+        precision = intersect_size / (j + 1)
+        ap += (recall - old_recall) * ((old_precision + precision) / 2)
+        old_recall, old_precision = recall, precision
+        j += 1
+        if good_now == ngood:
+            return ap
+    return ap
+
+
 def reference_ranking(distances, query_pids, gallery_pids, query_camids, gallery_camids, max_rank, official):
-    """Full stable sort per query, then the textbook definitions."""
+    """Full stable sort per query, then the textbook definitions (the official code for
+    market_official AP)."""
     cmc_sum, aps, inps, valid_queries = np.zeros(max_rank), [], [], 0
     for q in range(len(query_pids)):
         order = sorted(range(len(gallery_pids)), key=lambda g: (distances[q, g], g))
@@ -31,10 +60,9 @@ def reference_ranking(distances, query_pids, gallery_pids, query_camids, gallery
                 found += 1
                 precisions.append(found / position)
         if official:
-            ap, old_precision = 0.0, 1.0
-            for p in precisions:
-                ap += (1 / len(precisions)) * (old_precision + p) / 2
-                old_precision = p
+            good = {g for g in range(len(gallery_pids)) if g in ranked and gallery_pids[g] == query_pids[q]}
+            junk = set(order) - set(ranked)
+            ap = official_compute_ap(good, junk, order)
         else:
             ap = sum(precisions) / len(precisions)
         aps.append(ap)
@@ -145,3 +173,26 @@ def test_distances_match_direct_formula(metric):
     got = compute_distances(query, gallery, metric, chunk_size=3)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_market_official_ap_carries_precision_over_every_position():
+    # One true match at rank 100: the official code scores (0 + 1/100) / 2 = 0.005, not the
+    # 0.505 of carrying the precision over matches only.
+    gallery_pids = np.array([1] + [2] * 99)
+    distances = np.arange(100, dtype=float)[::-1][None, :]  # the match (index 0) ranks last
+    result = evaluate_ranking(
+        distances, np.array([1]), gallery_pids, np.array([1]), np.full(100, 2), ap_definition="market_official"
+    )
+    assert result.mean_ap == pytest.approx(0.005, abs=1e-12)
+    assert result.mean_ap == pytest.approx(official_compute_ap({0}, set(), list(range(99, -1, -1))), abs=1e-15)
+
+
+def test_market_official_ap_by_hand():
+    # matches at ranks 1, 3 and 6 of 6: the trapezoids use the precision at ranks 0(=1), 2, 5
+    distances = np.arange(6, dtype=float)[None, :]
+    gallery_pids = np.array([1, 2, 1, 2, 2, 1])
+    result = evaluate_ranking(
+        distances, np.array([1]), gallery_pids, np.array([1]), np.full(6, 2), ap_definition="market_official"
+    )
+    expected = ((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2 + (2 / 5 + 3 / 6) / 2) / 3
+    assert result.mean_ap == pytest.approx(expected, abs=1e-12)

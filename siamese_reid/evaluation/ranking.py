@@ -15,7 +15,6 @@ import numpy as np
 
 from siamese_reid.errors import ReIDError
 
-AP_DEFINITIONS = ("torchreid", "market_official")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +22,8 @@ class RankingResult:
     """Metrics as fractions in [0, 1]; `cmc[k]` is the rank-(k+1) accuracy.
 
     `query_average_precisions` holds each query's AP (NaN for skipped queries), for finding
-    failure cases.
+    failure cases; `query_first_match_ranks` the 0-based rank of each query's first true match
+    (-1 for skipped queries), from which rank-k of any subset of queries follows.
     """
 
     cmc: np.ndarray
@@ -32,6 +32,7 @@ class RankingResult:
     num_valid_queries: int
     num_skipped_queries: int
     query_average_precisions: np.ndarray
+    query_first_match_ranks: np.ndarray
 
 
 def _check_inputs(distances, query_pids, gallery_pids, query_camids, gallery_camids):
@@ -56,16 +57,35 @@ def _check_finite(chunk, start):
         raise ReIDError(f"distances contain NaN or infinity (first at query {row})")
 
 
-def _average_precision(ranks, ap_definition):
-    """AP from the 0-based ranks (among valid gallery images) of all true matches, sorted."""
+def _torchreid_average_precision(ranks):
+    """Mean of the precision at each correct match (torchreid, fast-reid).
+
+    `ranks`: sorted 0-based ranks, among valid gallery images, of all true matches.
+    """
+    hits = np.arange(1, len(ranks) + 1)
+    return np.mean(hits / (ranks + 1))
+
+
+def _market_official_average_precision(ranks):
+    """Market-1501's official `compute_AP.m`: the trapezoid rule over recall.
+
+    The official loop walks the valid ranking and updates the "old precision" at every
+    position, not only at matches; each match adds (1 / matches) x (old + new precision) / 2.
+    At a match of rank r (0-based) with i matches up to it, the new precision is i / (r + 1)
+    and the old one, from position r - 1, is (i - 1) / r (1 at r = 0, its initial value).
+    A single match at rank 100 thus scores (0 + 1/100) / 2 = 0.005.
+    """
     hits = np.arange(1, len(ranks) + 1)
     precision = hits / (ranks + 1)
-    if ap_definition == "torchreid":
-        # Mean of the precision at each correct match (torchreid, fast-reid).
-        return precision.mean()
-    # Market-1501's official MATLAB code: trapezoid rule over recall, starting at precision 1.
-    previous = np.concatenate(([1.0], precision[:-1]))
-    return ((previous + precision) / 2).sum() / len(ranks)
+    previous = np.where(ranks > 0, (hits - 1) / np.maximum(ranks, 1), 1.0)
+    return np.sum((previous + precision) / 2) / len(ranks)
+
+
+# evaluation.ap_definition -> AP from the sorted 0-based ranks of a query's true matches
+AP_DEFINITIONS = {
+    "torchreid": _torchreid_average_precision,
+    "market_official": _market_official_average_precision,
+}
 
 
 def _match_ranks(query_distances, valid, matches):
@@ -107,8 +127,8 @@ def evaluate_ranking(
       query_pids, gallery_pids: int arrays [num_query], [num_gallery].
       query_camids, gallery_camids: int arrays, same shapes.
       max_rank: length of the CMC curve (may exceed the gallery size).
-      ap_definition: "torchreid" (mean precision at each match) or "market_official"
-        (the trapezoid rule of the official Market-1501 evaluation code).
+      ap_definition: a key of `AP_DEFINITIONS`: "torchreid" (mean precision at each match)
+        or "market_official" (the official Market-1501 code's trapezoid rule).
       chunk_size: queries processed together; by default as many as keep each of the chunk's
         boolean masks under 32 MiB (2^25 elements), whatever the gallery size.
 
@@ -124,7 +144,8 @@ def evaluate_ranking(
     query_camids, gallery_camids = np.asarray(query_camids), np.asarray(gallery_camids)
     _check_inputs(distances, query_pids, gallery_pids, query_camids, gallery_camids)
     if ap_definition not in AP_DEFINITIONS:
-        raise ReIDError(f"ap_definition must be one of {AP_DEFINITIONS}, got {ap_definition!r}")
+        raise ReIDError(f"ap_definition must be one of {list(AP_DEFINITIONS)}, got {ap_definition!r}")
+    average_precision = AP_DEFINITIONS[ap_definition]
     if max_rank < 1:
         raise ReIDError(f"max_rank must be >= 1, got {max_rank}")
 
@@ -132,6 +153,7 @@ def evaluate_ranking(
         chunk_size = max(1, 2**25 // distances.shape[1])
     first_match_counts = np.zeros(max_rank + 1, dtype=np.int64)
     average_precisions = np.full(len(query_pids), np.nan)
+    first_match_ranks = np.full(len(query_pids), -1, dtype=np.int64)
     inverse_negative_penalties = []
     gallery_is_junk = gallery_pids == -1
     for start in range(0, len(query_pids), chunk_size):
@@ -147,7 +169,8 @@ def evaluate_ranking(
                 continue
             ranks = _match_ranks(chunk[row], valid[row], matches[row])
             first_match_counts[min(ranks[0], max_rank)] += 1
-            average_precisions[start + row] = _average_precision(ranks, ap_definition)
+            first_match_ranks[start + row] = ranks[0]
+            average_precisions[start + row] = average_precision(ranks)
             inverse_negative_penalties.append(len(ranks) / (ranks[-1] + 1))
 
     num_valid = len(inverse_negative_penalties)
@@ -161,6 +184,7 @@ def evaluate_ranking(
         num_valid_queries=num_valid,
         num_skipped_queries=len(query_pids) - num_valid,
         query_average_precisions=average_precisions,
+        query_first_match_ranks=first_match_ranks,
     )
 
 
