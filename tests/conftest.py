@@ -8,7 +8,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from siamese_reid.data.demo import DemoSpec, generate_demo_dataset  # noqa: E402
+from siamese_reid.config import DemoConfig  # noqa: E402
+from siamese_reid.data.demo import generate_demo_dataset  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MARKET_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "market1501-sample"
@@ -18,7 +19,7 @@ MARKET_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "market1501-sample"
 def tiny_demo(tmp_path_factory):
     """A small demo dataset in Market-1501 layout (32x16 images)."""
     root = tmp_path_factory.mktemp("demo")
-    spec = DemoSpec(
+    spec = DemoConfig(
         seed=3,
         num_train_identities=8,
         num_test_identities=6,

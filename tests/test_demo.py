@@ -2,13 +2,19 @@ import hashlib
 
 import numpy as np
 
-from siamese_reid.data.demo import DemoSpec, ensure_demo_dataset, generate_demo_dataset
+import dataclasses
+
+import pytest
+
+from siamese_reid.config import DataConfig, DemoConfig
+from siamese_reid.data.demo import ensure_demo_dataset, generate_demo_dataset
+from siamese_reid.errors import ReIDError
 from siamese_reid.data.records import read_dataset, summarize_split
 from siamese_reid.evaluation.baselines import colour_histogram_features
 from siamese_reid.evaluation.distances import compute_distances
 from siamese_reid.evaluation.ranking import evaluate_ranking
 
-SPEC = DemoSpec(
+SPEC = DemoConfig(
     seed=1,
     num_train_identities=10,
     num_test_identities=20,
@@ -29,14 +35,14 @@ def digest(root):
 def test_same_seed_same_images_other_seed_other_images(tmp_path):
     generate_demo_dataset(tmp_path / "a", SPEC)
     generate_demo_dataset(tmp_path / "b", SPEC)
-    generate_demo_dataset(tmp_path / "c", DemoSpec(**{**SPEC.__dict__, "seed": 2}))
+    generate_demo_dataset(tmp_path / "c", dataclasses.replace(SPEC, seed=2))
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
 
 
 def test_market_layout_with_cameras_distractors_and_junk(tmp_path):
     counts = generate_demo_dataset(tmp_path, SPEC)
-    splits = read_dataset(tmp_path, None, None, None, "market", 0.5, 0)
+    splits = read_dataset(DataConfig(root=str(tmp_path)))
     assert counts == {
         "bounding_box_train": len(splits.train),
         "query": len(splits.query),
@@ -57,7 +63,7 @@ def test_market_layout_with_cameras_distractors_and_junk(tmp_path):
 
 def test_a_colour_histogram_cannot_solve_it(tmp_path):
     generate_demo_dataset(tmp_path, SPEC)
-    splits = read_dataset(tmp_path, None, None, None, "market", 0.5, 0)
+    splits = read_dataset(DataConfig(root=str(tmp_path)))
     distances = compute_distances(
         colour_histogram_features([s.path for s in splits.query]),
         colour_histogram_features([s.path for s in splits.gallery]),
@@ -73,8 +79,37 @@ def test_a_colour_histogram_cannot_solve_it(tmp_path):
 
 
 def test_ensure_regenerates_only_when_the_spec_changes(tmp_path):
-    assert ensure_demo_dataset(tmp_path / "demo", SPEC) is True
-    assert ensure_demo_dataset(tmp_path / "demo", SPEC) is False
-    smaller = DemoSpec(**{**SPEC.__dict__, "num_test_identities": 5})
-    assert ensure_demo_dataset(tmp_path / "demo", smaller) is True
-    assert len(list((tmp_path / "demo" / "query").iterdir())) < 20 * 2  # old images are gone
+    spec = dataclasses.replace(SPEC, dir=str(tmp_path / "demo"))
+    assert ensure_demo_dataset(spec) is True
+    assert ensure_demo_dataset(spec) is False
+    (tmp_path / "demo" / "query" / "my_notes.txt").write_text("mine")
+    smaller = dataclasses.replace(spec, num_test_identities=5)
+    assert ensure_demo_dataset(smaller) is True
+    assert len(list((tmp_path / "demo" / "query").glob("*.jpg"))) < 20 * 2  # old images are gone
+    assert (tmp_path / "demo" / "query" / "my_notes.txt").read_text() == "mine"  # not ours: kept
+
+
+@pytest.mark.parametrize("existing", ["user_data", "."])
+def test_demo_never_deletes_a_folder_it_did_not_create(tmp_path, monkeypatch, existing):
+    # `--set demo.dir=~/data` once erased the user's files, `demo.dir=.` a whole checkout.
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / existing
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / "photo.jpg").write_bytes(b"precious")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    with pytest.raises(ReIDError, match="not a demo dataset folder"):
+        ensure_demo_dataset(dataclasses.replace(SPEC, dir=existing))
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert (folder / "photo.jpg").read_bytes() == b"precious"
+
+
+def test_an_interrupted_demo_generation_is_finished_next_time(tmp_path):
+    spec = dataclasses.replace(SPEC, dir=str(tmp_path / "demo"))
+    assert ensure_demo_dataset(spec) is True
+    marker = tmp_path / "demo" / "demo_spec.json"
+    marker.write_text(marker.read_text().replace('"complete": true', '"complete": false'))
+    next((tmp_path / "demo" / "query").glob("*.jpg")).unlink()  # as if killed mid-way
+    assert ensure_demo_dataset(spec) is True
+    generate_demo_dataset(tmp_path / "fresh", SPEC)
+    assert digest(tmp_path / "demo") == digest(tmp_path / "fresh")

@@ -9,10 +9,16 @@ Deterministic: the images are a pure function of the arguments.
 """
 
 import dataclasses
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from siamese_reid.errors import ReIDError
+
+SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 
 PALETTE = np.array(
     [
@@ -210,19 +216,6 @@ def _crop_jitter(image, rng):
     return cropped.resize((width, height), Image.BILINEAR)
 
 
-@dataclasses.dataclass(frozen=True)
-class DemoSpec:
-    seed: int = 0
-    num_train_identities: int = 60
-    num_test_identities: int = 40
-    num_cameras: int = 4
-    images_per_camera: int = 2
-    num_distractors: int = 40
-    num_junk: int = 10
-    image_height: int = 128
-    image_width: int = 64
-
-
 def _file_name(pid, camid, frame, box):
     prefix = "-1" if pid < 0 else f"{pid:04d}"
     return f"{prefix}_c{camid}s1_{frame:06d}_{box:02d}.jpg"
@@ -231,6 +224,8 @@ def _file_name(pid, camid, frame, box):
 def generate_demo_dataset(output_dir, spec):
     """Writes the demo dataset in Market-1501 layout; returns {split: number of images}.
 
+    `spec` is the `DemoConfig` section (its `dir` is not used: `output_dir` is).
+
     Training identities are 1..N, test identities N+1..; each identity is seen by 2 or more
     cameras. Queries are one image per test identity and camera; the rest of its images go to
     the gallery with distractors (pid 0) and junk boxes (pid -1).
@@ -238,7 +233,7 @@ def generate_demo_dataset(output_dir, spec):
     output_dir = Path(output_dir)
     rng = np.random.default_rng(spec.seed)
     cameras = [make_camera(rng) for _ in range(spec.num_cameras)]
-    folders = {name: output_dir / name for name in ("bounding_box_train", "query", "bounding_box_test")}
+    folders = {name: output_dir / name for name in SPLIT_FOLDERS}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     counts = dict.fromkeys(folders, 0)
@@ -284,22 +279,61 @@ def generate_demo_dataset(output_dir, spec):
     return counts
 
 
-def ensure_demo_dataset(output_dir, spec):
-    """Generates the demo dataset unless `output_dir` already holds one made from `spec`.
+_DEMO_NAME = re.compile(r"^(-1|\d{4})_c\ds1_\d{6}_01\.jpg$")
+_MARKER = "demo_spec.json"
 
-    The spec is stored beside the images; a different spec regenerates into a fresh folder so
-    stale images of another size or seed are never mixed in.
+
+def _spec_json(spec):
+    values = {key: value for key, value in dataclasses.asdict(spec).items() if key != "dir"}
+    return json.dumps(values, sort_keys=True)
+
+
+def _remove_previous_demo(output_dir):
+    """Removes the images an earlier demo generation wrote (the folder carries our marker):
+    only files with the demo's own names, in its own split folders; anything else stays."""
+    for split in SPLIT_FOLDERS:
+        folder = output_dir / split
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.is_file() and _DEMO_NAME.match(path.name):
+                path.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def ensure_demo_dataset(spec):
+    """Generates the demo dataset into `spec.dir` unless it already holds one made from `spec`.
+
+    Never deletes what the project did not create: a folder that exists, is not empty and has
+    no demo marker is refused. A demo folder made from other settings (or left half-written)
+    has its own images replaced, and nothing else in it is touched.
+
+    Args:
+      spec: the `DemoConfig` section.
+
+    Returns:
+      True when images were generated, False when the folder was already up to date.
     """
-    import json
-    import shutil
-
-    output_dir = Path(output_dir)
-    marker = output_dir / "demo_spec.json"
-    wanted = json.dumps(dataclasses.asdict(spec), sort_keys=True)
-    if marker.exists() and marker.read_text() == wanted:
-        return False
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
+    output_dir = Path(spec.dir).expanduser()
+    marker = output_dir / _MARKER
+    wanted = {"spec": json.loads(_spec_json(spec)), "complete": True}
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == wanted:
+                return False
+        except json.JSONDecodeError:
+            pass
+        _remove_previous_demo(output_dir)
+    elif output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise ReIDError(
+            f"demo.dir '{spec.dir}' already exists and is not a demo dataset folder; "
+            "choose a new or empty folder for demo.dir (nothing was changed)"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # The marker goes first, marked incomplete: an interrupted generation is still recognised
+    # as ours next time and regenerated, instead of being refused as a foreign folder.
+    marker.write_text(json.dumps({"spec": wanted["spec"], "complete": False}))
     generate_demo_dataset(output_dir, spec)
-    marker.write_text(wanted)
+    marker.write_text(json.dumps(wanted))
     return True
