@@ -2,49 +2,111 @@
 
 Input: float RGB images in [0, 255], shape [batch, height, width, 3] (preprocessing is part of
 the model). Output: float32 embeddings of shape [batch, embedding_dim] with unit L2 norm.
+
+The tower is built from stock Keras layers and `keras.ops` calls only, no custom layer, so a
+saved `.keras` tower loads with `keras.saving.load_model` in any Python process, without this
+package being imported (or installed).
 """
 
-import dataclasses
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
+from keras import ops
 
 from siamese_reid.errors import ReIDError
-from siamese_reid.model.layers import BackbonePreprocess, GeneralizedMeanPooling
+
+# keras.applications' "caffe" preprocessing: BGR channel order, ImageNet mean subtracted.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
-@dataclasses.dataclass(frozen=True)
-class TowerSpec:
-    """Everything that decides the tower's architecture and initial weights."""
-
-    backbone: str = "vgg16"
-    weights: str = "none"
-    image_height: int = 128
-    image_width: int = 64
-    vgg_blocks: int = 5
-    freeze_blocks: int = 0
-    pooling: str = "avg"
-    embedding_dim: int = 128
-    bnneck: bool = True
+def _caffe_preprocess(images):
+    return ops.flip(images, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=images.dtype)
 
 
-def _vgg16(input_shape, weights, spec):
+def _tf_preprocess(images):
+    return images / 127.5 - 1.0
+
+
+def _vgg16_block(layer_name):
+    match = re.match(r"block(\d)_", layer_name)
+    return int(match.group(1)) if match else None
+
+
+def _resnet50_block(layer_name):
+    # conv1 is the stem, conv2..conv5 the four residual stages: 5 blocks, as VGG16.
+    match = re.match(r"(?:conv|pool)(\d)_", layer_name)
+    return int(match.group(1)) if match else None
+
+
+# MobileNetV2's 17 inverted-residual blocks grouped by output resolution (stride 2, 4, 8, 16,
+# 32), so that "block N" means the same depth of the network as for VGG16 and ResNet-50.
+_MOBILENETV2_STAGE_OF_BLOCK = {0: 1, 1: 2, 2: 2, 3: 3, 4: 3, 5: 3} | {b: 4 for b in range(6, 13)} | {
+    b: 5 for b in range(13, 17)
+}
+
+
+def _mobilenetv2_block(layer_name):
+    if layer_name.startswith(("Conv1", "bn_Conv1", "expanded_conv")):
+        return 1
+    if layer_name.startswith(("Conv_1", "out_relu")):
+        return 5
+    match = re.match(r"block_(\d+)_", layer_name)
+    return _MOBILENETV2_STAGE_OF_BLOCK[int(match.group(1))] if match else None
+
+
+def _vgg16(input_shape, weights, vgg_blocks):
     base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape)
     # Truncating after block N keeps the first N blocks exactly as in VGG16 (and their
     # pretrained weights): on a CPU, fewer blocks trade depth for speed.
-    last = base.get_layer(f"block{spec.vgg_blocks}_pool")
-    return keras.Model(base.input, last.output, name="vgg16"), "caffe"
+    last = base.get_layer(f"block{vgg_blocks}_pool")
+    return keras.Model(base.input, last.output, name="vgg16")
 
 
-def _resnet50(input_shape, weights, spec):
-    return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape), "caffe"
+def _resnet50(input_shape, weights, vgg_blocks):
+    return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
 
 
-def _mobilenetv2(input_shape, weights, spec):
-    return keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=input_shape), "tf"
+def _mobilenetv2(input_shape, weights, vgg_blocks):
+    return keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=input_shape)
 
 
-BACKBONES = {"vgg16": _vgg16, "resnet50": _resnet50, "mobilenetv2": _mobilenetv2}
+class Backbone(NamedTuple):
+    """How to build one backbone, preprocess its input, and number its blocks."""
+
+    build: Callable
+    preprocess: Callable
+    block_of_layer: Callable
+
+
+# model.backbone -> Backbone
+BACKBONES = {
+    "vgg16": Backbone(_vgg16, _caffe_preprocess, _vgg16_block),
+    "resnet50": Backbone(_resnet50, _caffe_preprocess, _resnet50_block),
+    "mobilenetv2": Backbone(_mobilenetv2, _tf_preprocess, _mobilenetv2_block),
+}
+
+
+def _gem_pooling(features, power=3.0, epsilon=1e-6):
+    """Generalised-mean pooling (mean of x^p)^(1/p) over space, in float32.
+
+    Computed in float32 whatever the precision policy: x^3 overflows float16 above x = 40.
+
+    Reference: Radenović et al., Fine-tuning CNN Image Retrieval with No Human Annotation,
+    https://arxiv.org/abs/1711.02512
+    """
+    features = ops.maximum(ops.cast(features, "float32"), epsilon)
+    return ops.power(ops.mean(ops.power(features, power), axis=(1, 2)), 1.0 / power)
+
+
+# model.pooling -> function of the backbone's feature map
+POOLINGS = {
+    "avg": lambda features: keras.layers.GlobalAveragePooling2D(name="pool")(features),
+    "max": lambda features: keras.layers.GlobalMaxPooling2D(name="pool")(features),
+    "gem": _gem_pooling,
+}
 
 
 def _resolve_weights(weights):
@@ -59,18 +121,17 @@ def _resolve_weights(weights):
     return str(path)
 
 
-def build_backbone(spec):
-    """Returns (backbone model, preprocessing mode); explains a failed ImageNet download."""
-    if spec.backbone not in BACKBONES:
-        raise ReIDError(f"unknown backbone {spec.backbone!r}; valid names: {sorted(BACKBONES)}")
-    weights = _resolve_weights(spec.weights)
-    input_shape = (spec.image_height, spec.image_width, 3)
+def build_backbone(backbone_name, weights, input_shape, vgg_blocks=5):
+    """Returns the keras.applications backbone; explains a failed ImageNet download."""
+    if backbone_name not in BACKBONES:
+        raise ReIDError(f"unknown backbone {backbone_name!r}; valid names: {list(BACKBONES)}")
+    weights = _resolve_weights(weights)
     try:
-        return BACKBONES[spec.backbone](input_shape, weights, spec)
+        return BACKBONES[backbone_name].build(input_shape, weights, vgg_blocks)
     except Exception as error:  # keras raises bare Exception types for failed downloads
         if weights == "imagenet" and _looks_like_download_failure(error):
             raise ReIDError(
-                f"could not download ImageNet weights for {spec.backbone} ({type(error).__name__}). "
+                f"could not download ImageNet weights for {backbone_name} ({type(error).__name__}). "
                 "Either place the no-top weights file in ~/.keras/models/ (the file name Keras "
                 "prints above) or set model.weights to a local weights file path, or use "
                 "model.weights=none for random initialisation"
@@ -85,34 +146,44 @@ def _looks_like_download_failure(error):
     return any(word in text for word in ("url", "fetch", "download", "connection", "resolve", "http"))
 
 
-def _freeze_blocks(backbone, num_blocks):
-    """Freezes the first `num_blocks` convolution blocks (VGG16 block names, ResNet stages)."""
-    if num_blocks <= 0:
-        return
-    prefixes = tuple(f"block{i}_" for i in range(1, num_blocks + 1)) + tuple(
-        f"conv{i}_" for i in range(1, num_blocks + 1)
-    )
+def freeze_blocks(backbone, backbone_name, num_blocks):
+    """Freezes the first `num_blocks` blocks of `backbone` (5 blocks for every backbone:
+    VGG16's convolution blocks, ResNet-50's stem and 4 stages, MobileNetV2's 5 resolution
+    stages; a truncated VGG16 has as many as it keeps). Returns the frozen layers' names."""
+    block_of_layer = BACKBONES[backbone_name].block_of_layer
+    num_available = max(filter(None, (block_of_layer(layer.name) for layer in backbone.layers)))
+    if not 0 <= num_blocks <= num_available:
+        raise ReIDError(
+            f"model.freeze_blocks must be between 0 and {num_available} for this {backbone_name}, got {num_blocks}"
+        )
+    frozen = []
     for layer in backbone.layers:
-        if layer.name.startswith(prefixes):
+        block = block_of_layer(layer.name)
+        if block is not None and block <= num_blocks:
             layer.trainable = False
+            frozen.append(layer.name)
+    return frozen
 
 
-POOLINGS = {
-    "avg": lambda: keras.layers.GlobalAveragePooling2D(name="pool"),
-    "max": lambda: keras.layers.GlobalMaxPooling2D(name="pool"),
-    "gem": lambda: GeneralizedMeanPooling(name="pool"),
-}
+def build_embedding_model(model, image_size):
+    """Builds the embedding tower.
 
+    Args:
+      model: the `ModelConfig` section (backbone, weights, vgg_blocks, freeze_blocks, pooling,
+        embedding_dim, bnneck).
+      image_size: (height, width) of the input images.
 
-def build_embedding_model(spec):
-    """Builds the embedding tower described by `spec` (a `TowerSpec`)."""
-    backbone, preprocess_mode = build_backbone(spec)
-    _freeze_blocks(backbone, spec.freeze_blocks)
-    images = keras.Input((spec.image_height, spec.image_width, 3), name="images")
-    features = backbone(BackbonePreprocess(preprocess_mode, name="preprocess")(images))
-    pooled = POOLINGS[spec.pooling]()(features)
-    embedding = keras.layers.Dense(spec.embedding_dim, name="projection")(pooled)
-    if spec.bnneck:
+    Returns:
+      A functional `keras.Model` named "embedding_tower".
+    """
+    input_shape = (*image_size, 3)
+    backbone = build_backbone(model.backbone, model.weights, input_shape, model.vgg_blocks)
+    freeze_blocks(backbone, model.backbone, model.freeze_blocks)
+    images = keras.Input(input_shape, name="images")
+    features = backbone(BACKBONES[model.backbone].preprocess(images))
+    pooled = POOLINGS[model.pooling](features)
+    embedding = keras.layers.Dense(model.embedding_dim, name="projection")(pooled)
+    if model.bnneck:
         # No learned shift: the L2 normalisation that follows should see centred features
         # (Luo et al., Bag of Tricks, https://arxiv.org/abs/1903.07071).
         # momentum 0.9 rather than 0.99: re-ID training sets are small (a few hundred steps),

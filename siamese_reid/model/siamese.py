@@ -1,33 +1,40 @@
 """The Siamese model: one embedding tower run on anchor, positive and negative.
 
-Weights are tied by construction: the same tower object is called for all three branches.
+Weights are tied by construction: the same tower object is called for all three branches. The
+model is functional, so it is built (and its variables exist) as soon as it is constructed,
+and it saves and loads like any Keras model.
 """
 
 import keras
 from keras import ops
 
 
-class SiameseModel(keras.Model):
-    """Maps (anchor, positive, negative) image batches to embeddings [batch, 3, dim].
+def _batched(tower, anchor, positive, negative):
+    # One large call on the three batches concatenated: better use of the hardware.
+    joined = tower(ops.concatenate([anchor, positive, negative], axis=0))
+    return ops.stack(ops.split(joined, 3, axis=0), axis=1)
+
+
+def _separate(tower, anchor, positive, negative):
+    # Three calls, as in the keras.io Siamese example.
+    return ops.stack([tower(anchor), tower(positive), tower(negative)], axis=1)
+
+
+# model.branches -> how the tower is run on the three inputs. Both give the same embeddings,
+# up to BatchNorm's batch statistics in training.
+BRANCHES = {"batched": _batched, "separate": _separate}
+
+
+def build_siamese_model(tower, branches="batched"):
+    """Maps (anchor, positive, negative) image batches to embeddings [batch, 3, embedding_dim].
 
     Args:
       tower: the embedding model, shared by the three branches.
-      branches: "batched" runs the tower once on the three batches concatenated (one large
-        call, better use of the hardware); "separate" calls it three times, as in the keras.io
-        Siamese example. Both give the same embeddings (up to BatchNorm batch statistics).
+      branches: a key of `BRANCHES`.
     """
-
-    def __init__(self, tower, branches="batched", **kwargs):
-        super().__init__(**kwargs)
-        if branches not in ("batched", "separate"):
-            raise ValueError(f"branches must be 'batched' or 'separate', got {branches!r}")
-        self.tower = tower
-        self.branches = branches
-
-    def call(self, inputs, training=None):
-        anchor, positive, negative = inputs
-        if self.branches == "separate":
-            embeddings = [self.tower(x, training=training) for x in (anchor, positive, negative)]
-            return ops.stack(embeddings, axis=1)
-        joined = self.tower(ops.concatenate([anchor, positive, negative], axis=0), training=training)
-        return ops.stack(ops.split(joined, 3, axis=0), axis=1)
+    if branches not in BRANCHES:
+        raise ValueError(f"branches must be one of {list(BRANCHES)}, got {branches!r}")
+    image_shape = tower.input_shape[1:]
+    inputs = [keras.Input(image_shape, name=name) for name in ("anchor", "positive", "negative")]
+    embeddings = BRANCHES[branches](tower, *inputs)
+    return keras.Model(inputs, embeddings, name=f"siamese_{branches}")
