@@ -19,11 +19,69 @@ Reference: Schroff et al., FaceNet (semi-hard), https://arxiv.org/abs/1503.03832
 Hermans et al., In Defense of the Triplet Loss (batch hard), https://arxiv.org/abs/1703.07737.
 """
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import keras
 from keras import ops
 
-DISTANCE_METRICS = ("L2", "squared-L2", "angular")
 _EPSILON = 1e-12
+
+
+def _safe_sqrt(squared):
+    """sqrt with a finite gradient at 0.
+
+    sqrt has an infinite derivative at 0: take it of a value bounded away from zero and mask
+    the exact zeros afterwards, so gradients stay finite for identical embeddings.
+    """
+    is_zero = ops.cast(squared <= 0.0, "float32")
+    return ops.sqrt(squared + is_zero * _EPSILON) * (1.0 - is_zero)
+
+
+def _unit(embeddings):
+    return embeddings / ops.maximum(ops.norm(embeddings, axis=-1, keepdims=True), _EPSILON)
+
+
+def _pairwise_squared_l2(embeddings):
+    squared_norms = ops.sum(ops.square(embeddings), axis=1, keepdims=True)
+    squared = squared_norms - 2.0 * ops.matmul(embeddings, ops.transpose(embeddings))
+    return ops.maximum(squared + ops.transpose(squared_norms), 0.0)
+
+
+def _pairwise_angular(embeddings):
+    normalized = _unit(embeddings)
+    return ops.maximum(1.0 - ops.matmul(normalized, ops.transpose(normalized)), 0.0)
+
+
+def _paired_squared_l2(first, second):
+    return ops.sum(ops.square(first - second), axis=-1)
+
+
+def _paired_angular(first, second):
+    return ops.maximum(1.0 - ops.sum(_unit(first) * _unit(second), axis=-1), 0.0)
+
+
+class DistanceMetric(NamedTuple):
+    """One distance, between all rows of a batch (pairwise) and between paired rows."""
+
+    pairwise: Callable
+    paired: Callable
+
+
+# loss.distance_metric -> DistanceMetric
+DISTANCE_METRICS = {
+    "L2": DistanceMetric(
+        lambda x: _safe_sqrt(_pairwise_squared_l2(x)), lambda a, b: _safe_sqrt(_paired_squared_l2(a, b))
+    ),
+    "squared-L2": DistanceMetric(_pairwise_squared_l2, _paired_squared_l2),
+    "angular": DistanceMetric(_pairwise_angular, _paired_angular),
+}
+
+
+def _distance_metric(name):
+    if name not in DISTANCE_METRICS:
+        raise ValueError(f"distance_metric must be one of {list(DISTANCE_METRICS)}, got {name!r}")
+    return DISTANCE_METRICS[name]
 
 
 def pairwise_distances(embeddings, distance_metric="L2"):
@@ -31,24 +89,10 @@ def pairwise_distances(embeddings, distance_metric="L2"):
 
     The diagonal is exactly zero. "angular" is 1 - cosine similarity, clipped at 0.
     """
-    if distance_metric not in DISTANCE_METRICS:
-        raise ValueError(f"distance_metric must be one of {DISTANCE_METRICS}, got {distance_metric!r}")
+    metric = _distance_metric(distance_metric)
     embeddings = ops.cast(embeddings, "float32")
-    batch_size = ops.shape(embeddings)[0]
-    off_diagonal = 1.0 - ops.eye(batch_size, dtype="float32")
-    if distance_metric == "angular":
-        normalized = embeddings / ops.maximum(ops.norm(embeddings, axis=1, keepdims=True), _EPSILON)
-        distances = ops.maximum(1.0 - ops.matmul(normalized, ops.transpose(normalized)), 0.0)
-        return distances * off_diagonal
-    squared_norms = ops.sum(ops.square(embeddings), axis=1, keepdims=True)
-    squared = squared_norms - 2.0 * ops.matmul(embeddings, ops.transpose(embeddings))
-    squared = ops.maximum(squared + ops.transpose(squared_norms), 0.0) * off_diagonal
-    if distance_metric == "squared-L2":
-        return squared
-    # sqrt has an infinite derivative at 0: take it of a value bounded away from zero and mask
-    # the exact zeros afterwards, so gradients stay finite for identical embeddings.
-    is_zero = ops.cast(squared <= 0.0, "float32")
-    return ops.sqrt(squared + is_zero * _EPSILON) * (1.0 - is_zero)
+    off_diagonal = 1.0 - ops.eye(ops.shape(embeddings)[0], dtype="float32")
+    return metric.pairwise(embeddings) * off_diagonal
 
 
 def _label_masks(y_true):
@@ -66,6 +110,15 @@ def _masked_mean(values, mask):
     return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
+def _hardest_pairs(distances, positives, negatives):
+    """Batch-hard mining: for every anchor, the distance to its farthest positive and to its
+    closest negative, and whether it has both (a triplet exists)."""
+    hardest_positive = ops.max(ops.where(positives, distances, -1.0), axis=1)
+    hardest_negative = ops.min(ops.where(negatives, distances, ops.max(distances) + 1.0), axis=1)
+    valid = ops.logical_and(ops.any(positives, axis=1), ops.any(negatives, axis=1))
+    return hardest_positive, hardest_negative, valid
+
+
 def triplet_hard_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L2"):
     """Batch-hard triplet loss: hardest positive and hardest negative for every anchor.
 
@@ -80,12 +133,9 @@ def triplet_hard_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L
       float32 scalar: the mean over anchors that have a positive and a negative.
     """
     distances = pairwise_distances(y_pred, distance_metric)
-    positives, negatives = _label_masks(y_true)
-    hardest_positive = ops.max(ops.where(positives, distances, -1.0), axis=1)
-    hardest_negative = ops.min(ops.where(negatives, distances, ops.max(distances) + 1.0), axis=1)
+    hardest_positive, hardest_negative, valid = _hardest_pairs(distances, *_label_masks(y_true))
     difference = hardest_positive - hardest_negative
     losses = ops.softplus(difference) if soft else ops.relu(difference + margin)
-    valid = ops.logical_and(ops.any(positives, axis=1), ops.any(negatives, axis=1))
     return _masked_mean(losses, valid)
 
 
@@ -140,46 +190,39 @@ def triplet_margin_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric=
     return ops.mean(losses)
 
 
-def _pair_distance(first, second, distance_metric):
-    if distance_metric == "angular":
-        first = first / ops.maximum(ops.norm(first, axis=-1, keepdims=True), _EPSILON)
-        second = second / ops.maximum(ops.norm(second, axis=-1, keepdims=True), _EPSILON)
-        return ops.maximum(1.0 - ops.sum(first * second, axis=-1), 0.0)
-    squared = ops.sum(ops.square(first - second), axis=-1)
-    if distance_metric == "squared-L2":
-        return squared
-    is_zero = ops.cast(squared <= 0.0, "float32")
-    return ops.sqrt(squared + is_zero * _EPSILON) * (1.0 - is_zero)
-
-
 def _triplet_distances(y_pred, distance_metric):
-    if distance_metric not in DISTANCE_METRICS:
-        raise ValueError(f"distance_metric must be one of {DISTANCE_METRICS}, got {distance_metric!r}")
+    metric = _distance_metric(distance_metric)
     y_pred = ops.cast(y_pred, "float32")
     anchor, positive, negative = y_pred[:, 0], y_pred[:, 1], y_pred[:, 2]
-    return (
-        _pair_distance(anchor, positive, distance_metric),
-        _pair_distance(anchor, negative, distance_metric),
-    )
+    return metric.paired(anchor, positive), metric.paired(anchor, negative)
 
 
 class _TripletLoss(keras.losses.Loss):
-    """Shared plumbing: the keyword arguments are stored, forwarded to the loss function and
-    serialised. `reduction` is accepted and ignored, as in tensorflow-addons: every loss
-    already reduces the batch to one scalar."""
+    """Shared plumbing of the loss classes, in the Keras recipe: one attribute per constructor
+    argument, `get_config` chained to `super()`. Every loss function already reduces the batch
+    to one scalar, so `reduction` only matters for "none" (which returns that scalar too)."""
 
-    loss_function = None
-
-    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name=None, **kwargs):
-        kwargs.pop("reduction", None)
-        super().__init__(name=name or type(self).__name__, reduction="sum_over_batch_size", **kwargs)
-        self.loss_kwargs = {"margin": margin, "soft": soft, "distance_metric": distance_metric}
+    def __init__(
+        self, margin=1.0, soft=False, distance_metric="L2", name=None, reduction="sum_over_batch_size", dtype=None
+    ):
+        super().__init__(name=name or type(self).__name__, reduction=reduction, dtype=dtype)
+        _distance_metric(distance_metric)  # fail at construction, not at the first batch
+        self.margin = margin
+        self.soft = soft
+        self.distance_metric = distance_metric
 
     def call(self, y_true, y_pred):
-        return type(self).loss_function(y_true, y_pred, **self.loss_kwargs)
+        return self.loss_function(y_true, y_pred, margin=self.margin, soft=self.soft, distance_metric=self.distance_metric)
 
     def get_config(self):
-        return {"name": self.name, **self.loss_kwargs}
+        # keras.losses.Loss.get_config leaves out dtype, which the constructor takes: add it.
+        return {
+            **super().get_config(),
+            "dtype": self.dtype,
+            "margin": self.margin,
+            "soft": self.soft,
+            "distance_metric": self.distance_metric,
+        }
 
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
@@ -190,14 +233,28 @@ class TripletHardLoss(_TripletLoss):
 
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
-class TripletSemiHardLoss(_TripletLoss):
-    """Semi-hard triplet loss (see `triplet_semihard_loss`); tfa.losses.TripletSemiHardLoss API."""
+class TripletSemiHardLoss(keras.losses.Loss):
+    """Semi-hard triplet loss (see `triplet_semihard_loss`); tfa.losses.TripletSemiHardLoss API.
 
-    loss_function = staticmethod(triplet_semihard_loss)
+    Semi-hard mining has no soft-margin variant, hence no `soft` argument.
+    """
 
-    def __init__(self, margin=1.0, distance_metric="L2", name=None, **kwargs):
-        super().__init__(margin=margin, distance_metric=distance_metric, name=name, **kwargs)
-        del self.loss_kwargs["soft"]  # semi-hard mining has no soft-margin variant
+    def __init__(self, margin=1.0, distance_metric="L2", name=None, reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name or type(self).__name__, reduction=reduction, dtype=dtype)
+        _distance_metric(distance_metric)
+        self.margin = margin
+        self.distance_metric = distance_metric
+
+    def call(self, y_true, y_pred):
+        return triplet_semihard_loss(y_true, y_pred, margin=self.margin, distance_metric=self.distance_metric)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dtype": self.dtype,
+            "margin": self.margin,
+            "distance_metric": self.distance_metric,
+        }
 
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
@@ -214,6 +271,7 @@ class TripletMarginLoss(_TripletLoss):
     loss_function = staticmethod(triplet_margin_loss)
 
 
+# loss.name -> loss class
 LOSSES = {
     "batch_hard": TripletHardLoss,
     "semihard": TripletSemiHardLoss,
@@ -225,8 +283,10 @@ LOSSES = {
 def build_loss(name, margin, soft, distance_metric):
     """The loss object for `name` (a key of LOSSES) from plain arguments."""
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {sorted(LOSSES)}")
+        raise ValueError(f"unknown loss {name!r}; valid names: {list(LOSSES)}")
     if name == "semihard":
+        if soft:
+            raise ValueError("the semihard loss has no soft-margin variant: set loss.soft to false")
         return TripletSemiHardLoss(margin=margin, distance_metric=distance_metric)
     return LOSSES[name](margin=margin, soft=soft, distance_metric=distance_metric)
 
@@ -261,9 +321,7 @@ def make_triplet_metrics(distance_metric, margin):
             d_ap, d_an = _triplet_distances(y_pred, distance_metric)
             return ops.mean(ops.cast(d_an < d_ap + margin, "float32"))
         distances, _, positives, negatives = _batch_distance_stats(y_true, y_pred, distance_metric)
-        hardest_positive = ops.max(ops.where(positives, distances, -1.0), axis=1)
-        hardest_negative = ops.min(ops.where(negatives, distances, ops.max(distances) + 1.0), axis=1)
-        valid = ops.logical_and(ops.any(positives, axis=1), ops.any(negatives, axis=1))
+        hardest_positive, hardest_negative, valid = _hardest_pairs(distances, positives, negatives)
         return _masked_mean(ops.cast(hardest_negative < hardest_positive + margin, "float32"), valid)
 
     return [mean_positive_distance, mean_negative_distance, active_triplet_fraction]

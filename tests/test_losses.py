@@ -177,8 +177,57 @@ def test_tensorflow_addons_defaults_and_import_path():
     from siamese_reid.losses import TripletHardLoss as Hard
     from siamese_reid.losses import TripletSemiHardLoss as SemiHard
 
-    assert Hard().get_config() == {"name": "TripletHardLoss", "margin": 1.0, "soft": False, "distance_metric": "L2"}
-    assert SemiHard().get_config() == {"name": "TripletSemiHardLoss", "margin": 1.0, "distance_metric": "L2"}
+    hard, semihard = Hard(), SemiHard()
+    assert (hard.margin, hard.soft, hard.distance_metric, hard.name) == (1.0, False, "L2", "TripletHardLoss")
+    assert (semihard.margin, semihard.distance_metric) == (1.0, "L2")
+    assert "soft" not in semihard.get_config()
+
+
+@pytest.mark.parametrize("loss_class", [TripletHardLoss, TripletSemiHardLoss, TripletBatchAllLoss, TripletMarginLoss])
+def test_config_keeps_every_constructor_argument_and_keras_own(loss_class):
+    # Keras recipe: one attribute per argument, get_config chained to super(); `dtype` used to
+    # be dropped and `reduction` silently popped.
+    loss = loss_class(margin=0.25, distance_metric="angular", name="mine", reduction="sum", dtype="float64")
+    config = loss.get_config()
+    assert config["name"] == "mine" and config["reduction"] == "sum" and config["margin"] == 0.25
+    assert config["distance_metric"] == "angular"
+    assert "float64" in str(config["dtype"])
+    restored = loss_class.from_config(config)
+    assert restored.get_config() == config
+    assert restored.margin == loss.margin and restored.reduction == "sum"
+
+
+def test_identities_above_two_to_the_24_stay_apart():
+    # Keras casts y_true to float32, where 2**24 and 2**24 + 1 are the same number: training
+    # labels are relabelled 0..N-1 before they reach the loss.
+    from siamese_reid.config import AugmentConfig, TrainingConfig
+    from siamese_reid.data.pipeline import training_dataset
+    from siamese_reid.data.records import Sample
+    from tests.conftest import write_image
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        big = 2**24
+        samples = []
+        for index, pid in enumerate([big, big, big + 1, big + 1]):
+            path = Path(folder) / f"{index}.png"
+            write_image(path, size=(32, 32), image_format="PNG", seed=index)
+            samples.append(Sample(str(path), pid, 1 + index % 2))
+        training = TrainingConfig(identities_per_batch=2, images_per_identity=2, epochs=1)
+        augment = AugmentConfig(flip=False, pad_crop=False, color_jitter=False)
+        images, labels = next(iter(training_dataset(samples, training, augment, (32, 32), 0, 1)))
+    labels = labels.numpy()
+    assert labels.dtype == np.int32 and sorted(set(labels.tolist())) == [0, 1]
+    # anchors of identity 2**24 see 2**24 + 1 as a negative, so the loss is the true one
+    embeddings = np.array([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05], [0.0, 1.0]], np.float32)
+    true_pids = np.where(labels == 0, big, big + 1)
+    expected = reference_hard(true_pids, embeddings.astype(np.float64), 0.3, False, "L2")
+    got = float(TripletHardLoss(margin=0.3)(labels, embeddings))
+    assert got == pytest.approx(expected, rel=1e-5)
+    merged = float(TripletHardLoss(margin=0.3)(true_pids, embeddings))  # what float32 labels did
+    assert merged != pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("loss_class", [TripletHardLoss, TripletSemiHardLoss, TripletBatchAllLoss])
