@@ -27,13 +27,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from siamese_reid.cli.common import new_run_dir, prepare_data, tower_spec  # noqa: E402
+from siamese_reid import experiment  # noqa: E402
 from siamese_reid.config import load_config  # noqa: E402
 from siamese_reid.data import samplers  # noqa: E402
 from siamese_reid.data.pipeline import pk_dataset, triplet_dataset  # noqa: E402
+from siamese_reid.data.splits import contiguous_labels  # noqa: E402
 from siamese_reid.losses import build_loss  # noqa: E402
-from siamese_reid.model.embedding import build_embedding_model  # noqa: E402
-from siamese_reid.model.siamese import SiameseModel  # noqa: E402
+from siamese_reid.model import build_siamese_model  # noqa: E402
 
 
 def images_per_second(dataset_or_generator, steps, images_per_step, consume):
@@ -94,18 +94,19 @@ def main():
     # from_generator datasets have no known length: Keras warns when a warm-up pass ends them
     warnings.filterwarnings("ignore", message="Your input ran out of data")
     config = load_config(arguments.config, arguments.overrides)
-    config, splits = prepare_data(config, new_run_dir("benchmarks/results", "pipeline_data"))
+    config, splits = experiment.prepare_data(config, experiment.create_evaluation_dir("benchmarks/results/pipeline"))
     size = (config.data.image_height, config.data.image_width)
     training, steps = config.training, arguments.steps
     paths, pids = [s.path for s in splits.train], np.array([s.pid for s in splits.train])
     camids = np.array([s.camid for s in splits.train])
+    labels, _ = contiguous_labels(pids)
     pk_size = training.identities_per_batch * training.images_per_identity
     triplet_size = training.triplet_batch_size
     batches = samplers.pk_batches(pids, training.identities_per_batch, training.images_per_identity, steps + 3, 0)
     triplets = samplers.sample_triplets(pids, camids, (steps + 3) * triplet_size, 0)
     results = {}
 
-    pk = pk_dataset(paths, pids, batches, size, config.augment, 0)
+    pk = pk_dataset(paths, labels, batches, size, config.augment, 0)
     results["pipeline_pk_images_per_s"] = images_per_second(pk, steps, pk_size, lambda batch: batch[0].numpy())
     print(f"tf.data P x K pipeline alone: {results['pipeline_pk_images_per_s']:.0f} images/s", flush=True)
 
@@ -114,7 +115,7 @@ def main():
         return model
 
     keras.utils.set_random_seed(0)
-    tower = build_embedding_model(tower_spec(config))
+    tower = experiment.build_tower(config)
     results["train_pk_images_per_s"], spread = fit_images_per_second(compiled(tower, "batch_hard"), pk, steps, pk_size)
     print(
         f"P x K train step (tf.data + fit): {results['train_pk_images_per_s']:.1f} images/s "
@@ -122,9 +123,9 @@ def main():
         flush=True,
     )
 
-    triplet_stream = triplet_dataset(paths, pids, triplets, triplet_size, size, config.augment, 0)
+    triplet_stream = triplet_dataset(paths, labels, triplets, triplet_size, size, config.augment, 0)
     for branches in ("batched", "separate"):
-        model = compiled(SiameseModel(build_embedding_model(tower_spec(config)), branches), "triplet")
+        model = compiled(build_siamese_model(experiment.build_tower(config), branches), "triplet")
         key = f"train_triplet_{branches}_images_per_s"
         results[key], spread = fit_images_per_second(model, triplet_stream, steps, 3 * triplet_size)
         print(
@@ -133,7 +134,7 @@ def main():
             flush=True,
         )
 
-    generator_model = compiled(SiameseModel(build_embedding_model(tower_spec(config)), "separate"), "triplet")
+    generator_model = compiled(build_siamese_model(experiment.build_tower(config), "separate"), "triplet")
     signature = (
         tuple(tf.TensorSpec((triplet_size, *size, 3), tf.float32) for _ in range(3)),
         tf.TensorSpec((triplet_size,), tf.float64),
@@ -165,7 +166,7 @@ def main():
     for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
         for xla in (False, True):
             keras.mixed_precision.set_global_policy(policy)
-            model = build_embedding_model(tower_spec(config))
+            model = experiment.build_tower(config)
             model.compile(
                 optimizer=keras.optimizers.Adam(1e-4), loss=build_loss("batch_hard", 0.3, False, "L2"), jit_compile=xla
             )

@@ -1,12 +1,15 @@
 """Does training learn? Trained model vs the same model untrained vs a colour histogram.
 
-Trains with train.py's own code path on a dataset's train split, then scores three embeddings
-on its held-out query / gallery identities under the Market-1501 protocol:
+Trains with the library workflow that train.py runs (`siamese_reid.experiment.train`) on a
+dataset's train split, then scores three embeddings on its held-out query / gallery
+identities under the Market-1501 protocol:
 
     python benchmarks/learning.py                                  # the built-in demo dataset
     python benchmarks/learning.py --set data.root=../shared/data/market1501-sample
 
-Writes <output_dir>/learning.json and prints a markdown table for the README.
+Tune a recipe on the validation split (`--set data.validation_fraction=0.3`; its numbers are
+printed as "validation"), never on the test rows. Writes <output_dir>/<run>/learning.json and
+prints a markdown table for the README, each number with its standard error over queries.
 """
 
 import argparse
@@ -27,49 +30,61 @@ def main():
 
     import keras
 
-    from siamese_reid.cli.common import new_run_dir, prepare_data, tower_spec
-    from siamese_reid.cli.train import run_training
+    from siamese_reid import experiment, reporting
     from siamese_reid.config import load_config, replace
+    from siamese_reid.evaluation import evaluate_features, evaluate_model
     from siamese_reid.evaluation.baselines import colour_histogram_features
-    from siamese_reid.evaluation.evaluator import evaluate_features, evaluate_model
-    from siamese_reid.model.embedding import build_embedding_model
 
     config = load_config(arguments.config, arguments.overrides)
-    run_dir = new_run_dir(arguments.output_dir, None)
-    config = replace(config, evaluation=replace(config.evaluation, num_examples=6))
+    run_dir = experiment.create_run_dir(arguments.output_dir)
     started = time.time()
-    trained = run_training(config, run_dir)
+    trained = experiment.train(config, run_dir)
     wall = time.time() - started
-    (run_dir / "baselines").mkdir(exist_ok=True)
-    config, splits = prepare_data(config, run_dir / "baselines")
-    size = (config.data.image_height, config.data.image_width)
+    (run_dir / "baselines").mkdir()
+    config, data = experiment.prepare_data(config, run_dir / "baselines")
     keras.utils.set_random_seed(config.training.seed)  # the trained run's exact initial weights
-    untrained_tower = build_embedding_model(tower_spec(config))
-    untrained = evaluate_model(untrained_tower, splits.query, splits.gallery, size, config.evaluation).ranking
+    untrained_tower = experiment.build_tower(config)
+    size = experiment.image_size(config)
+    untrained = evaluate_model(untrained_tower, data.query, data.gallery, size, config.evaluation)
     histogram = evaluate_features(
-        colour_histogram_features([s.path for s in splits.query]),
-        colour_histogram_features([s.path for s in splits.gallery]),
-        splits.query,
-        splits.gallery,
+        colour_histogram_features([s.path for s in data.query]),
+        colour_histogram_features([s.path for s in data.gallery]),
+        data.query,
+        data.gallery,
         replace(config.evaluation, rerank=False, metric="euclidean"),
-    ).ranking
+    )
+
+    def row(ranking):
+        metrics = reporting.ranking_metrics(ranking, len(data.query), len(data.gallery), {})
+        return {key: metrics[key] for key in ("rank1", "mAP", "standard_errors")}
+
     rows = {
-        "trained": {"rank1": trained["rank1"], "mAP": trained["mAP"]},
-        "untrained (same model, random init)": {"rank1": float(untrained.cmc[0]), "mAP": untrained.mean_ap},
-        "colour histogram (HSV, 6 stripes)": {"rank1": float(histogram.cmc[0]), "mAP": histogram.mean_ap},
+        "trained": {key: trained[key] for key in ("rank1", "mAP", "standard_errors")},
+        "untrained (same model, random init)": row(untrained.ranking),
+        "colour histogram (HSV, 6 stripes)": row(histogram.ranking),
     }
     result = {
         "dataset": config.data.root,
         "overrides": arguments.overrides,
         "wall_seconds_train_and_eval": wall,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "validation": trained.get("validation"),
         "results": rows,
         "run_dir": str(run_dir),
     }
-    (run_dir / "learning.json").write_text(json.dumps(result, indent=2))
+    reporting.write_json(run_dir / "learning.json", result)
+    if trained.get("validation"):
+        validation = trained["validation"]
+        print(
+            f"\nvalidation: rank-1 {reporting.percent(validation['rank1'])}, mAP {reporting.percent(validation['mAP'])}"
+        )
     print("\n| embedding | rank-1 | mAP |\n|---|---|---|")
-    for name, row in rows.items():
-        print(f"| {name} | {100 * row['rank1']:.1f}% | {100 * row['mAP']:.1f}% |")
+    for name, numbers in rows.items():
+        errors = numbers["standard_errors"]
+        print(
+            f"| {name} | {reporting.percent(numbers['rank1'])} ± {100 * errors['rank1']:.1f} "
+            f"| {reporting.percent(numbers['mAP'])} ± {100 * errors['mAP']:.1f} |"
+        )
     print(f"\ntrain + evaluate wall time: {wall:.0f} s; run folder {run_dir}")
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import yaml
 
 from siamese_reid.errors import ReIDError
-from siamese_reid.evaluation.distances import compute_distances
 from siamese_reid.evaluation.embeddings import load_embeddings
+from siamese_reid.evaluation.evaluator import RERANKED, scoring_distances
 from siamese_reid.evaluation.ranking import protocol_gallery_mask
 from siamese_reid.reporting import read_history
 
@@ -30,6 +30,7 @@ class Run:
     gallery_features: np.ndarray
     gallery_samples: list
     query_average_precisions: np.ndarray  # as scored for metrics.json; NaN for skipped queries
+    run_info: dict = dataclasses.field(default_factory=dict)
 
 
 def newest_run(runs_dir="runs"):
@@ -57,12 +58,17 @@ def load_run(path):
         gallery_features=gallery_features,
         gallery_samples=gallery_samples,
         query_average_precisions=np.load(path / "query_average_precisions.npy"),
+        run_info=json.loads((path / "run_info.json").read_text()) if (path / "run_info.json").is_file() else {},
     )
 
 
 def run_distances(run):
-    metric = run.metrics.get("protocol", {}).get("metric", "euclidean")
-    return compute_distances(run.query_features, run.gallery_features, metric)
+    """The query x gallery distances the run's metrics were scored on, recomputed from its
+    saved embeddings: re-ranked ones when the evaluation re-ranked, so the retrieval browser,
+    the failure cases and the threshold show the ranking that was scored."""
+    distance = run.metrics["protocol"]["distance"]
+    rerank = distance["name"] == RERANKED
+    return scoring_distances(run.query_features, run.gallery_features, "euclidean" if rerank else distance["name"], rerank)
 
 
 def pair_distances(distances, query_samples, gallery_samples):

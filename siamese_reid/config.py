@@ -1,12 +1,19 @@
 """Typed, frozen configuration loaded from `config.yaml` plus `--set section.key=value` overrides.
 
-Only the entry points see the whole `Config`; library code receives one section or plain
-arguments. Every key is declared here once, with its type and allowed values, so a typo or an
-out-of-range value fails before any work starts, naming the key and the closest valid one.
+Only the entry points and `siamese_reid.experiment` see the whole `Config`; library code
+receives one section or plain arguments. Every key is declared here once, with its type and
+range, so a typo or an out-of-range value fails before any work starts, naming the key and the
+closest valid one.
+
+Keys that name an implementation (a backbone, a loss, an optimizer, ...) are checked against
+the dict that implements the choice, named here as "module:DICT" and looked up only when a
+value is validated: adding an entry to that dict is all it takes to make a new name valid, and
+the config cannot drift from the code.
 """
 
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
 from pathlib import Path
@@ -17,9 +24,19 @@ from siamese_reid.errors import ReIDError
 
 
 def _field(default, *, choices=None, minimum=None, maximum=None):
-    """A dataclass field carrying its validation rule in metadata."""
+    """A dataclass field carrying its validation rule in metadata.
+
+    `choices` is "module:NAME", the dict (or tuple) of valid names in the module that
+    implements them.
+    """
     metadata = {"choices": choices, "minimum": minimum, "maximum": maximum}
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def valid_names(reference):
+    """The valid names of a "module:NAME" choices reference, in the implementation's order."""
+    module_name, attribute = reference.split(":")
+    return list(getattr(importlib.import_module(module_name), attribute))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,18 +45,21 @@ class DataConfig:
     train_dir: str | None = _field(None)
     query_dir: str | None = _field(None)
     gallery_dir: str | None = _field(None)
-    layout: str = _field("market", choices=("market", "folders"))
+    layout: str = _field("market", choices="siamese_reid.data.records:LAYOUTS")
     test_fraction: float = _field(0.5, minimum=0.05, maximum=0.95)
     # keras.applications backbones need at least 32x32 inputs.
     image_height: int = _field(64, minimum=32, maximum=1024)
     image_width: int = _field(32, minimum=32, maximum=1024)
-    split_seed: int = _field(0)
+    split_seed: int = _field(0, minimum=0, maximum=2**32 - 1)
+    # Fraction of the training identities held out as a validation query/gallery split
+    # (0 = none): periodic evaluation and best.keras then use it instead of the test split.
+    validation_fraction: float = _field(0.0, minimum=0.0, maximum=0.5)
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
     dir: str = _field("data/demo")
-    seed: int = _field(0)
+    seed: int = _field(0, minimum=0, maximum=2**32 - 1)
     num_train_identities: int = _field(60, minimum=2)
     num_test_identities: int = _field(40, minimum=2)
     num_cameras: int = _field(4, minimum=2, maximum=9)
@@ -52,22 +72,22 @@ class DemoConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = _field("vgg16", choices=("vgg16", "resnet50", "mobilenetv2"))
+    backbone: str = _field("vgg16", choices="siamese_reid.model.embedding:BACKBONES")
     weights: str = _field("none")
     vgg_blocks: int = _field(3, minimum=1, maximum=5)
     freeze_blocks: int = _field(0, minimum=0, maximum=5)
-    pooling: str = _field("avg", choices=("avg", "max", "gem"))
+    pooling: str = _field("avg", choices="siamese_reid.model.embedding:POOLINGS")
     embedding_dim: int = _field(128, minimum=2)
     bnneck: bool = _field(True)
-    branches: str = _field("batched", choices=("batched", "separate"))
+    branches: str = _field("batched", choices="siamese_reid.model.siamese:BRANCHES")
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    name: str = _field("batch_hard", choices=("batch_hard", "semihard", "batch_all", "triplet"))
+    name: str = _field("batch_hard", choices="siamese_reid.losses:LOSSES")
     margin: float = _field(0.3, minimum=0.0)
     soft: bool = _field(False)
-    distance_metric: str = _field("L2", choices=("L2", "squared-L2", "angular"))
+    distance_metric: str = _field("L2", choices="siamese_reid.losses:DISTANCE_METRICS")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,31 +103,31 @@ class AugmentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    sampler: str = _field("pk", choices=("pk", "triplet"))
+    sampler: str = _field("pk", choices="siamese_reid.data.pipeline:SAMPLERS")
     identities_per_batch: int = _field(8, minimum=2)
     images_per_identity: int = _field(4, minimum=2)
     triplet_batch_size: int = _field(16, minimum=1)
     steps_per_epoch: int = _field(0, minimum=0)
     epochs: int = _field(100, minimum=1)
-    optimizer: str = _field("adam", choices=("adam", "adamw", "sgd"))
+    optimizer: str = _field("adam", choices="siamese_reid.training:OPTIMIZERS")
     learning_rate: float = _field(3.0e-4, minimum=0.0)
     weight_decay: float = _field(5.0e-4, minimum=0.0)
     warmup_epochs: int = _field(2, minimum=0)
-    schedule: str = _field("cosine", choices=("cosine", "constant"))
-    seed: int = _field(0)
-    precision: str = _field("float32", choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    schedule: str = _field("cosine", choices="siamese_reid.training:SCHEDULES")
+    seed: int = _field(0, minimum=0, maximum=2**32 - 1)
+    precision: str = _field("float32", choices="siamese_reid.training:PRECISIONS")
     xla: bool = _field(False)
-    strategy: str = _field("default", choices=("default", "mirrored", "multi_worker"))
+    strategy: str = _field("default", choices="siamese_reid.training:STRATEGIES")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     every_n_epochs: int = _field(10, minimum=0)
     batch_size: int = _field(64, minimum=1)
-    metric: str = _field("euclidean", choices=("euclidean", "cosine"))
+    metric: str = _field("euclidean", choices="siamese_reid.evaluation.distances:METRICS")
     flip_test: bool = _field(True)
     rerank: bool = _field(False)
-    ap_definition: str = _field("torchreid", choices=("torchreid", "market_official"))
+    ap_definition: str = _field("torchreid", choices="siamese_reid.evaluation.ranking:AP_DEFINITIONS")
     max_rank: int = _field(50, minimum=1)
     num_examples: int = _field(6, minimum=0)
 
@@ -156,11 +176,10 @@ def _coerce(key, value, annotation, field):
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ReIDError(f"config key '{key}' must be of type {base.__name__}, got {value!r}")
     rule = field.metadata
-    if rule.get("choices") and value not in rule["choices"]:
-        raise ReIDError(
-            f"config key '{key}' must be one of {list(rule['choices'])}, got {value!r}"
-            + _closest(str(value), rule["choices"])
-        )
+    if rule.get("choices"):
+        names = valid_names(rule["choices"])
+        if value not in names:
+            raise ReIDError(f"config key '{key}' must be one of {names}, got {value!r}" + _closest(str(value), names))
     if rule.get("minimum") is not None and value < rule["minimum"]:
         raise ReIDError(f"config key '{key}' must be >= {rule['minimum']}, got {value!r}")
     if rule.get("maximum") is not None and value > rule["maximum"]:
@@ -200,6 +219,11 @@ def config_from_dict(raw):
 
 
 def _check_consistency(config):
+    """Rules that involve more than one key."""
+    if config.loss.name == "triplet" and config.training.sampler != "triplet":
+        raise ReIDError("config key 'loss.name' 'triplet' needs 'training.sampler: triplet' (explicit triplets)")
+    if config.loss.name == "semihard" and config.loss.soft:
+        raise ReIDError("config key 'loss.soft' must be false with 'loss.name: semihard' (it has no soft margin)")
     if config.model.freeze_blocks > config.model.vgg_blocks and config.model.backbone == "vgg16":
         raise ReIDError(
             f"config key 'model.freeze_blocks' ({config.model.freeze_blocks}) cannot exceed "

@@ -1,6 +1,7 @@
 """Files and plots of a run: metrics.json, the summary table, CMC, retrieval examples, curves.
 
-The only module that formats fractions as percentages.
+Plot functions return a matplotlib `Figure` and never save it: the caller decides (the report
+saves them, a notebook shows them). The only module that formats fractions as percentages.
 """
 
 import csv
@@ -33,6 +34,7 @@ def ranking_metrics(ranking, num_query, num_gallery, protocol):
         "rank10": rank(10),
         "mAP": ranking.mean_ap,
         "mINP": ranking.mean_inp,
+        "standard_errors": standard_errors(ranking),
         "num_queries": int(num_query),
         "num_valid_queries": ranking.num_valid_queries,
         "num_skipped_queries": ranking.num_skipped_queries,
@@ -42,17 +44,40 @@ def ranking_metrics(ranking, num_query, num_gallery, protocol):
     }
 
 
+def standard_errors(ranking):
+    """Standard errors of rank-1 and mAP over the scored queries: std / sqrt(n) of the per-query
+    values (a hit indicator, an AP). With 75 queries and rank-1 near 50% that is about 0.06: a
+    difference of a few points between two models on such a test set is noise."""
+    scored = ranking.query_first_match_ranks >= 0
+    per_query = {
+        "rank1": (ranking.query_first_match_ranks[scored] == 0).astype(float),
+        "mAP": ranking.query_average_precisions[scored],
+    }
+    count = int(scored.sum())
+    return {
+        name: float(np.std(values, ddof=1) / np.sqrt(count)) if count > 1 else float("nan")
+        for name, values in per_query.items()
+    }
+
+
 def write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def metrics_table(metrics, title="Evaluation"):
+    errors = metrics.get("standard_errors", {})
+
+    def with_error(key):
+        error = errors.get(key)
+        spread = f" ± {100 * error:.1f}" if error is not None and np.isfinite(error) else ""
+        return percent(metrics[key]) + spread
+
     rows = [
-        ("rank-1", f"{100 * metrics['rank1']:.1f}%"),
-        ("rank-5", f"{100 * metrics['rank5']:.1f}%"),
-        ("rank-10", f"{100 * metrics['rank10']:.1f}%"),
-        ("mAP", f"{100 * metrics['mAP']:.1f}%"),
-        ("mINP", f"{100 * metrics['mINP']:.1f}%"),
+        ("rank-1", with_error("rank1")),
+        ("rank-5", percent(metrics["rank5"])),
+        ("rank-10", percent(metrics["rank10"])),
+        ("mAP", with_error("mAP")),
+        ("mINP", percent(metrics["mINP"])),
         ("queries", f"{metrics['num_valid_queries']} scored, {metrics['num_skipped_queries']} skipped"),
         ("gallery", str(metrics["num_gallery"])),
     ]
@@ -61,8 +86,18 @@ def metrics_table(metrics, title="Evaluation"):
     return "\n".join(lines)
 
 
-def plot_cmc(cmc, path, label=None):
-    """CMC curve, ranks 1..len(cmc)."""
+def percent(fraction, digits=1):
+    """A fraction as a percentage string: 0.4932 -> "49.3%"."""
+    return f"{100 * fraction:.{digits}f}%"
+
+
+def save_figure(figure, path, dpi=120):
+    figure.savefig(path, dpi=dpi)
+    return Path(path)
+
+
+def plot_cmc(cmc, label=None):
+    """CMC curve, ranks 1..len(cmc); returns the Figure."""
     figure, axes = _subplots(figsize=(6, 4))
     axis = axes[0, 0]
     ranks = np.arange(1, len(cmc) + 1)
@@ -72,7 +107,7 @@ def plot_cmc(cmc, path, label=None):
     if label:
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    return figure
 
 
 def _framed(path, color, size, width=4):
@@ -84,13 +119,13 @@ def _framed(path, color, size, width=4):
     return array
 
 
-def plot_retrieval_examples(query_indices, query_samples, gallery_samples, distances, path=None, top_k=5):
+def plot_retrieval_examples(query_indices, query_samples, gallery_samples, distances, top_k=5):
     """Query -> top-k gallery images; correct matches framed green, wrong ones red.
 
-    Writes the figure to `path`, or returns it (for notebooks) when `path` is None.
-
-    Gallery images the protocol ignores for a query (same identity and camera, junk) are not
-    shown, so the figure shows exactly the ranking that was scored.
+    `distances` must be the ones the ranking was scored on (`Evaluation.distances`, or
+    `analysis.run_distances` for a saved run): re-ranked ones when re-ranking was on. Gallery
+    images the protocol ignores for a query (same identity and camera, junk) are not shown, so
+    the figure shows exactly the ranking that was scored. Returns the Figure.
     """
     gallery_pids = np.array([s.pid for s in gallery_samples])
     gallery_camids = np.array([s.camid for s in gallery_samples])
@@ -114,10 +149,7 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
         for axis in axes[row]:
             axis.axis("off")
     figure.tight_layout()
-    if path is None:
-        return figure
-    figure.savefig(path, dpi=110)
-    return None
+    return figure
 
 
 def read_history(path):
@@ -140,41 +172,114 @@ def _number(text):
         return np.nan
 
 
-def plot_training_curves(history, output_dir):
-    """Writes loss.png and retrieval_per_epoch.png (when evaluation ran during training)."""
+def plot_loss_curves(history):
+    """Training loss and the collapse indicators per epoch; None without a loss column."""
+    if "loss" not in history:
+        return None
+    epochs = history["epoch"] + 1
+    figure, axes = _subplots(1, 2, figsize=(10, 4))
+    loss_axis, stats_axis = axes[0]
+    loss_axis.plot(epochs, history["loss"], marker="o", markersize=3)
+    loss_axis.set(xlabel="epoch", ylabel="triplet loss", title="Training loss")
+    loss_axis.grid(alpha=0.3)
+    for key, label in (
+        ("mean_positive_distance", "mean positive distance"),
+        ("mean_negative_distance", "mean negative distance"),
+        ("active_triplet_fraction", "active triplet fraction"),
+    ):
+        if key in history:
+            stats_axis.plot(epochs, history[key], marker="o", markersize=3, label=label)
+    stats_axis.set(xlabel="epoch", title="Collapse indicators")
+    stats_axis.grid(alpha=0.3)
+    stats_axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_retrieval_per_epoch(history, split_name="query / gallery"):
+    """Rank-1 and mAP of the epochs that were evaluated; None when none was."""
+    if "val_rank1" not in history or not np.isfinite(history["val_rank1"]).any():
+        return None
+    finite = np.isfinite(history["val_rank1"])
+    epochs = history["epoch"][finite] + 1
+    figure, axes = _subplots(figsize=(6, 4))
+    axis = axes[0, 0]
+    axis.plot(epochs, 100 * history["val_rank1"][finite], marker="o", label="rank-1")
+    axis.plot(epochs, 100 * history["val_mAP"][finite], marker="s", label="mAP")
+    axis.set(xlabel="epoch", ylabel="%", title=f"Retrieval on {split_name}", ylim=(0, 101))
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def write_training_curves(history, output_dir, split_name="query / gallery"):
+    """Writes loss.png and retrieval_per_epoch.png (when evaluation ran); returns the paths."""
+    figures = {
+        "loss.png": plot_loss_curves(history),
+        "retrieval_per_epoch.png": plot_retrieval_per_epoch(history, split_name),
+    }
+    return [save_figure(figure, Path(output_dir) / name) for name, figure in figures.items() if figure is not None]
+
+
+def protocol_record(settings, distance):
+    """The protocol entry of metrics.json: what was really used to score."""
+    return {
+        "ap_definition": settings.ap_definition,
+        "distance": distance,
+        "flip_test": settings.flip_test,
+        "same_camera_same_identity": "ignored",
+        "junk_identity_-1": "ignored",
+        "distractor_identity_0": "kept as negatives",
+        "ties": "gallery order",
+    }
+
+
+def write_report(evaluation, query, gallery, settings, output_dir, extra=None):
+    """Writes metrics.json, cmc.png, retrieval_examples.png, the embeddings and per-query APs.
+
+    Args:
+      evaluation: an `Evaluation` of `query` against `gallery`.
+      query, gallery: lists of `Sample`.
+      settings: the `EvaluationConfig` section the evaluation used.
+      output_dir: folder the files are written to.
+      extra: more entries for metrics.json (e.g. training time).
+
+    Returns:
+      The metrics dictionary.
+    """
+    from siamese_reid.evaluation.embeddings import save_embeddings  # imports TensorFlow
+
     output_dir = Path(output_dir)
-    written = []
-    if "loss" in history:
-        epochs = history["epoch"] + 1
-        figure, axes = _subplots(1, 2, figsize=(10, 4))
-        loss_axis, stats_axis = axes[0]
-        loss_axis.plot(epochs, history["loss"], marker="o", markersize=3)
-        loss_axis.set(xlabel="epoch", ylabel="triplet loss", title="Training loss")
-        loss_axis.grid(alpha=0.3)
-        for key, label in (
-            ("mean_positive_distance", "mean positive distance"),
-            ("mean_negative_distance", "mean negative distance"),
-            ("active_triplet_fraction", "active triplet fraction"),
-        ):
-            if key in history:
-                stats_axis.plot(epochs, history[key], marker="o", markersize=3, label=label)
-        stats_axis.set(xlabel="epoch", title="Collapse indicators")
-        stats_axis.grid(alpha=0.3)
-        stats_axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(output_dir / "loss.png", dpi=120)
-        written.append(output_dir / "loss.png")
-    if "val_rank1" in history and np.isfinite(history["val_rank1"]).any():
-        finite = np.isfinite(history["val_rank1"])
-        epochs = history["epoch"][finite] + 1
-        figure, axes = _subplots(figsize=(6, 4))
-        axis = axes[0, 0]
-        axis.plot(epochs, 100 * history["val_rank1"][finite], marker="o", label="rank-1")
-        axis.plot(epochs, 100 * history["val_mAP"][finite], marker="s", label="mAP")
-        axis.set(xlabel="epoch", ylabel="%", title="Retrieval on query / gallery", ylim=(0, 101))
-        axis.grid(alpha=0.3)
-        axis.legend()
-        figure.tight_layout()
-        figure.savefig(output_dir / "retrieval_per_epoch.png", dpi=120)
-        written.append(output_dir / "retrieval_per_epoch.png")
-    return written
+    metrics = ranking_metrics(
+        evaluation.ranking, len(query), len(gallery), protocol_record(settings, evaluation.distance)
+    )
+    metrics.update(extra or {})
+    write_json(output_dir / "metrics.json", metrics)
+    save_figure(plot_cmc(evaluation.ranking.cmc), output_dir / "cmc.png")
+    if settings.num_examples:
+        rng = np.random.default_rng(0)
+        chosen = rng.choice(len(query), min(settings.num_examples, len(query)), replace=False)
+        figure = plot_retrieval_examples(sorted(chosen.tolist()), query, gallery, evaluation.distances)
+        save_figure(figure, output_dir / "retrieval_examples.png", dpi=110)
+    save_embeddings(output_dir / "query_embeddings.npz", evaluation.query_features, query)
+    save_embeddings(output_dir / "gallery_embeddings.npz", evaluation.gallery_features, gallery)
+    np.save(output_dir / "query_average_precisions.npy", evaluation.ranking.query_average_precisions)
+    print(metrics_table(metrics))
+    return metrics
+
+
+def print_data_summary(summary, warnings, warnings_path):
+    """The dataset summary and the first data warnings, as train.py and evaluate.py print them."""
+    print("dataset summary:")
+    for name, counts in summary.items():
+        print(
+            f"  {name:<18} {counts['images']:>6} images  {counts['identities']:>5} identities  "
+            f"{counts['cameras']:>2} cameras  {counts['single_image_identities']:>4} single-image identities"
+            + (f"  {counts['distractor_images']} distractors" if counts["distractor_images"] else "")
+            + (f"  {counts['junk_images']} junk" if counts["junk_images"] else "")
+        )
+    if warnings:
+        print(f"warning: {len(warnings)} data problem(s), listed in {warnings_path}")
+        for line in warnings[:5]:
+            print(f"  {line}")

@@ -5,7 +5,6 @@ callbacks is three small callbacks below.
 """
 
 import json
-import math
 from pathlib import Path
 
 import keras
@@ -15,66 +14,68 @@ import tensorflow as tf
 from siamese_reid.errors import ReIDError
 
 
-@keras.saving.register_keras_serializable(package="siamese_reid")
-class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay or constant.
+def make_schedule(name, peak, warmup_steps, total_steps):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay to 0 at
+    `total_steps` ("cosine") or `peak` held ("constant").
 
-    A function of the optimizer's step counter only, so a resumed run continues exactly where
-    the schedule left off.
+    Keras' own `CosineDecay` (with `warmup_target`), a function of the optimizer's step counter
+    only, so a resumed run continues exactly where the schedule left off. "constant" is the
+    same schedule with `alpha=1`: the decayed value is alpha x peak.
     """
+    if name not in SCHEDULES:
+        raise ReIDError(f"unknown schedule {name!r}; valid names: {list(SCHEDULES)}")
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(total_steps - warmup_steps, 1),
+        alpha=SCHEDULES[name],
+        warmup_target=peak,
+        warmup_steps=warmup_steps,
+    )
 
-    def __init__(self, peak, warmup_steps, total_steps, decay="cosine"):
-        self.peak = peak
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-        self.decay = decay
 
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
-        warm = self.peak * tf.minimum((step + 1.0) / warmup, 1.0)
-        if self.decay == "constant" or self.total_steps <= self.warmup_steps:
-            return warm
-        progress = (step - self.warmup_steps) / float(self.total_steps - self.warmup_steps)
-        cosine = 0.5 * self.peak * (1.0 + tf.cos(math.pi * tf.clip_by_value(progress, 0.0, 1.0)))
-        return tf.where(step < self.warmup_steps, warm, cosine)
+# training.schedule -> CosineDecay's alpha (the final fraction of the peak rate)
+SCHEDULES = {"cosine": 0.0, "constant": 1.0}
 
-    def get_config(self):
-        return {
-            "peak": self.peak,
-            "warmup_steps": self.warmup_steps,
-            "total_steps": self.total_steps,
-            "decay": self.decay,
-        }
+# training.optimizer -> builder(learning rate or schedule, weight decay)
+OPTIMIZERS = {
+    "adam": lambda rate, weight_decay: keras.optimizers.Adam(rate),
+    "adamw": lambda rate, weight_decay: keras.optimizers.AdamW(rate, weight_decay=weight_decay),
+    "sgd": lambda rate, weight_decay: keras.optimizers.SGD(
+        rate, momentum=0.9, nesterov=True, weight_decay=weight_decay
+    ),
+}
 
 
 def make_optimizer(name, learning_rate, weight_decay, warmup_steps, total_steps, schedule):
-    """adam | adamw | sgd with the warm-up schedule."""
-    rate = WarmupSchedule(learning_rate, warmup_steps, total_steps, schedule)
-    if name == "adam":
-        return keras.optimizers.Adam(rate)
-    if name == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=weight_decay)
-    if name == "sgd":
-        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    raise ReIDError(f"unknown optimizer {name!r}; valid names: ['adam', 'adamw', 'sgd']")
+    """adam | adamw | sgd (momentum 0.9, Nesterov) with the warm-up schedule."""
+    if name not in OPTIMIZERS:
+        raise ReIDError(f"unknown optimizer {name!r}; valid names: {list(OPTIMIZERS)}")
+    return OPTIMIZERS[name](make_schedule(schedule, learning_rate, warmup_steps, total_steps), weight_decay)
+
+
+def _mirrored():
+    # Every local GPU, or every logical CPU device when there is none (how the tests run it).
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+# training.strategy -> tf.distribute strategy factory
+STRATEGIES = {
+    "default": tf.distribute.get_strategy,
+    "mirrored": _mirrored,
+    "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,  # the cluster comes from TF_CONFIG
+}
+
+# training.precision: the Keras mixed-precision policies offered
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def make_strategy(name):
-    """The tf.distribute strategy for `name`: default | mirrored | multi_worker.
-
-    mirrored uses every local GPU, or every logical CPU device when there is no GPU (which is
-    how the test suite exercises it); multi_worker reads the cluster from TF_CONFIG.
-    """
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ReIDError(f"unknown strategy {name!r}; valid names: ['default', 'mirrored', 'multi_worker']")
+    """The tf.distribute strategy for `name`, a key of `STRATEGIES`."""
+    if name not in STRATEGIES:
+        raise ReIDError(f"unknown strategy {name!r}; valid names: {list(STRATEGIES)}")
+    return STRATEGIES[name]()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -106,7 +107,8 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     """Adds val_rank1 / val_mAP / val_mINP to the epoch logs every `every_n_epochs` epochs.
 
     Args:
-      evaluate: function taking no argument and returning a metrics dict (rank1, mAP, mINP).
+      evaluate: function of the 0-based epoch returning a metrics dict (rank1, mAP, mINP);
+        it reports the result itself.
       every_n_epochs: evaluation period; the last epoch is always evaluated.
       total_epochs: number of epochs of the run.
     """
@@ -126,13 +128,9 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             if logs is not None:
                 logs.update({f"val_{key}": float("nan") for key in keys})
             return
-        metrics = self.evaluate()
+        metrics = self.evaluate(epoch)
         if logs is not None:
             logs.update({f"val_{key}": metrics[key] for key in keys})
-        print(
-            f"\nepoch {epoch + 1}: rank-1 {100 * metrics['rank1']:.1f}%  mAP {100 * metrics['mAP']:.1f}%",
-            flush=True,
-        )
 
 
 class EmbeddingCheckpoint(keras.callbacks.Callback):

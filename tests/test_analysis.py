@@ -40,3 +40,44 @@ def test_projection_keeps_the_main_axis():
     projected = project_2d(features)
     assert projected.shape == (100, 2)
     assert np.var(projected[:, 0]) > 100 * np.var(projected[:, 1])
+
+
+def test_a_reranked_run_records_and_shows_the_distances_it_was_scored_on(tmp_path):
+    # metrics.json used to record the plain metric with re-ranking on, and the notebook ranked
+    # with plain distances while the APs came from re-ranked ones.
+    from siamese_reid import analysis
+    from siamese_reid.config import EvaluationConfig
+    from siamese_reid.evaluation import compute_distances, evaluate_features, evaluate_ranking, rerank_distances
+    from siamese_reid.reporting import protocol_record, ranking_metrics
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 8))
+    query_pids, gallery_pids = np.arange(1, 7).repeat(2), np.arange(1, 7).repeat(4)
+    query_features = centres[query_pids - 1] + 0.7 * rng.normal(size=(12, 8))
+    gallery_features = centres[gallery_pids - 1] + 0.7 * rng.normal(size=(24, 8))
+    query = [Sample(f"q{i}", int(p), 1) for i, p in enumerate(query_pids)]
+    gallery = [Sample(f"g{i}", int(p), 2) for i, p in enumerate(gallery_pids)]
+    settings = EvaluationConfig(rerank=True, metric="cosine")
+    evaluation = evaluate_features(query_features, gallery_features, query, gallery, settings)
+    np.testing.assert_allclose(evaluation.distances, rerank_distances(query_features, gallery_features))
+    assert not np.allclose(evaluation.distances, compute_distances(query_features, gallery_features, "cosine"))
+    metrics = ranking_metrics(evaluation.ranking, 12, 24, protocol_record(settings, evaluation.distance))
+    assert metrics["protocol"]["distance"]["name"] == "k-reciprocal re-ranking"
+    assert metrics["protocol"]["distance"]["base"] == "squared euclidean"
+    assert "metric" not in metrics["protocol"]  # cosine was not used
+    run = analysis.Run(
+        path=tmp_path,
+        config={},
+        dataset_summary={},
+        history={},
+        metrics=metrics,
+        query_features=query_features,
+        query_samples=query,
+        gallery_features=gallery_features,
+        gallery_samples=gallery,
+        query_average_precisions=evaluation.ranking.query_average_precisions,
+    )
+    shown = analysis.run_distances(run)
+    np.testing.assert_array_equal(shown, evaluation.distances)
+    again = evaluate_ranking(shown, query_pids, gallery_pids, np.ones(12, int), np.full(24, 2))
+    np.testing.assert_allclose(again.query_average_precisions, run.query_average_precisions)

@@ -107,7 +107,7 @@ def test_every_format_reaches_the_model_as_rgb(tmp_path, name, mode, image_forma
 
 
 def test_pk_and_triplet_datasets_deliver_the_sampled_images(tiny_demo):
-    samples = read_market_folder(tiny_demo / "bounding_box_train")
+    samples, _ = read_market_folder(tiny_demo / "bounding_box_train")
     paths, pids = [s.path for s in samples], np.array([s.pid for s in samples])
     camids = np.array([s.camid for s in samples])
     batches = samplers.pk_batches(pids, 2, 2, 3, seed=0)
@@ -125,7 +125,7 @@ def test_pk_and_triplet_datasets_deliver_the_sampled_images(tiny_demo):
 
 
 def test_inference_dataset_keeps_order(tiny_demo):
-    samples = read_market_folder(tiny_demo / "query")[:5]
+    samples = read_market_folder(tiny_demo / "query")[0][:5]
     batches = list(inference_dataset([s.path for s in samples], (32, 16), 2))
     assert [b.shape[0] for b in batches] == [2, 2, 1]
     np.testing.assert_allclose(batches[2][0].numpy(), images.decode_image(samples[4].path, 32, 16).numpy())
@@ -135,15 +135,16 @@ def test_inference_dataset_keeps_order(tiny_demo):
 def test_resumed_stream_equals_the_tail_of_the_uninterrupted_one(tiny_demo, sampler):
     import dataclasses
 
-    from siamese_reid.cli.train import build_training_dataset
     from siamese_reid.config import TrainingConfig
+    from siamese_reid.data.pipeline import training_dataset
 
-    samples = read_market_folder(tiny_demo / "bounding_box_train")
+    samples, _ = read_market_folder(tiny_demo / "bounding_box_train")
+    samples = [s for s in samples if s.pid > 0]
     training = dataclasses.replace(
         TrainingConfig(), sampler=sampler, identities_per_batch=2, images_per_identity=2, triplet_batch_size=2, epochs=3
     )
-    full = list(build_training_dataset(samples, training, SETTINGS, (32, 32), start_epoch=0, steps=2))
-    resumed = list(build_training_dataset(samples, training, SETTINGS, (32, 32), start_epoch=2, steps=2))
+    full = list(training_dataset(samples, training, SETTINGS, (32, 32), start_epoch=0, steps=2))
+    resumed = list(training_dataset(samples, training, SETTINGS, (32, 32), start_epoch=2, steps=2))
     assert len(full) == 6 and len(resumed) == 2
     for expected, got in zip(full[4:], resumed, strict=True):
         for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(got), strict=True):

@@ -4,7 +4,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from siamese_reid.cli.train import main as train_main
+from siamese_reid import experiment
+from siamese_reid.config import load_config
 from tests.conftest import PROJECT_ROOT
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
@@ -22,13 +23,10 @@ def small_run(tmp_path_factory, tiny_demo):
         "training.images_per_identity=2",
         "evaluation.every_n_epochs=1",
         f"data.root={tiny_demo}",
-        "output.run_name=small",
     ]
-    args = ["--output_dir", str(output)]
-    for item in settings:
-        args += ["--set", item]
-    assert train_main(args) == 0
-    return output / "small"
+    run_dir = experiment.create_run_dir(output, "small")
+    experiment.train(load_config(PROJECT_ROOT / "config.yaml", settings), run_dir)
+    return run_dir
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

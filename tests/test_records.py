@@ -9,6 +9,7 @@ from siamese_reid.data.records import (
     split_identity_folders,
     summarize_split,
 )
+from siamese_reid.config import DataConfig
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.errors import ReIDError
 from tests.conftest import MARKET_SAMPLE, write_image
@@ -32,7 +33,7 @@ def test_parse_market_name(name, expected):
 def test_market_reader_keeps_junk_and_distractors(tmp_path):
     for name in ("0002_c1s1_000451_03.jpg", "-1_c1s1_000001_01.jpg", "0000_c2s1_000002_01.jpg"):
         write_image(tmp_path / name)
-    samples = read_market_folder(tmp_path)
+    samples, _ = read_market_folder(tmp_path)
     assert sorted((s.pid, s.camid) for s in samples) == [(-1, 1), (0, 2), (2, 1)]
 
 
@@ -54,8 +55,7 @@ def test_non_image_and_unparseable_files_are_skipped_with_warning(tmp_path):
     write_image(tmp_path / "0002_c1s1_000451_03.jpg")
     (tmp_path / "notes.txt").write_text("hello")
     write_image(tmp_path / "person.jpg")
-    warnings = []
-    samples = read_market_folder(tmp_path, warnings)
+    samples, warnings = read_market_folder(tmp_path)
     assert len(samples) == 1
     assert any("notes.txt" in w and "not an image" in w for w in warnings)
     assert any("person.jpg" in w for w in warnings)
@@ -68,7 +68,7 @@ def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path):
     truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     corrupt = tmp_path / "0002_c1s1_000003_01.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    samples = read_market_folder(tmp_path)
+    samples, _ = read_market_folder(tmp_path)
     usable, skipped = scan_samples(samples, tmp_path / "cache")
     assert [s.path for s in usable] == [str(good)]
     assert {path for path, _ in skipped} == {str(truncated), str(corrupt)}
@@ -76,7 +76,7 @@ def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path):
 
 def test_pgm_is_converted_for_tensorflow(tmp_path):
     write_image(tmp_path / "0001_c1s1_000001_01.pgm", mode="L", image_format="PPM")
-    usable, skipped = scan_samples(read_market_folder(tmp_path), tmp_path / "cache")
+    usable, skipped = scan_samples(read_market_folder(tmp_path)[0], tmp_path / "cache")
     assert not skipped
     assert usable[0].path.endswith(".png") and (usable[0].pid, usable[0].camid) == (1, 1)
 
@@ -86,7 +86,13 @@ def test_identity_folders_share_identity_numbers_across_splits(tmp_path):
         for name in names:
             write_image(tmp_path / split / name / "1.png", image_format="PNG")
             write_image(tmp_path / split / name / "2.png", image_format="PNG")
-    splits = read_dataset(None, tmp_path / "train", tmp_path / "query", tmp_path / "gallery", "folders", 0.5, 0)
+    data = DataConfig(
+        train_dir=str(tmp_path / "train"),
+        query_dir=str(tmp_path / "query"),
+        gallery_dir=str(tmp_path / "gallery"),
+        layout="folders",
+    )
+    splits = read_dataset(data)
     carol_query = {s.pid for s in splits.query}
     carol_gallery = {s.pid for s in splits.gallery if "carol" in s.path}
     assert carol_query == carol_gallery
@@ -115,7 +121,7 @@ def test_summary_counts():
 
 @pytest.mark.skipif(not MARKET_SAMPLE.is_dir(), reason=f"real Market-1501 sample not present at {MARKET_SAMPLE}")
 def test_real_market_sample_counts_match_its_readme():
-    splits = read_dataset(MARKET_SAMPLE, None, None, None, "market", 0.5, 0)
+    splits = read_dataset(DataConfig(root=str(MARKET_SAMPLE)))
     counts = {name: summarize_split(getattr(splits, name)) for name in ("train", "query", "gallery")}
     assert (counts["train"]["images"], counts["train"]["identities"]) == (204, 25)
     assert (counts["query"]["images"], counts["query"]["identities"]) == (77, 25)
@@ -132,5 +138,5 @@ def test_real_market_sample_counts_match_its_readme():
 def test_records_hold_absolute_paths(tmp_path, monkeypatch):
     write_image(tmp_path / "data" / "0002_c1s1_000451_03.jpg")
     monkeypatch.chdir(tmp_path)
-    [sample] = read_market_folder("data")
+    [sample], _ = read_market_folder("data")
     assert sample.path == str((tmp_path / "data" / "0002_c1s1_000451_03.jpg").resolve())

@@ -74,10 +74,11 @@ def test_flip_test_embedding_is_the_normalised_mean_of_image_and_mirror(tiny_dem
     from siamese_reid.data.images import decode_image
     from siamese_reid.data.records import read_market_folder
     from siamese_reid.evaluation.embeddings import extract_embeddings
-    from siamese_reid.model.embedding import TowerSpec, build_embedding_model
+    from siamese_reid.config import ModelConfig
+    from siamese_reid.model.embedding import build_embedding_model
 
-    model = build_embedding_model(TowerSpec(image_height=32, image_width=32, vgg_blocks=2, embedding_dim=8))
-    paths = [s.path for s in read_market_folder(tiny_demo / "query")[:5]]
+    model = build_embedding_model(ModelConfig(vgg_blocks=2, embedding_dim=8), (32, 32))
+    paths = [s.path for s in read_market_folder(tiny_demo / "query")[0][:5]]
     images = np.stack([decode_image(path, 32, 32).numpy() for path in paths])
     expected = model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)

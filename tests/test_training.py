@@ -1,4 +1,5 @@
-"""End-to-end training through train.py's code path, on a tiny generated demo dataset."""
+"""End-to-end training through the library workflow (`siamese_reid.experiment`, which train.py
+calls), on a tiny generated demo dataset; the command lines themselves in subprocesses."""
 
 import json
 import os
@@ -10,9 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from siamese_reid.cli.train import main as train_main
+from siamese_reid import experiment
 from siamese_reid.config import load_config
 from siamese_reid.data.records import read_market_folder
+from siamese_reid.errors import ReIDError
 from tests.conftest import PROJECT_ROOT
 
 # Small, fast settings: 3 VGG blocks on 32x32 inputs.
@@ -31,11 +33,21 @@ def demo_settings(root):
     return [f"data.root={root}"]
 
 
-def run_train(tmp_path, settings, name="run", extra=()):
-    args = ["--output_dir", str(tmp_path), "--set", f"output.run_name={name}"]
-    for item in settings:
-        args += ["--set", item]
-    return train_main(args + list(extra)), tmp_path / name
+def run_train(tmp_path, settings, name="run"):
+    """Trains as train.py does; returns (metrics, run folder)."""
+    config = load_config(PROJECT_ROOT / "config.yaml", list(settings))
+    run_dir = experiment.create_run_dir(tmp_path, name)
+    return experiment.train(config, run_dir), run_dir
+
+
+def command_line(script, *args, timeout=300):
+    """`python SCRIPT ARGS...` from the project root, as a user types it."""
+    command = [sys.executable, script, *map(str, args)]
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def with_settings(settings):
+    return [item for setting in settings for item in ("--set", setting)]
 
 
 @pytest.mark.slow
@@ -52,23 +64,20 @@ def test_training_improves_retrieval_on_held_out_identities(tmp_path):
         "training.learning_rate=0.001",
         "evaluation.every_n_epochs=4",
     ]
-    status, run_dir = run_train(tmp_path, settings)
-    assert status == 0
+    metrics, run_dir = run_train(tmp_path, settings)
     history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
     assert history["loss"][-1] < history["loss"][0]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics == json.loads((run_dir / "metrics.json").read_text())
     import keras
 
-    from siamese_reid.cli.common import tower_spec
     from siamese_reid.config import replace
-    from siamese_reid.evaluation.evaluator import evaluate_model
-    from siamese_reid.model.embedding import build_embedding_model
+    from siamese_reid.evaluation import evaluate_model
 
     config = load_config(run_dir / "config.yaml")
     keras.utils.set_random_seed(config.training.seed)  # the same initial weights as the run
-    untrained = build_embedding_model(tower_spec(config))
-    query = read_market_folder(tmp_path / "demo" / "query")
-    gallery = read_market_folder(tmp_path / "demo" / "bounding_box_test")
+    untrained = experiment.build_tower(config)
+    query, _ = read_market_folder(tmp_path / "demo" / "query")
+    gallery, _ = read_market_folder(tmp_path / "demo" / "bounding_box_test")
     baseline = evaluate_model(untrained, query, gallery, (32, 32), replace(config.evaluation)).ranking
     assert metrics["mAP"] > baseline.mean_ap + 0.05, (metrics["mAP"], baseline.mean_ap)
     assert metrics["rank1"] > baseline.cmc[0]
@@ -90,30 +99,80 @@ def test_training_improves_retrieval_on_held_out_identities(tmp_path):
     assert "val_mAP" in history.dtype.names
 
 
-def test_evaluate_cli_on_a_run_and_on_bad_models(tmp_path, tiny_demo, capsys):
-    from siamese_reid.cli.evaluate import main as evaluate_main
+TINY = ["training.epochs=1", "training.identities_per_batch=4", "training.images_per_identity=2"]
 
-    status, run_dir = run_train(
-        tmp_path,
-        FAST
-        + demo_settings(tiny_demo)
-        + ["training.epochs=1", "training.identities_per_batch=4", "training.images_per_identity=2"],
-    )
-    assert status == 0
-    assert evaluate_main(["--run", str(run_dir)]) == 0
-    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+
+def test_evaluate_cli_never_overwrites_an_evaluation_and_rejects_bad_models(tmp_path, tiny_demo):
+    _, run_dir = run_train(tmp_path, FAST + demo_settings(tiny_demo) + TINY)
     trained = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["mAP"] == pytest.approx(trained["mAP"], abs=1e-6)  # same model, same data, same numbers
-    assert (run_dir / "evaluation" / "cmc.png").stat().st_size > 1000
-    capsys.readouterr()
-    assert evaluate_main(["--weights", str(tmp_path / "nope.keras"), "--set", f"data.root={tiny_demo}"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    first = command_line("evaluate.py", "--run", run_dir)
+    second = command_line("evaluate.py", "--run", run_dir, "--set", "evaluation.ap_definition=market_official")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    folders = sorted((run_dir / "evaluations").iterdir())
+    assert len(folders) == 2  # each evaluation in its own folder, the first one kept
+    first_metrics, second_metrics = (json.loads((f / "metrics.json").read_text()) for f in folders)
+    assert first_metrics["mAP"] == pytest.approx(trained["mAP"], abs=1e-6)  # same model, data, numbers
+    assert second_metrics["protocol"]["ap_definition"] == "market_official"
+    assert (folders[0] / "cmc.png").stat().st_size > 1000
+    missing = command_line("evaluate.py", "--weights", tmp_path / "nope.keras", "--set", f"data.root={tiny_demo}")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     (tmp_path / "bad.keras").write_text("garbage")
-    assert evaluate_main(["--weights", str(tmp_path / "bad.keras"), "--set", f"data.root={tiny_demo}"]) == 2
-    assert "not a loadable Keras model" in capsys.readouterr().err
+    bad = command_line("evaluate.py", "--weights", tmp_path / "bad.keras", "--set", f"data.root={tiny_demo}")
+    assert bad.returncode == 2 and "not a loadable Keras model" in bad.stderr
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_model(tmp_path, tiny_demo, capsys):
+def test_evaluation_folders_are_fresh_even_within_one_second(tmp_path):
+    first = experiment.create_evaluation_dir(tmp_path)
+    (first / "metrics.json").write_text("{}")
+    second = experiment.create_evaluation_dir(tmp_path)
+    assert first != second and (first / "metrics.json").read_text() == "{}"
+    with pytest.raises(ReIDError, match="already exists"):
+        experiment.create_run_dir(tmp_path / "evaluations", first.name)
+
+
+def test_junk_and_distractors_in_the_training_folder_are_not_trained_as_people(tmp_path, tiny_demo):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_demo, root)
+    # junk and distractor boxes inside the training folder, as Market-1501's own test folder has
+    gallery = sorted((root / "bounding_box_test").glob("*.jpg"))
+    extras = [g for g in gallery if g.name.startswith(("-1_", "0000_"))]
+    for path in extras:
+        shutil.copy(path, root / "bounding_box_train" / path.name)
+    config = load_config(PROJECT_ROOT / "config.yaml", FAST + [f"data.root={root}"])
+    _, data = experiment.prepare_data(config, tmp_path)
+    assert all(sample.pid > 0 for sample in data.train)
+    junk = sum(p.name.startswith("-1_") for p in extras)
+    distractors = len(extras) - junk
+    assert junk and distractors
+    note = f"excluded from training: {junk} junk (identity -1) and {distractors} distractor (identity 0) images"
+    assert any(note in warning for warning in data.warnings)
+    assert note in (tmp_path / "data_warnings.txt").read_text()
+    assert data.summary["train"]["junk_images"] == 0 and data.summary["train"]["distractor_images"] == 0
+
+
+def test_validation_split_monitors_training_and_the_test_split_is_scored_once(tmp_path, tiny_demo):
+    metrics, run_dir = run_train(
+        tmp_path, FAST + demo_settings(tiny_demo) + TINY + ["data.validation_fraction=0.3", "evaluation.every_n_epochs=1"]
+    )
+    summary = json.loads((run_dir / "dataset_summary.json").read_text())
+    test_pids = {int(p) for p in np.load(run_dir / "query_embeddings.npz")["pids"]}
+    assert summary["validation_query"]["identities"] >= 2
+    assert summary["train"]["identities"] + summary["validation_gallery"]["identities"] == 8  # tiny demo: 8
+    assert set(metrics["validation"]) >= {"rank1", "mAP", "standard_errors"}
+    assert json.loads((run_dir / "run_info.json").read_text())["monitored_split"] == "validation"
+    history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
+    assert float(history["val_mAP"]) == pytest.approx(metrics["validation"]["mAP"])
+    # the test split is the real query folder, untouched by the validation split
+    assert test_pids == {s.pid for s in read_market_folder(tiny_demo / "query")[0]}
+    aps = np.load(run_dir / "query_average_precisions.npy")
+    aps = aps[np.isfinite(aps)]
+    expected_error = np.sqrt(np.sum((aps - aps.mean()) ** 2) / (len(aps) - 1) / len(aps))
+    assert metrics["standard_errors"]["mAP"] == pytest.approx(expected_error)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_model(tmp_path, tiny_demo):
     settings = (
         FAST
         + demo_settings(tiny_demo)
@@ -130,11 +189,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_model(tmp_path,
             "evaluation.every_n_epochs=0",
         ]
     )
-    status, run_dir = run_train(tmp_path, settings)
-    err = capsys.readouterr().err
-    assert status == 2
-    assert "the loss became nan" in err.lower() and "last good model" in err
-    assert "Traceback" not in err
+    with pytest.raises(ReIDError) as caught:
+        run_train(tmp_path, settings)
+    assert "the loss became nan" in str(caught.value).lower() and "last good model" in str(caught.value)
 
 
 def resume(run_dir):
@@ -185,12 +242,11 @@ def test_resume_after_kill_continues_with_the_right_epoch(tmp_path, tiny_demo):
     assert again.returncode == 2 and "already finished" in again.stderr
 
 
-def test_bad_dataset_is_one_line_error(tmp_path, capsys):
+def test_bad_dataset_is_one_line_error(tmp_path):
     (tmp_path / "data" / "bounding_box_train").mkdir(parents=True)
-    status, _ = run_train(tmp_path, [f"data.root={tmp_path / 'data'}"])
-    err = capsys.readouterr().err
-    assert status == 2
-    assert err.strip().count("\n") == 0 and "train folder" in err and "is empty" in err
+    result = command_line("train.py", "--output_dir", tmp_path, "--set", f"data.root={tmp_path / 'data'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "train folder" in result.stderr and "is empty" in result.stderr
 
 
 def _train_in_subprocess(tmp_path, run_name, settings, preamble=""):
@@ -199,7 +255,7 @@ def _train_in_subprocess(tmp_path, run_name, settings, preamble=""):
     args = ["--output_dir", str(tmp_path), "--set", f"output.run_name={run_name}"]
     for item in settings:
         args += ["--set", item]
-    script = f"{preamble}\nfrom siamese_reid.cli.train import main\nraise SystemExit(main({args!r}))\n"
+    script = f"{preamble}\nimport runpy, sys\nsys.argv = ['train.py', *{args!r}]\nrunpy.run_path('train.py', run_name='__main__')\n"
     return subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -271,7 +327,7 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint_and_backup(tmp_path
     assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
 
 
-def test_training_split_with_one_identity_is_a_clear_error(tmp_path, capsys):
+def test_training_split_with_one_identity_is_a_clear_error(tmp_path):
     from tests.conftest import write_image
 
     root = tmp_path / "data"
@@ -282,7 +338,6 @@ def test_training_split_with_one_identity_is_a_clear_error(tmp_path, capsys):
     ):
         for index, name in enumerate(names):
             write_image(root / split / name, seed=index)
-    status, _ = run_train(tmp_path, [f"data.root={root}"])
-    err = capsys.readouterr().err
-    assert status == 2
-    assert err.strip() == "error: the training split has fewer than 2 usable identities: triplets need negatives"
+    result = command_line("train.py", "--output_dir", tmp_path, "--set", f"data.root={root}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: the training split has fewer than 2 usable identities: triplets need negatives"

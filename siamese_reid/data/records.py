@@ -49,18 +49,18 @@ def _image_files(folder):
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def read_market_folder(folder, warnings=None, what="image"):
+def read_market_folder(folder, what="image"):
     """Reads one Market-1501-style folder of images.
 
-    Files that are not images or whose names do not parse are skipped and reported in
-    `warnings` (a list the caller records); a folder with no usable image is an error.
+    Returns:
+      (samples, warnings): files that are not images or whose names do not parse are skipped
+      and listed in `warnings`; a folder with no usable image is an error.
     """
     folder = _require_folder(folder, what)
-    warnings = [] if warnings is None else warnings
     files = _image_files(folder)
     if not files:
         raise ReIDError(f"{what} folder '{folder}' is empty")
-    samples = []
+    samples, warnings = [], []
     for path in files:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             warnings.append(f"skipped '{path}': not an image file")
@@ -75,28 +75,30 @@ def read_market_folder(folder, warnings=None, what="image"):
             f"no file in {what} folder '{folder}' has a Market-1501-style name such as "
             "0002_c1s1_000451_03.jpg; for one folder per identity use data.layout: folders"
         )
-    return samples
+    return samples, warnings
 
 
 def _identity_names(root):
     return sorted(p.name for p in Path(root).iterdir() if p.is_dir())
 
 
-def read_identity_folders(root, warnings=None, what="image", identity_ids=None):
+def read_identity_folders(root, what="image", identity_ids=None):
     """Reads root/<identity>/<images>.
 
     Identities are numbered 1.. in sorted folder-name order, or by `identity_ids` (a dict of
     folder name -> pid) so that query and gallery folders read separately agree.
     camid is -1 (unknown) until `assign_split_cameras` sets it.
+
+    Returns:
+      (samples, warnings), as `read_market_folder`.
     """
     root = _require_folder(root, what)
-    warnings = [] if warnings is None else warnings
     names = _identity_names(root)
     if not names:
         raise ReIDError(f"{what} folder '{root}' has no identity sub-folders")
     if identity_ids is None:
         identity_ids = {name: pid for pid, name in enumerate(names, start=1)}
-    samples = []
+    samples, warnings = [], []
     for name in names:
         pid, identity_folder = identity_ids[name], root / name
         for path in _image_files(identity_folder):
@@ -106,7 +108,7 @@ def read_identity_folders(root, warnings=None, what="image", identity_ids=None):
             samples.append(Sample(str(path), pid, -1))
     if not samples:
         raise ReIDError(f"{what} folder '{root}' holds no image files")
-    return samples
+    return samples, warnings
 
 
 def assign_split_cameras(samples, camid):
@@ -154,53 +156,68 @@ class DatasetSplits(NamedTuple):
     warnings: list
 
 
-def read_dataset(root, train_dir, query_dir, gallery_dir, layout, test_fraction, split_seed, need_train=True):
-    """Reads the three splits of a dataset; explicit *_dir arguments override `root`.
+def _read_market_dataset(data, need_train):
+    base = Path(data.root) if data.root else None
+    folders = {
+        "train": data.train_dir or (base / "bounding_box_train" if base else None),
+        "query": data.query_dir or (base / "query" if base else None),
+        "gallery": data.gallery_dir or (base / "bounding_box_test" if base else None),
+    }
+    if not need_train and (folders["train"] is None or not Path(folders["train"]).exists()):
+        folders.pop("train")
+    missing = [name for name, folder in folders.items() if folder is None]
+    if missing:
+        raise ReIDError(f"no {', '.join(missing)} folder given: set data.root or data.*_dir")
+    splits, warnings = {}, []
+    for name, folder in folders.items():
+        splits[name], folder_warnings = read_market_folder(folder, what=name)
+        warnings += folder_warnings
+    return DatasetSplits(splits.get("train", []), splits["query"], splits["gallery"], warnings)
 
-    Args:
-      root: dataset root (Market layout: bounding_box_train/, query/, bounding_box_test/;
-        folders layout: one folder per identity, split by `split_identity_folders`).
-      train_dir, query_dir, gallery_dir: explicit split folders, or None.
-      layout: "market" or "folders".
-      test_fraction, split_seed: used only for a folders root without explicit splits.
-      need_train: when False (evaluation), a missing train split is not an error.
-    """
-    warnings = []
-    if layout == "market":
-        base = Path(root) if root else None
-        folders = {
-            "train": train_dir or (base / "bounding_box_train" if base else None),
-            "query": query_dir or (base / "query" if base else None),
-            "gallery": gallery_dir or (base / "bounding_box_test" if base else None),
-        }
-        if not need_train and (folders["train"] is None or not Path(folders["train"]).exists()):
-            folders.pop("train")
-        missing = [name for name, folder in folders.items() if folder is None]
-        if missing:
-            raise ReIDError(f"no {', '.join(missing)} folder given: set data.root or data.*_dir")
-        splits = {name: read_market_folder(folder, warnings, what=name) for name, folder in folders.items()}
-        return DatasetSplits(splits.get("train", []), splits["query"], splits["gallery"], warnings)
-    if train_dir or query_dir or gallery_dir:
-        if not (train_dir and query_dir and gallery_dir):
+
+def _read_folders_dataset(data, need_train):
+    if data.train_dir or data.query_dir or data.gallery_dir:
+        if not (data.train_dir and data.query_dir and data.gallery_dir):
             raise ReIDError("with layout folders give all of train_dir, query_dir, gallery_dir")
-        folders = {"train": train_dir, "query": query_dir, "gallery": gallery_dir}
+        folders = {"train": data.train_dir, "query": data.query_dir, "gallery": data.gallery_dir}
         names = sorted({n for d in folders.values() for n in _identity_names(_require_folder(d, "image"))})
         identity_ids = {name: pid for pid, name in enumerate(names, start=1)}
-        train, query, gallery = (
-            read_identity_folders(folder, warnings, what, identity_ids) for what, folder in folders.items()
-        )
+        splits, warnings = {}, []
+        for what, folder in folders.items():
+            splits[what], folder_warnings = read_identity_folders(folder, what, identity_ids)
+            warnings += folder_warnings
         return DatasetSplits(
-            assign_split_cameras(train, 1),
-            assign_split_cameras(query, 1),
-            assign_split_cameras(gallery, 2),
+            assign_split_cameras(splits["train"], 1),
+            assign_split_cameras(splits["query"], 1),
+            assign_split_cameras(splits["gallery"], 2),
             warnings,
         )
-    if not root:
+    if not data.root:
         raise ReIDError("with layout folders set data.root or all three data.*_dir")
-    train, query, gallery = split_identity_folders(
-        read_identity_folders(root, warnings, "dataset"), test_fraction, split_seed
-    )
+    samples, warnings = read_identity_folders(data.root, "dataset")
+    train, query, gallery = split_identity_folders(samples, data.test_fraction, data.split_seed)
     return DatasetSplits(train, query, gallery, warnings)
+
+
+# data.layout -> reader(data section, need_train) -> DatasetSplits
+LAYOUTS = {"market": _read_market_dataset, "folders": _read_folders_dataset}
+
+
+def read_dataset(data, need_train=True):
+    """Reads the three splits of a dataset; explicit *_dir settings override `root`.
+
+    Args:
+      data: the `DataConfig` section. With layout "market", root holds bounding_box_train/,
+        query/ and bounding_box_test/; with "folders", one folder per identity, split by
+        `split_identity_folders` (test_fraction, split_seed) unless all three *_dir are given.
+      need_train: when False (evaluation), a missing train split is not an error.
+
+    Returns:
+      `DatasetSplits`, whose `warnings` list the files skipped while reading.
+    """
+    if data.layout not in LAYOUTS:
+        raise ReIDError(f"unknown data.layout {data.layout!r}; valid names: {list(LAYOUTS)}")
+    return LAYOUTS[data.layout](data, need_train)
 
 
 def summarize_split(samples):

@@ -4,7 +4,6 @@ import numpy as np
 
 from siamese_reid.errors import ReIDError
 
-METRICS = ("euclidean", "cosine")
 
 
 # float64 intermediates per chunk are bounded to this many elements (2 arrays of 256 MiB).
@@ -21,7 +20,7 @@ def compute_distances(query_features, gallery_features, metric="euclidean", chun
     whatever the gallery size.
     """
     if metric not in METRICS:
-        raise ReIDError(f"distance metric must be one of {METRICS}, got {metric!r}")
+        raise ReIDError(f"distance metric must be one of {list(METRICS)}, got {metric!r}")
     query_features = np.asarray(query_features, dtype=np.float32)
     gallery_features = np.asarray(gallery_features, dtype=np.float32)
     if query_features.ndim != 2 or gallery_features.ndim != 2:
@@ -30,9 +29,7 @@ def compute_distances(query_features, gallery_features, metric="euclidean", chun
         raise ReIDError(
             f"query and gallery features differ in size: {query_features.shape[1]} vs {gallery_features.shape[1]}"
         )
-    if metric == "cosine":
-        query_features = _unit_rows(query_features)
-        gallery_features = _unit_rows(gallery_features)
+    query_features, gallery_features = METRICS[metric](query_features), METRICS[metric](gallery_features)
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_ELEMENTS // max(len(gallery_features), 1))
     gallery_squared = np.square(gallery_features, dtype=np.float64).sum(axis=1)
@@ -53,3 +50,8 @@ def compute_distances(query_features, gallery_features, metric="euclidean", chun
 def _unit_rows(features):
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.maximum(norms, 1e-12)
+
+
+# evaluation.metric -> the feature normalisation it implies (cosine distance is computed as
+# 1 - q.g of unit rows; euclidean uses the features as they are)
+METRICS = {"euclidean": lambda features: features, "cosine": _unit_rows}

@@ -5,27 +5,46 @@ import dataclasses
 import numpy as np
 
 from siamese_reid.evaluation.distances import compute_distances
-from siamese_reid.evaluation.embeddings import extract_embeddings
-from siamese_reid.evaluation.ranking import evaluate_ranking
-from siamese_reid.evaluation.rerank import rerank_distances
+from siamese_reid.evaluation.ranking import RankingResult, evaluate_ranking
+from siamese_reid.evaluation.rerank import RERANK_PARAMETERS, rerank_distances
+
+
+RERANKED = "k-reciprocal re-ranking"
 
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    """A scored evaluation with everything needed to draw or inspect it."""
+    """A scored evaluation with everything needed to draw or inspect it.
 
-    ranking: object  # RankingResult
+    `distances` are the ones the ranking was scored on (re-ranked ones when re-ranking was
+    on), and `distance` says what they are, as recorded in metrics.json.
+    """
+
+    ranking: RankingResult
     distances: np.ndarray
+    distance: dict
     query_features: np.ndarray
     gallery_features: np.ndarray
 
 
+def describe_distance(metric, rerank):
+    """What `scoring_distances` computes for these settings, as recorded in metrics.json."""
+    if rerank:
+        # The authors' re-ranking starts from squared euclidean distances whatever the metric.
+        return {"name": RERANKED, "base": "squared euclidean", **RERANK_PARAMETERS}
+    return {"name": metric}
+
+
+def scoring_distances(query_features, gallery_features, metric, rerank):
+    """The query x gallery distances an evaluation ranks: `metric`, or re-ranked ones."""
+    if rerank:
+        return rerank_distances(query_features, gallery_features, **RERANK_PARAMETERS)
+    return compute_distances(query_features, gallery_features, metric)
+
+
 def evaluate_features(query_features, gallery_features, query_samples, gallery_samples, settings):
     """Scores precomputed features; `settings` is an `EvaluationConfig`."""
-    if settings.rerank:
-        distances = rerank_distances(query_features, gallery_features)
-    else:
-        distances = compute_distances(query_features, gallery_features, settings.metric)
+    distances = scoring_distances(query_features, gallery_features, settings.metric, settings.rerank)
     ranking = evaluate_ranking(
         distances,
         np.array([s.pid for s in query_samples]),
@@ -35,11 +54,13 @@ def evaluate_features(query_features, gallery_features, query_samples, gallery_s
         max_rank=settings.max_rank,
         ap_definition=settings.ap_definition,
     )
-    return Evaluation(ranking, distances, query_features, gallery_features)
+    distance = describe_distance(settings.metric, settings.rerank)
+    return Evaluation(ranking, distances, distance, query_features, gallery_features)
 
 
 def evaluate_model(model, query_samples, gallery_samples, image_size, settings, verbose=0):
     """Embeds both sets with `model` (flip test-time augmentation per settings) and scores."""
+    from siamese_reid.evaluation.embeddings import extract_embeddings  # imports TensorFlow
 
     def embed(samples):
         return extract_embeddings(

@@ -1,0 +1,400 @@
+"""The workflow as library functions: prepare data -> build model and loss -> fit -> evaluate
+-> report.
+
+`train.py`, `evaluate.py`, the benchmarks, the notebooks and a Python user call these. This is
+the one module below the entry points that sees the whole `Config`: it hands every other
+module plain arguments or a single section.
+
+    from siamese_reid.config import load_config
+    from siamese_reid import experiment
+
+    config = load_config("config.yaml", ["training.epochs=20"])
+    run_dir = experiment.create_run_dir(config.output.dir, config.output.run_name)
+    metrics = experiment.train(config, run_dir)
+"""
+
+import dataclasses
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from siamese_reid import reporting
+from siamese_reid.config import replace, save_config
+from siamese_reid.data.demo import ensure_demo_dataset
+from siamese_reid.data.records import read_dataset, summarize_split
+from siamese_reid.data.scan import scan_samples
+from siamese_reid.data.splits import person_samples, split_validation
+from siamese_reid.errors import ReIDError
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """The splits a run uses, every image checked decodable.
+
+    `validation_query` and `validation_gallery` are empty unless `data.validation_fraction`
+    holds training identities out.
+    """
+
+    train: list
+    query: list
+    gallery: list
+    validation_query: list
+    validation_gallery: list
+    summary: dict
+    warnings: list
+
+    @property
+    def has_validation(self):
+        return bool(self.validation_query)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders
+
+
+def _timestamp():
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _unused_folder(parent, name):
+    """parent/name, or name-2, name-3, ... : the first that does not exist yet, created."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ["", *(f"-{n}" for n in range(2, 10_000))]:
+        candidate = parent / f"{name}{suffix}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ReIDError(f"could not find a free folder name for '{parent / name}'")
+
+
+def create_run_dir(output_dir, run_name=None):
+    """A new, empty run folder: output_dir/run_name, or output_dir/<timestamp>.
+
+    A named run that already exists is refused (resume it instead); a timestamp that is taken
+    gets a suffix. An existing folder is never reused, so nothing is overwritten.
+    """
+    if run_name is None:
+        return _unused_folder(output_dir, _timestamp())
+    run_dir = Path(output_dir) / run_name
+    if run_dir.exists():
+        raise ReIDError(
+            f"run folder '{run_dir}' already exists: use --resume {run_dir} or another output.run_name"
+        )
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def create_evaluation_dir(parent):
+    """A new folder for one evaluation: parent/evaluations/<timestamp>, never an old one."""
+    return _unused_folder(Path(parent) / "evaluations", _timestamp())
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def resolve_dataset(config):
+    """Generates the demo dataset when no dataset is configured; returns the config to use."""
+    data = config.data
+    if data.root or data.train_dir or data.query_dir or data.gallery_dir:
+        return config
+    if ensure_demo_dataset(config.demo):
+        print(f"generated the demo dataset in {config.demo.dir}", flush=True)
+    return replace(config, data=replace(data, root=str(Path(config.demo.dir).expanduser()), layout="market"))
+
+
+def prepare_data(config, output_dir, need_train=True):
+    """Reads, checks and summarises the splits; records the summary and warnings in output_dir.
+
+    Junk and distractor images are dropped from training (and counted), and a validation split
+    is held out of the training identities when `data.validation_fraction` asks for one.
+
+    Returns:
+      (the config actually used, with the demo dataset resolved; `PreparedData`).
+    """
+    config = resolve_dataset(config)
+    data = config.data
+    splits = read_dataset(data, need_train=need_train)
+    warnings = list(splits.warnings)
+    usable = {}
+    for name in ("train", "query", "gallery"):
+        samples, skipped = scan_samples(getattr(splits, name), Path(output_dir) / "converted_images")
+        warnings += [f"skipped '{path}': {reason}" for path, reason in skipped]
+        usable[name] = samples
+    train, excluded = person_samples(usable["train"])
+    if excluded["junk"] or excluded["distractors"]:
+        warnings.append(
+            f"excluded from training: {excluded['junk']} junk (identity -1) and "
+            f"{excluded['distractors']} distractor (identity 0) images, which are not people to learn"
+        )
+    validation_query, validation_gallery = [], []
+    if need_train and data.validation_fraction > 0:
+        train, validation_query, validation_gallery = split_validation(
+            train, data.validation_fraction, data.split_seed
+        )
+    prepared = {
+        "train": train,
+        "query": usable["query"],
+        "gallery": usable["gallery"],
+        "validation_query": validation_query,
+        "validation_gallery": validation_gallery,
+    }
+    summary = {name: summarize_split(samples) for name, samples in prepared.items() if samples}
+    if need_train:
+        summary.setdefault("train", summarize_split(train))
+    _check_splits(prepared, summary, need_train, warnings)
+    _record_data(summary, warnings, output_dir)
+    return config, PreparedData(**prepared, summary=summary, warnings=warnings)
+
+
+def _check_splits(prepared, summary, need_train, warnings):
+    if need_train and summary["train"]["identities"] < 2:
+        raise ReIDError("the training split has fewer than 2 usable identities: triplets need negatives")
+    for name in ("query", "gallery"):
+        if not prepared[name]:
+            raise ReIDError(f"the {name} split has no usable image")
+    if summary["query"]["identities"] < 2:
+        warnings.append("the query split has a single identity: rank-1 and mAP say little")
+
+
+def _record_data(summary, warnings, output_dir):
+    output_dir = Path(output_dir)
+    reporting.write_json(output_dir / "dataset_summary.json", summary)
+    if warnings:
+        (output_dir / "data_warnings.txt").write_text("\n".join(warnings) + "\n")
+    reporting.print_data_summary(summary, warnings, output_dir / "data_warnings.txt")
+
+
+def image_size(config):
+    return config.data.image_height, config.data.image_width
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def build_tower(config):
+    """The embedding tower the config describes."""
+    from siamese_reid.model.embedding import build_embedding_model
+
+    return build_embedding_model(config.model, image_size(config))
+
+
+def build_training_model(config, steps, strategy):
+    """Tower, the compiled model `fit` trains, and the record of how it was initialised.
+
+    In triplet mode the trained model is the Siamese model around the tower; in P x K mode it is
+    the tower itself. Either way the tower's weights are the ones trained.
+    """
+    import keras
+
+    from siamese_reid.losses import build_loss, make_triplet_metrics
+    from siamese_reid.model.siamese import build_siamese_model
+    from siamese_reid.training import make_optimizer
+
+    training, loss = config.training, config.loss
+    loss_name = "triplet" if training.sampler == "triplet" else loss.name
+    with strategy.scope():
+        tower = build_tower(config)
+        model = build_siamese_model(tower, config.model.branches) if training.sampler == "triplet" else tower
+        model.compile(
+            optimizer=make_optimizer(
+                training.optimizer,
+                training.learning_rate,
+                training.weight_decay,
+                training.warmup_epochs * steps,
+                training.epochs * steps,
+                training.schedule,
+            ),
+            loss=build_loss(loss_name, loss.margin, loss.soft, loss.distance_metric),
+            metrics=make_triplet_metrics(loss.distance_metric, loss.margin),
+            jit_compile=training.xla,
+        )
+    initialisation = {
+        "backbone": config.model.backbone,
+        "weights": config.model.weights,
+        "parameters": int(tower.count_params()),
+        "trainable_parameters": int(sum(np.prod(w.shape) for w in tower.trainable_weights)),
+        "keras": keras.__version__,
+    }
+    return tower, model, initialisation
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _report_sampling(train, training):
+    from siamese_reid.data import samplers
+
+    pids = [s.pid for s in train]
+    singles = samplers.singleton_identities(pids)
+    if singles:
+        print(f"note: {len(singles)} training identities have a single image and are never anchors")
+    if training.sampler == "pk":
+        short = samplers.identities_below(pids, training.images_per_identity)
+        if short:
+            print(
+                f"note: {len(short)} identities have fewer than K={training.images_per_identity} "
+                "images and are sampled with replacement"
+            )
+
+
+def _callbacks(tower, run_dir, evaluate, config, resuming):
+    import keras
+
+    from siamese_reid.training import EmbeddingCheckpoint, PeriodicEvaluation, StopOnNonFiniteLoss
+
+    return [
+        StopOnNonFiniteLoss(),
+        PeriodicEvaluation(evaluate, config.evaluation.every_n_epochs, config.training.epochs),
+        EmbeddingCheckpoint(tower, run_dir),
+        keras.callbacks.BackupAndRestore(str(Path(run_dir) / "backup")),
+        keras.callbacks.CSVLogger(str(Path(run_dir) / "history.csv"), append=resuming),
+        keras.callbacks.TensorBoard(str(Path(run_dir) / "tensorboard"), write_graph=False),
+    ]
+
+
+def train(config, run_dir, resuming=False):
+    """Trains, evaluates and reports into `run_dir`; returns the final metrics.
+
+    Periodic evaluation (and best.keras) uses the validation split when there is one, else
+    query/gallery. The reported numbers are always the last epoch's model on query/gallery,
+    scored once: with a validation split, a separate final evaluation; without one, the last
+    epoch's periodic evaluation (always run), which is the same computation.
+    """
+    import keras
+    import tensorflow as tf
+
+    from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
+    from siamese_reid.evaluation.evaluator import evaluate_model
+    from siamese_reid.training import NonFiniteLossError, make_strategy, resume_epoch
+
+    run_dir = Path(run_dir)
+    keras.utils.set_random_seed(config.training.seed)
+    keras.mixed_precision.set_global_policy(config.training.precision)
+    config, data = prepare_data(config, run_dir)
+    save_config(config, run_dir / "config.yaml")
+    _report_sampling(data.train, config.training)
+    size = image_size(config)
+    steps = steps_per_epoch(config.training, len(data.train))
+    strategy = make_strategy(config.training.strategy)
+    tower, model, initialisation = build_training_model(config, steps, strategy)
+    monitored = "validation" if data.has_validation else "query / gallery (test)"
+    reporting.write_json(run_dir / "run_info.json", {"initialisation": initialisation, "monitored_split": monitored})
+    print(
+        f"model: {config.model.backbone} ({initialisation['weights']} weights), "
+        f"{initialisation['parameters']:,} parameters, {strategy.num_replicas_in_sync} replica(s)"
+    )
+    start_epoch = resume_epoch(run_dir / "backup")
+    if start_epoch >= config.training.epochs:
+        raise ReIDError(f"run '{run_dir}' already finished its {config.training.epochs} epochs")
+    if start_epoch:
+        print(f"resuming from the end of epoch {start_epoch}")
+    dataset = training_dataset(data.train, config.training, config.augment, size, start_epoch, steps)
+    monitor_query, monitor_gallery = (
+        (data.validation_query, data.validation_gallery) if data.has_validation else (data.query, data.gallery)
+    )
+    latest = {}  # the newest periodic Evaluation
+
+    def evaluate_now(epoch):
+        latest["evaluation"] = evaluate_model(tower, monitor_query, monitor_gallery, size, config.evaluation)
+        metrics = reporting.ranking_metrics(latest["evaluation"].ranking, len(monitor_query), len(monitor_gallery), {})
+        print(
+            f"\nepoch {epoch + 1} ({monitored}): rank-1 {reporting.percent(metrics['rank1'])}  "
+            f"mAP {reporting.percent(metrics['mAP'])}",
+            flush=True,
+        )
+        return metrics
+
+    print(f"training {config.training.epochs} epochs of {steps} batches ({config.training.sampler} sampler)")
+    started = time.time()
+    try:
+        model.fit(
+            dataset,
+            epochs=config.training.epochs,
+            steps_per_epoch=steps,
+            callbacks=_callbacks(tower, run_dir, evaluate_now, config, resuming),
+            verbose=1 if sys.stdout.isatty() else 2,
+            shuffle=False,  # batches are already drawn by the seeded sampler
+        )
+    except NonFiniteLossError as error:
+        raise ReIDError(
+            f"{error}. Training stopped; the last good model is {run_dir / 'last.keras'} "
+            "and the run can continue with --resume after lowering training.learning_rate "
+            "(or using loss.soft / a larger warm-up)"
+        ) from None
+    except tf.errors.ResourceExhaustedError:
+        raise ReIDError("out of memory: lower training.identities_per_batch or data.image_height/width") from None
+    elapsed = time.time() - started
+    print(f"training took {elapsed:.0f} s")
+    reporting.write_training_curves(reporting.read_history(run_dir / "history.csv"), run_dir, monitored)
+    extra = {"training_seconds": elapsed}
+    if data.has_validation:
+        validation = latest["evaluation"]
+        extra["validation"] = reporting.ranking_metrics(
+            validation.ranking, len(data.validation_query), len(data.validation_gallery), {}
+        )
+        print("scoring the last epoch's model on query / gallery (test)")
+        final = evaluate_model(tower, data.query, data.gallery, size, config.evaluation)
+    else:
+        final = latest["evaluation"]
+    return reporting.write_report(final, data.query, data.gallery, config.evaluation, run_dir, extra)
+
+
+def resume(config, run_dir):
+    """Continues an interrupted run in `run_dir` with `config` (its saved config plus any
+    overrides); returns the final metrics."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ReIDError(f"cannot resume: '{run_dir}' has no config.yaml (not a run folder)")
+    if (run_dir / "metrics.json").is_file() and not (run_dir / "backup").exists():
+        raise ReIDError(f"cannot resume: run '{run_dir}' already finished (see its metrics.json)")
+    return train(config, run_dir, resuming=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation of a saved model
+
+
+def run_model_path(run_dir, checkpoint="last"):
+    """The embedding tower a training run saved: last.keras or best.keras."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ReIDError(f"'{run_dir}' is not a training run folder (no config.yaml in it)")
+    model_path = run_dir / f"{checkpoint}.keras"
+    if not model_path.is_file():
+        raise ReIDError(f"no {model_path.name} in run folder '{run_dir}'")
+    return model_path
+
+
+def evaluate_saved_model(model_path, config, parent):
+    """Scores a saved embedding tower on the config's query/gallery.
+
+    The report goes to a new folder parent/evaluations/<timestamp>, created once the model has
+    loaded: no earlier evaluation is overwritten, and a bad model file leaves no folder.
+
+    Returns:
+      (metrics, the evaluation folder).
+    """
+    from siamese_reid.evaluation.embeddings import embedding_input_size
+    from siamese_reid.evaluation.evaluator import evaluate_model
+    from siamese_reid.model.embedding import load_embedding_model
+
+    tower = load_embedding_model(model_path)
+    output_dir = create_evaluation_dir(parent)
+    config, data = prepare_data(config, output_dir, need_train=False)
+    save_config(config, Path(output_dir) / "config.yaml")
+    size = embedding_input_size(tower)
+    if size != image_size(config):
+        print(f"note: the model expects {size[0]}x{size[1]} images; resizing to that")
+    print(f"evaluating {model_path} on {len(data.query)} queries x {len(data.gallery)} gallery images")
+    evaluation = evaluate_model(tower, data.query, data.gallery, size, config.evaluation, verbose=1)
+    return reporting.write_report(evaluation, data.query, data.gallery, config.evaluation, output_dir), output_dir
