@@ -81,10 +81,8 @@ def main():
     print("\n| embedding | rank-1 | mAP |\n|---|---|---|")
     for name, numbers in rows.items():
         errors = numbers["standard_errors"]
-        print(
-            f"| {name} | {reporting.percent(numbers['rank1'])} ± {100 * errors['rank1']:.1f} "
-            f"| {reporting.percent(numbers['mAP'])} ± {100 * errors['mAP']:.1f} |"
-        )
+        rank1 = reporting.percent_with_error(numbers["rank1"], errors["rank1"])
+        print(f"| {name} | {rank1} | {reporting.percent_with_error(numbers['mAP'], errors['mAP'])} |")
     print(f"\ntrain + evaluate wall time: {wall:.0f} s; run folder {run_dir}")
 
 

@@ -14,6 +14,7 @@ import yaml
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.embeddings import load_embeddings
 from siamese_reid.evaluation.evaluator import RERANKED, scoring_distances
+from siamese_reid.evaluation.rerank import rerank_distances
 from siamese_reid.evaluation.ranking import protocol_gallery_mask
 from siamese_reid.reporting import read_history
 
@@ -66,9 +67,13 @@ def run_distances(run):
     """The query x gallery distances the run's metrics were scored on, recomputed from its
     saved embeddings: re-ranked ones when the evaluation re-ranked, so the retrieval browser,
     the failure cases and the threshold show the ranking that was scored."""
-    distance = run.metrics["protocol"]["distance"]
-    rerank = distance["name"] == RERANKED
-    return scoring_distances(run.query_features, run.gallery_features, "euclidean" if rerank else distance["name"], rerank)
+    distance = run.metrics.get("protocol", {}).get("distance")
+    if distance is None:
+        raise ReIDError(f"'{run.path}' was evaluated by an older version: re-run python evaluate.py --run on it")
+    if distance["name"] != RERANKED:
+        return scoring_distances(run.query_features, run.gallery_features, distance["name"], rerank=False)
+    parameters = {key: distance[key] for key in ("k1", "k2", "lambda_value")}
+    return rerank_distances(run.query_features, run.gallery_features, **parameters)
 
 
 def pair_distances(distances, query_samples, gallery_samples):

@@ -149,19 +149,21 @@ def prepare_data(config, output_dir, need_train=True):
     summary = {name: summarize_split(samples) for name, samples in prepared.items() if samples}
     if need_train:
         summary.setdefault("train", summarize_split(train))
-    _check_splits(prepared, summary, need_train, warnings)
+    warnings += _check_splits(prepared, summary, need_train)
     _record_data(summary, warnings, output_dir)
     return config, PreparedData(**prepared, summary=summary, warnings=warnings)
 
 
-def _check_splits(prepared, summary, need_train, warnings):
+def _check_splits(prepared, summary, need_train):
+    """Raises for splits no run can use; returns warnings for ones that say little."""
     if need_train and summary["train"]["identities"] < 2:
         raise ReIDError("the training split has fewer than 2 usable identities: triplets need negatives")
     for name in ("query", "gallery"):
         if not prepared[name]:
             raise ReIDError(f"the {name} split has no usable image")
     if summary["query"]["identities"] < 2:
-        warnings.append("the query split has a single identity: rank-1 and mAP say little")
+        return ["the query split has a single identity: rank-1 and mAP say little"]
+    return []
 
 
 def _record_data(summary, warnings, output_dir):

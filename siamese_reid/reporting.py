@@ -68,9 +68,7 @@ def metrics_table(metrics, title="Evaluation"):
     errors = metrics.get("standard_errors", {})
 
     def with_error(key):
-        error = errors.get(key)
-        spread = f" ± {100 * error:.1f}" if error is not None and np.isfinite(error) else ""
-        return percent(metrics[key]) + spread
+        return percent_with_error(metrics[key], errors.get(key))
 
     rows = [
         ("rank-1", with_error("rank1")),
@@ -89,6 +87,13 @@ def metrics_table(metrics, title="Evaluation"):
 def percent(fraction, digits=1):
     """A fraction as a percentage string: 0.4932 -> "49.3%"."""
     return f"{100 * fraction:.{digits}f}%"
+
+
+def percent_with_error(fraction, standard_error=None):
+    """A fraction and its standard error in percentage points: "49.3% ± 5.8"."""
+    if standard_error is None or not np.isfinite(standard_error):
+        return percent(fraction)
+    return f"{percent(fraction)} ± {100 * standard_error:.1f}"
 
 
 def save_figure(figure, path, dpi=120):

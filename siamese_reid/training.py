@@ -136,8 +136,9 @@ class PeriodicEvaluation(keras.callbacks.Callback):
 class EmbeddingCheckpoint(keras.callbacks.Callback):
     """Saves the embedding tower as last.keras every epoch and best.keras on improvement.
 
-    best.keras is chosen on the query/gallery split, i.e. on test data: it is for monitoring
-    and for users who hold out their own validation split, not for reporting results.
+    best.keras is chosen on whatever split periodic evaluation scores: the validation split
+    when `data.validation_fraction` holds one out, else query/gallery, i.e. test data, and
+    then it is for monitoring, not for reporting results.
 
     The monitored value is val_mAP (higher is better) when the logs carry it: with
     `PeriodicEvaluation` they always do, NaN in epochs without evaluation, which are skipped.

@@ -3,6 +3,7 @@ import hashlib
 import numpy as np
 
 import dataclasses
+import json
 
 import pytest
 
@@ -41,7 +42,8 @@ def test_same_seed_same_images_other_seed_other_images(tmp_path):
 
 
 def test_market_layout_with_cameras_distractors_and_junk(tmp_path):
-    counts = generate_demo_dataset(tmp_path, SPEC)
+    written = generate_demo_dataset(tmp_path, SPEC)
+    counts = {split: len(names) for split, names in written.items()}
     splits = read_dataset(DataConfig(root=str(tmp_path)))
     assert counts == {
         "bounding_box_train": len(splits.train),
@@ -87,6 +89,11 @@ def test_ensure_regenerates_only_when_the_spec_changes(tmp_path):
     assert ensure_demo_dataset(smaller) is True
     assert len(list((tmp_path / "demo" / "query").glob("*.jpg"))) < 20 * 2  # old images are gone
     assert (tmp_path / "demo" / "query" / "my_notes.txt").read_text() == "mine"  # not ours: kept
+    # a real image a user dropped in, with a Market-1501 name like the demo's own: kept too
+    user_image = tmp_path / "demo" / "query" / "0001_c1s1_000001_01.jpg"
+    user_image.write_bytes(b"a real photo")
+    assert ensure_demo_dataset(spec) is True
+    assert user_image.read_bytes() == b"a real photo"
 
 
 @pytest.mark.parametrize("existing", ["user_data", "."])
@@ -108,7 +115,7 @@ def test_an_interrupted_demo_generation_is_finished_next_time(tmp_path):
     spec = dataclasses.replace(SPEC, dir=str(tmp_path / "demo"))
     assert ensure_demo_dataset(spec) is True
     marker = tmp_path / "demo" / "demo_spec.json"
-    marker.write_text(marker.read_text().replace('"complete": true', '"complete": false'))
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "complete": False}))
     next((tmp_path / "demo" / "query").glob("*.jpg")).unlink()  # as if killed mid-way
     assert ensure_demo_dataset(spec) is True
     generate_demo_dataset(tmp_path / "fresh", SPEC)

@@ -140,3 +140,37 @@ def test_records_hold_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     [sample], _ = read_market_folder("data")
     assert sample.path == str((tmp_path / "data" / "0002_c1s1_000451_03.jpg").resolve())
+
+
+def test_validation_split_holds_out_whole_identities_and_every_query_can_be_matched():
+    from siamese_reid.data.splits import split_validation
+
+    rng = np.random.default_rng(0)
+    train = [
+        Sample(f"{pid}_{camid}_{shot}.jpg", pid, camid)
+        for pid in range(1, 21)
+        for camid in sorted(rng.choice([1, 2, 3, 4], size=int(rng.integers(1, 5)), replace=False))
+        for shot in range(int(rng.integers(1, 4)))
+    ]
+    remaining, query, gallery = split_validation(train, 0.3, seed=4)
+    held_out = {s.pid for s in query} | {s.pid for s in gallery}
+    assert len(held_out) == 6 and held_out.isdisjoint({s.pid for s in remaining})
+    assert sorted(remaining + query + gallery) == sorted(train)  # nothing lost, nothing twice
+    for sample in query:  # a match from another camera always remains in the gallery
+        assert any(g.pid == sample.pid and g.camid != sample.camid for g in gallery)
+    assert split_validation(train, 0.3, seed=4) == (remaining, query, gallery)
+    # a folder-per-identity split (one camera): one query per identity with two images or more
+    flat = [Sample(f"{pid}_{shot}.png", pid, 1) for pid in range(1, 11) for shot in range(1 + pid % 3)]
+    _, flat_query, flat_gallery = split_validation(flat, 0.5, seed=0)
+    assert {s.camid for s in flat_query} == {1} and {s.camid for s in flat_gallery} == {2}
+    assert all(any(g.pid == q.pid for g in flat_gallery) for q in flat_query)
+
+
+def test_validation_split_that_cannot_be_scored_is_refused():
+    from siamese_reid.data.splits import split_validation
+
+    one_image_per_camera = [Sample(f"{pid}_{camid}.jpg", pid, camid) for pid in range(1, 5) for camid in (1, 2)]
+    with pytest.raises(ReIDError, match="validation split .* has no identity"):
+        split_validation(one_image_per_camera, 0.5, seed=0)
+    with pytest.raises(ReIDError, match="leaves fewer than 2"):
+        split_validation(one_image_per_camera, 0.5 + 0.3, seed=0)

@@ -222,7 +222,7 @@ def _file_name(pid, camid, frame, box):
 
 
 def generate_demo_dataset(output_dir, spec):
-    """Writes the demo dataset in Market-1501 layout; returns {split: number of images}.
+    """Writes the demo dataset in Market-1501 layout; returns {split: [file names written]}.
 
     `spec` is the `DemoConfig` section (its `dir` is not used: `output_dir` is).
 
@@ -236,15 +236,16 @@ def generate_demo_dataset(output_dir, spec):
     folders = {name: output_dir / name for name in SPLIT_FOLDERS}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    counts = dict.fromkeys(folders, 0)
+    written = {name: [] for name in folders}
     frame = 0
 
     def save(split, pid, camid, image):
         nonlocal frame
         frame += 1
         image = _crop_jitter(image, rng)
-        image.save(folders[split] / _file_name(pid, camid, frame, 1), quality=92)
-        counts[split] += 1
+        name = _file_name(pid, camid, frame, 1)
+        image.save(folders[split] / name, quality=92)
+        written[split].append(name)
 
     def shots(identity, camera_ids):
         for camid in camera_ids:
@@ -276,7 +277,7 @@ def generate_demo_dataset(output_dir, spec):
             if pid < 0:  # junk: a badly cropped box showing mostly background
                 image = np.roll(image, spec.image_height // 2, axis=0)
             save("bounding_box_test", pid, camid, image)
-    return counts
+    return written
 
 
 _DEMO_NAME = re.compile(r"^(-1|\d{4})_c\ds1_\d{6}_01\.jpg$")
@@ -288,17 +289,26 @@ def _spec_json(spec):
     return json.dumps(values, sort_keys=True)
 
 
-def _remove_previous_demo(output_dir):
+def _remove_previous_demo(output_dir, written):
     """Removes the images an earlier demo generation wrote (the folder carries our marker):
-    only files with the demo's own names, in its own split folders; anything else stays."""
+    the files its marker lists, or, for a marker that lists none (an interrupted run), files
+    with the demo's own names in its own split folders. Anything else stays."""
+    if written is not None:
+        paths = [output_dir / name for name in written]
+    else:
+        paths = [
+            path
+            for split in SPLIT_FOLDERS
+            if (output_dir / split).is_dir()
+            for path in (output_dir / split).iterdir()
+            if _DEMO_NAME.match(path.name)
+        ]
+    for path in paths:
+        if path.is_file():
+            path.unlink()
     for split in SPLIT_FOLDERS:
         folder = output_dir / split
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            if path.is_file() and _DEMO_NAME.match(path.name):
-                path.unlink()
-        if not any(folder.iterdir()):
+        if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
 
 
@@ -317,14 +327,15 @@ def ensure_demo_dataset(spec):
     """
     output_dir = Path(spec.dir).expanduser()
     marker = output_dir / _MARKER
-    wanted = {"spec": json.loads(_spec_json(spec)), "complete": True}
+    wanted_spec = json.loads(_spec_json(spec))
     if marker.is_file():
         try:
-            if json.loads(marker.read_text()) == wanted:
-                return False
+            previous = json.loads(marker.read_text())
         except json.JSONDecodeError:
-            pass
-        _remove_previous_demo(output_dir)
+            previous = {}
+        if previous.get("spec") == wanted_spec and previous.get("complete"):
+            return False
+        _remove_previous_demo(output_dir, previous.get("files"))
     elif output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise ReIDError(
             f"demo.dir '{spec.dir}' already exists and is not a demo dataset folder; "
@@ -333,7 +344,8 @@ def ensure_demo_dataset(spec):
     output_dir.mkdir(parents=True, exist_ok=True)
     # The marker goes first, marked incomplete: an interrupted generation is still recognised
     # as ours next time and regenerated, instead of being refused as a foreign folder.
-    marker.write_text(json.dumps({"spec": wanted["spec"], "complete": False}))
-    generate_demo_dataset(output_dir, spec)
-    marker.write_text(json.dumps(wanted))
+    marker.write_text(json.dumps({"spec": wanted_spec, "complete": False}))
+    written = generate_demo_dataset(output_dir, spec)
+    files = [f"{split}/{name}" for split, names in written.items() for name in names]
+    marker.write_text(json.dumps({"spec": wanted_spec, "complete": True, "files": files}))
     return True

@@ -35,11 +35,12 @@ def split_validation(train, fraction, seed):
     """Holds out `fraction` of the training identities as a validation query / gallery.
 
     For each held-out identity seen by two or more cameras, one image per camera (seeded) is a
-    query and the rest are gallery images, as in Market-1501. An identity seen by one camera
-    only cannot be matched across cameras: its images join the gallery as negatives. When the
-    whole split has one camera (folder-per-identity datasets), one image per identity is the
-    query, with camera 1, and the rest the gallery, with camera 2 (see
-    `records.assign_split_cameras`).
+    query and the rest are gallery images, as in Market-1501; a camera with a single image of
+    the identity gives no query, so that every query keeps a match in the gallery from another
+    camera. An identity that cannot be split that way (one camera, or one image per camera)
+    joins the gallery whole, as a negative. When the whole split has one camera
+    (folder-per-identity datasets), one image per identity with two or more is the query, with
+    camera 1, and the rest the gallery, with camera 2 (see `records.assign_split_cameras`).
 
     Returns:
       (train, validation query, validation gallery), lists of `Sample`.
@@ -58,19 +59,27 @@ def split_validation(train, fraction, seed):
     query, gallery = [], []
     for pid in sorted(held_out):
         images = [s for s in train if s.pid == pid]
+        if camera_less and len(images) < 2:
+            gallery += [Sample(s.path, pid, 2) for s in images]
+            continue
         if camera_less:
             pick = int(rng.integers(len(images)))
             query.append(Sample(images[pick].path, pid, 1))
             gallery += [Sample(s.path, pid, 2) for s in images[:pick] + images[pick + 1 :]]
             continue
-        cameras = sorted({s.camid for s in images})
         picks = set()
-        if len(cameras) > 1:
-            for camid in cameras:
+        if len({s.camid for s in images}) > 1:
+            for camid in sorted({s.camid for s in images}):
                 candidates = [i for i, s in enumerate(images) if s.camid == camid]
-                picks.add(candidates[int(rng.integers(len(candidates)))])
+                if len(candidates) > 1:
+                    picks.add(candidates[int(rng.integers(len(candidates)))])
         query += [images[i] for i in sorted(picks)]
         gallery += [s for i, s in enumerate(images) if i not in picks]
+    if not query:
+        raise ReIDError(
+            f"the validation split of data.validation_fraction {fraction} has no identity with two "
+            "images from one camera and another camera's image to match: raise the fraction or set it to 0"
+        )
     return remaining, query, gallery
 
 

@@ -16,7 +16,6 @@ import numpy as np
 from siamese_reid.errors import ReIDError
 
 
-
 @dataclasses.dataclass(frozen=True)
 class RankingResult:
     """Metrics as fractions in [0, 1]; `cmc[k]` is the rank-(k+1) accuracy.

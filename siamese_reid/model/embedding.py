@@ -43,7 +43,8 @@ def _resnet50_block(layer_name):
 
 # MobileNetV2's 17 inverted-residual blocks grouped by output resolution (stride 2, 4, 8, 16,
 # 32), so that "block N" means the same depth of the network as for VGG16 and ResNet-50.
-_MOBILENETV2_STAGE_OF_BLOCK = {0: 1, 1: 2, 2: 2, 3: 3, 4: 3, 5: 3} | {b: 4 for b in range(6, 13)} | {
+# (Block 0 is named "expanded_conv" and belongs to the stem stage.)
+_MOBILENETV2_STAGE_OF_BLOCK = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3} | {b: 4 for b in range(6, 13)} | {
     b: 5 for b in range(13, 17)
 }
 
