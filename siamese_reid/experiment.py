@@ -14,8 +14,6 @@ module plain arguments or a single section.
 """
 
 import dataclasses
-import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from siamese_reid.data.records import read_dataset, summarize_split
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.data.splits import person_samples, split_validation
 from siamese_reid.errors import ReIDError
+from siamese_reid.runs import create_evaluation_dir, create_run_dir, run_model_path  # noqa: F401 (public API)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,50 +49,6 @@ class PreparedData:
     @property
     def has_validation(self):
         return bool(self.validation_query)
-
-
-# ---------------------------------------------------------------------------------------------
-# Folders
-
-
-def _timestamp():
-    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _unused_folder(parent, name):
-    """parent/name, or name-2, name-3, ... : the first that does not exist yet, created."""
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ["", *(f"-{n}" for n in range(2, 10_000))]:
-        candidate = parent / f"{name}{suffix}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise ReIDError(f"could not find a free folder name for '{parent / name}'")
-
-
-def create_run_dir(output_dir, run_name=None):
-    """A new, empty run folder: output_dir/run_name, or output_dir/<timestamp>.
-
-    A named run that already exists is refused (resume it instead); a timestamp that is taken
-    gets a suffix. An existing folder is never reused, so nothing is overwritten.
-    """
-    if run_name is None:
-        return _unused_folder(output_dir, _timestamp())
-    run_dir = Path(output_dir) / run_name
-    if run_dir.exists():
-        raise ReIDError(
-            f"run folder '{run_dir}' already exists: use --resume {run_dir} or another output.run_name"
-        )
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
-def create_evaluation_dir(parent):
-    """A new folder for one evaluation: parent/evaluations/<timestamp>, never an old one."""
-    return _unused_folder(Path(parent) / "evaluations", _timestamp())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +219,68 @@ def _callbacks(tower, run_dir, evaluate, config, resuming):
     ]
 
 
+class _PeriodicScorer:
+    """What PeriodicEvaluation calls: scores the tower on the monitored split, prints the
+    result, and keeps the newest Evaluation (the last epoch's is reused for the report)."""
+
+    def __init__(self, tower, query, gallery, split_name, image_size, settings):
+        self.tower = tower
+        self.query = query
+        self.gallery = gallery
+        self.split_name = split_name
+        self.image_size = image_size
+        self.settings = settings
+        self.latest = None
+
+    def __call__(self, epoch):
+        from siamese_reid.evaluation.evaluator import evaluate_model
+
+        self.latest = evaluate_model(self.tower, self.query, self.gallery, self.image_size, self.settings)
+        metrics = reporting.ranking_metrics(self.latest.ranking, len(self.query), len(self.gallery), {})
+        print(
+            f"\nepoch {epoch + 1} ({self.split_name}): rank-1 {reporting.percent(metrics['rank1'])}  "
+            f"mAP {reporting.percent(metrics['mAP'])}",
+            flush=True,
+        )
+        return metrics
+
+
+def _fit(model, dataset, steps, epochs, callbacks, run_dir):
+    """model.fit, with the failures a user can act on turned into one-line errors."""
+    import tensorflow as tf
+
+    from siamese_reid.training import NonFiniteLossError
+
+    try:
+        model.fit(
+            dataset,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+            shuffle=False,  # batches are already drawn by the seeded sampler
+        )
+    except NonFiniteLossError as error:
+        raise ReIDError(
+            f"{error}. Training stopped; the last good model is {Path(run_dir) / 'last.keras'} "
+            "and the run can continue with --resume after lowering training.learning_rate "
+            "(or using loss.soft / a larger warm-up)"
+        ) from None
+    except tf.errors.ResourceExhaustedError:
+        raise ReIDError("out of memory: lower training.identities_per_batch or data.image_height/width") from None
+
+
+def _start_epoch(run_dir, epochs):
+    from siamese_reid.training import resume_epoch
+
+    start_epoch = resume_epoch(Path(run_dir) / "backup")
+    if start_epoch >= epochs:
+        raise ReIDError(f"run '{run_dir}' already finished its {epochs} epochs")
+    if start_epoch:
+        print(f"resuming from the end of epoch {start_epoch}")
+    return start_epoch
+
+
 def train(config, run_dir, resuming=False):
     """Trains, evaluates and reports into `run_dir`; returns the final metrics.
 
@@ -273,11 +290,10 @@ def train(config, run_dir, resuming=False):
     epoch's periodic evaluation (always run), which is the same computation.
     """
     import keras
-    import tensorflow as tf
 
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
     from siamese_reid.evaluation.evaluator import evaluate_model
-    from siamese_reid.training import NonFiniteLossError, make_strategy, resume_epoch
+    from siamese_reid.training import make_strategy
 
     run_dir = Path(run_dir)
     keras.utils.set_random_seed(config.training.seed)
@@ -295,59 +311,29 @@ def train(config, run_dir, resuming=False):
         f"model: {config.model.backbone} ({initialisation['weights']} weights), "
         f"{initialisation['parameters']:,} parameters, {strategy.num_replicas_in_sync} replica(s)"
     )
-    start_epoch = resume_epoch(run_dir / "backup")
-    if start_epoch >= config.training.epochs:
-        raise ReIDError(f"run '{run_dir}' already finished its {config.training.epochs} epochs")
-    if start_epoch:
-        print(f"resuming from the end of epoch {start_epoch}")
+    start_epoch = _start_epoch(run_dir, config.training.epochs)
     dataset = training_dataset(data.train, config.training, config.augment, size, start_epoch, steps)
-    monitor_query, monitor_gallery = (
-        (data.validation_query, data.validation_gallery) if data.has_validation else (data.query, data.gallery)
+    scorer = _PeriodicScorer(
+        tower,
+        data.validation_query if data.has_validation else data.query,
+        data.validation_gallery if data.has_validation else data.gallery,
+        monitored,
+        size,
+        config.evaluation,
     )
-    latest = {}  # the newest periodic Evaluation
-
-    def evaluate_now(epoch):
-        latest["evaluation"] = evaluate_model(tower, monitor_query, monitor_gallery, size, config.evaluation)
-        metrics = reporting.ranking_metrics(latest["evaluation"].ranking, len(monitor_query), len(monitor_gallery), {})
-        print(
-            f"\nepoch {epoch + 1} ({monitored}): rank-1 {reporting.percent(metrics['rank1'])}  "
-            f"mAP {reporting.percent(metrics['mAP'])}",
-            flush=True,
-        )
-        return metrics
-
     print(f"training {config.training.epochs} epochs of {steps} batches ({config.training.sampler} sampler)")
     started = time.time()
-    try:
-        model.fit(
-            dataset,
-            epochs=config.training.epochs,
-            steps_per_epoch=steps,
-            callbacks=_callbacks(tower, run_dir, evaluate_now, config, resuming),
-            verbose=1 if sys.stdout.isatty() else 2,
-            shuffle=False,  # batches are already drawn by the seeded sampler
-        )
-    except NonFiniteLossError as error:
-        raise ReIDError(
-            f"{error}. Training stopped; the last good model is {run_dir / 'last.keras'} "
-            "and the run can continue with --resume after lowering training.learning_rate "
-            "(or using loss.soft / a larger warm-up)"
-        ) from None
-    except tf.errors.ResourceExhaustedError:
-        raise ReIDError("out of memory: lower training.identities_per_batch or data.image_height/width") from None
+    callbacks = _callbacks(tower, run_dir, scorer, config, resuming)
+    _fit(model, dataset, steps, config.training.epochs, callbacks, run_dir)
     elapsed = time.time() - started
     print(f"training took {elapsed:.0f} s")
     reporting.write_training_curves(reporting.read_history(run_dir / "history.csv"), run_dir, monitored)
     extra = {"training_seconds": elapsed}
+    final = scorer.latest
     if data.has_validation:
-        validation = latest["evaluation"]
-        extra["validation"] = reporting.ranking_metrics(
-            validation.ranking, len(data.validation_query), len(data.validation_gallery), {}
-        )
+        extra["validation"] = reporting.ranking_metrics(final.ranking, len(scorer.query), len(scorer.gallery), {})
         print("scoring the last epoch's model on query / gallery (test)")
         final = evaluate_model(tower, data.query, data.gallery, size, config.evaluation)
-    else:
-        final = latest["evaluation"]
     return reporting.write_report(final, data.query, data.gallery, config.evaluation, run_dir, extra)
 
 
@@ -364,17 +350,6 @@ def resume(config, run_dir):
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation of a saved model
-
-
-def run_model_path(run_dir, checkpoint="last"):
-    """The embedding tower a training run saved: last.keras or best.keras."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ReIDError(f"'{run_dir}' is not a training run folder (no config.yaml in it)")
-    model_path = run_dir / f"{checkpoint}.keras"
-    if not model_path.is_file():
-        raise ReIDError(f"no {model_path.name} in run folder '{run_dir}'")
-    return model_path
 
 
 def evaluate_saved_model(model_path, config, parent):

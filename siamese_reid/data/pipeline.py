@@ -7,6 +7,8 @@ Model-specific preprocessing (mean subtraction, scaling) lives inside the model 
 saved embedding model takes plain RGB images in [0, 255] and cannot be fed the wrong scaling.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 
@@ -67,26 +69,44 @@ def inference_dataset(paths, image_size, batch_size):
     return stream.map(lambda image, _: image).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _pk_stream(paths, pids, camids, labels, training, augment_settings, image_size, epochs, steps):
-    del camids  # P x K sampling draws by identity only
+class TrainingImages(NamedTuple):
+    """The training split as arrays: what the samplers draw from and the stream decodes."""
+
+    paths: list
+    pids: np.ndarray
+    camids: np.ndarray
+    labels: np.ndarray  # int32 0..N-1
+
+
+def _pk_stream(images, training, augment_settings, image_size, epochs, steps):
+    # P x K sampling draws by identity only: camids are not used.
     batches = np.concatenate(
         [
             samplers.pk_batches(
-                pids, training.identities_per_batch, training.images_per_identity, steps, training.seed, epoch
+                images.pids, training.identities_per_batch, training.images_per_identity, steps, training.seed, epoch
             )
             for epoch in epochs
         ]
     )
     start = epochs.start * steps * batches.shape[1]  # images streamed before the first epoch
-    return pk_dataset(paths, labels, batches, image_size, augment_settings, training.seed, start)
+    return pk_dataset(images.paths, images.labels, batches, image_size, augment_settings, training.seed, start)
 
 
-def _triplet_stream(paths, pids, camids, labels, training, augment_settings, image_size, epochs, steps):
+def _triplet_stream(images, training, augment_settings, image_size, epochs, steps):
     count = steps * training.triplet_batch_size
-    triplets = np.concatenate([samplers.sample_triplets(pids, camids, count, training.seed, e) for e in epochs])
+    triplets = np.concatenate(
+        [samplers.sample_triplets(images.pids, images.camids, count, training.seed, epoch) for epoch in epochs]
+    )
     start = epochs.start * count * 3
     return triplet_dataset(
-        paths, labels, triplets, training.triplet_batch_size, image_size, augment_settings, training.seed, start
+        images.paths,
+        images.labels,
+        triplets,
+        training.triplet_batch_size,
+        image_size,
+        augment_settings,
+        training.seed,
+        start,
     )
 
 
@@ -123,9 +143,12 @@ def training_dataset(train, training, augment_settings, image_size, start_epoch,
       start_epoch: first epoch streamed (0-based).
       steps: batches per epoch.
     """
-    paths = [s.path for s in train]
     pids = np.array([s.pid for s in train], dtype=np.int64)
-    camids = np.array([s.camid for s in train])
-    labels, _ = contiguous_labels(pids)
+    images = TrainingImages(
+        paths=[s.path for s in train],
+        pids=pids,
+        camids=np.array([s.camid for s in train]),
+        labels=contiguous_labels(pids)[0],
+    )
     epochs = range(start_epoch, training.epochs)
-    return SAMPLERS[training.sampler](paths, pids, camids, labels, training, augment_settings, image_size, epochs, steps)
+    return SAMPLERS[training.sampler](images, training, augment_settings, image_size, epochs, steps)
