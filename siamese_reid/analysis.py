@@ -15,7 +15,6 @@ from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.embeddings import load_embeddings
 from siamese_reid.evaluation.evaluator import RERANKED, scoring_distances
 from siamese_reid.evaluation.rerank import rerank_distances
-from siamese_reid.evaluation.ranking import protocol_gallery_mask
 from siamese_reid.reporting import read_history
 
 
@@ -32,6 +31,7 @@ class Run:
     gallery_samples: list
     query_average_precisions: np.ndarray  # as scored for metrics.json; NaN for skipped queries
     run_info: dict = dataclasses.field(default_factory=dict)
+    threshold: dict | None = None  # threshold.json, when the run has one
 
 
 def newest_run(runs_dir="runs"):
@@ -60,6 +60,7 @@ def load_run(path):
         gallery_samples=gallery_samples,
         query_average_precisions=np.load(path / "query_average_precisions.npy"),
         run_info=json.loads((path / "run_info.json").read_text()) if (path / "run_info.json").is_file() else {},
+        threshold=json.loads((path / "threshold.json").read_text()) if (path / "threshold.json").is_file() else None,
     )
 
 
@@ -76,52 +77,12 @@ def run_distances(run):
     return rerank_distances(run.query_features, run.gallery_features, **parameters)
 
 
-def pair_distances(distances, query_samples, gallery_samples):
-    """Distances of same-identity (positive) and different-identity (negative) pairs.
-
-    Only pairs the protocol scores: same identity and camera, and junk, are left out.
-    Returns (positive distances, negative distances), 1-D arrays.
-    """
-    gallery_pids = np.array([s.pid for s in gallery_samples])
-    gallery_camids = np.array([s.camid for s in gallery_samples])
-    positives, negatives = [], []
-    for row, query in enumerate(query_samples):
-        keep = protocol_gallery_mask(query.pid, query.camid, gallery_pids, gallery_camids)
-        same = gallery_pids == query.pid
-        positives.append(distances[row, keep & same])
-        negatives.append(distances[row, keep & ~same])
-    return np.concatenate(positives), np.concatenate(negatives)
-
-
-@dataclasses.dataclass(frozen=True)
-class Threshold:
-    """A "no match" threshold: pairs closer than `value` are accepted as the same person."""
-
-    value: float
-    true_accept_rate: float
-    false_accept_rate: float
-
-
-def accept_rates(positive, negative, threshold):
-    """(true accept rate, false accept rate) of accepting pairs with distance < threshold."""
-    return float(np.mean(positive < threshold)), float(np.mean(negative < threshold))
-
-
-def suggest_threshold(positive, negative, max_false_accept_rate=None):
-    """The threshold at the equal error rate (TAR = 1 - FAR), or the largest one whose false
-    accept rate stays at or below `max_false_accept_rate`."""
-    if len(positive) == 0 or len(negative) == 0:
-        raise ReIDError("need both positive and negative pairs to suggest a threshold")
-    candidates = np.unique(np.concatenate([positive, negative]))
-    candidates = np.concatenate([candidates, [candidates[-1] + 1e-6]])
-    false_accepts = np.searchsorted(np.sort(negative), candidates, side="left") / len(negative)
-    true_accepts = np.searchsorted(np.sort(positive), candidates, side="left") / len(positive)
-    if max_false_accept_rate is None:
-        index = int(np.argmin(np.abs(true_accepts - (1.0 - false_accepts))))
-    else:
-        allowed = np.flatnonzero(false_accepts <= max_false_accept_rate)
-        index = int(allowed[-1]) if len(allowed) else 0
-    return Threshold(float(candidates[index]), float(true_accepts[index]), float(false_accepts[index]))
+def search_distances(run):
+    """Query x gallery distances in the plain metric a search uses (never re-ranked: re-ranking
+    needs the whole query set, a single search has one query)."""
+    distance = run.metrics.get("protocol", {}).get("distance", {"name": "euclidean"})
+    metric = "euclidean" if distance["name"] == RERANKED else distance["name"]
+    return scoring_distances(run.query_features, run.gallery_features, metric, rerank=False)
 
 
 def worst_queries(query_average_precisions, count):

@@ -130,6 +130,7 @@ class EvaluationConfig:
     ap_definition: str = _field("torchreid", choices="siamese_reid.evaluation.ranking:AP_DEFINITIONS")
     max_rank: int = _field(50, minimum=1)
     num_examples: int = _field(6, minimum=0)
+    target_far: float = _field(0.01, minimum=0.0, maximum=1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -332,9 +332,36 @@ def train(config, run_dir, resuming=False):
     final = scorer.latest
     if data.has_validation:
         extra["validation"] = reporting.ranking_metrics(final.ranking, len(scorer.query), len(scorer.gallery), {})
+        fit_search_threshold(final, scorer.query, scorer.gallery, config.evaluation, "validation", run_dir)
         print("scoring the last epoch's model on query / gallery (test)")
         final = evaluate_model(tower, data.query, data.gallery, size, config.evaluation)
+    else:
+        fit_search_threshold(final, data.query, data.gallery, config.evaluation, "query/gallery", run_dir)
     return reporting.write_report(final, data.query, data.gallery, config.evaluation, run_dir, extra)
+
+
+def fit_search_threshold(evaluation, query, gallery, settings, split_name, output_dir):
+    """Fits the open-set threshold at `settings.target_far` on the evaluation's cross-camera
+    pairs, in the plain metric a search ranks by, and writes threshold.json and threshold.png.
+
+    Returns the threshold record, or None when the split has no positive or negative pair.
+    """
+    from siamese_reid.evaluation.distances import compute_distances
+    from siamese_reid.evaluation.threshold import fit_threshold, pair_distances
+
+    distances = compute_distances(evaluation.query_features, evaluation.gallery_features, settings.metric)
+    positive, negative = pair_distances(distances, query, gallery)
+    if len(positive) == 0 or len(negative) == 0:
+        print(f"note: no threshold fitted: the {split_name} split has no positive or no negative pair")
+        return None
+    threshold = fit_threshold(positive, negative, settings.target_far)
+    record = reporting.write_threshold(threshold, split_name, settings.metric, output_dir, positive, negative)
+    print(
+        f"no-match threshold {threshold.value:.4f} ({split_name}, {len(positive) + len(negative)} pairs): "
+        f"TAR {reporting.percent(threshold.true_accept_rate)} at FAR {reporting.percent(threshold.false_accept_rate)}, "
+        f"EER {reporting.percent(threshold.equal_error_rate)}"
+    )
+    return record
 
 
 def resume(config, run_dir):
@@ -374,4 +401,5 @@ def evaluate_saved_model(model_path, config, parent):
         print(f"note: the model expects {size[0]}x{size[1]} images; resizing to that")
     print(f"evaluating {model_path} on {len(data.query)} queries x {len(data.gallery)} gallery images")
     evaluation = evaluate_model(tower, data.query, data.gallery, size, config.evaluation, verbose=1)
+    fit_search_threshold(evaluation, data.query, data.gallery, config.evaluation, "query/gallery", output_dir)
     return reporting.write_report(evaluation, data.query, data.gallery, config.evaluation, output_dir), output_dir

@@ -5,6 +5,7 @@ saves them, a notebook shows them). The only module that formats fractions as pe
 """
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -225,6 +226,79 @@ def write_training_curves(history, output_dir, split_name="query / gallery"):
         "retrieval_per_epoch.png": plot_retrieval_per_epoch(history, split_name),
     }
     return [save_figure(figure, Path(output_dir) / name) for name, figure in figures.items() if figure is not None]
+
+
+def plot_pair_distances(positive, negative, thresholds):
+    """Histograms of positive and negative pair distances with threshold lines.
+
+    Args:
+      positive, negative: 1-D arrays of pair distances.
+      thresholds: {label: evaluation.threshold.Threshold}; the first is drawn solid.
+    """
+    figure, axes = _subplots(figsize=(7, 4))
+    axis = axes[0, 0]
+    bins = np.linspace(0, max(positive.max(), negative.max()), 50)
+    axis.hist(negative, bins=bins, alpha=0.6, density=True, label=f"different identity ({len(negative)} pairs)")
+    axis.hist(positive, bins=bins, alpha=0.6, density=True, label=f"same identity ({len(positive)} pairs)")
+    for index, (label, threshold) in enumerate(thresholds.items()):
+        axis.axvline(
+            threshold.value,
+            color="k",
+            linestyle="-" if index == 0 else "--",
+            label=f"{label}: {threshold.value:.3f}, TAR {percent(threshold.true_accept_rate)}, "
+            f"FAR {percent(threshold.false_accept_rate)}",
+        )
+    axis.set(xlabel="distance", ylabel="density", title="Pair distances and the no-match threshold")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def write_threshold(threshold, split_name, metric, output_dir, positive, negative):
+    """Writes threshold.json (what search.py uses) and threshold.png; returns the record."""
+    record = {**dataclasses.asdict(threshold), "split": split_name, "metric": metric}
+    write_json(Path(output_dir) / "threshold.json", record)
+    figure = plot_pair_distances(positive, negative, {f"threshold ({split_name})": threshold})
+    save_figure(figure, Path(output_dir) / "threshold.png")
+    return record
+
+
+def search_table(answers, identity_names=None):
+    """What search.py query prints: per query, its verdict and top-k with distances."""
+    identity_names = identity_names or {}
+    lines = []
+    for answer in answers:
+        verdict = "match" if answer.match else "no match"
+        lines.append(f"{answer.query}: {verdict} (threshold {answer.threshold:.4f})")
+        for rank, result in enumerate(answer.results, start=1):
+            who = "" if result.pid is None else f"  id {identity_names.get(result.pid, result.pid)}"
+            camera = "" if result.camid is None else f"  cam {result.camid}"
+            lines.append(f"  {rank:>3}  {result.distance:.4f}  {result.path}{who}{camera}")
+    return "\n".join(lines)
+
+
+def plot_search_answers(answers, identity_names=None, top_k=None):
+    """Each query beside its top-k gallery images, nearest first, with distances; a match is
+    framed green, and the whole row is marked "no match" when the nearest is past the
+    threshold. Returns the Figure."""
+    identity_names = identity_names or {}
+    top_k = top_k or max(len(answer.results) for answer in answers)
+    size = (128, 64)
+    figure, axes = _subplots(len(answers), top_k + 1, figsize=(1.4 * (top_k + 1), 2.6 * len(answers)))
+    for row, answer in enumerate(answers):
+        verdict = "match" if answer.match else "no match"
+        axes[row, 0].imshow(_framed(answer.query, None, size))
+        axes[row, 0].set_title(f"query: {verdict}\nthreshold {answer.threshold:.3f}", fontsize=7)
+        for column, result in enumerate(answer.results[:top_k]):
+            accepted = result.distance < answer.threshold
+            axes[row, column + 1].imshow(_framed(result.path, "green" if accepted else None, size))
+            name = identity_names.get(result.pid, result.pid)
+            label = f"id {name}" if result.pid is not None else Path(result.path).name[:14]
+            axes[row, column + 1].set_title(f"{column + 1}: {label}\nd={result.distance:.3f}", fontsize=7)
+        for axis in axes[row]:
+            axis.axis("off")
+    figure.tight_layout()
+    return figure
 
 
 def protocol_record(settings, distance):

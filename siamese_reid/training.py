@@ -5,6 +5,7 @@ callbacks is three small callbacks below.
 """
 
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -143,18 +144,25 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
     The monitored value is val_mAP (higher is better) when the logs carry it: with
     `PeriodicEvaluation` they always do, NaN in epochs without evaluation, which are skipped.
     Without an evaluation callback it is the loss (lower is better).
+
+    The files hold the tower alone, uncompiled: no optimizer state (the resumable state is in
+    backup/) and no reference to this package's loss and metric functions, so
+    `keras.saving.load_model` opens them anywhere. Each is written to a temporary file and
+    renamed, so an interruption never leaves a truncated model.
     """
 
     def __init__(self, tower, output_dir):
         super().__init__()
         self.tower = tower
+        # A second, never-compiled functional model over the same layers and weights.
+        self.saved_view = keras.Model(tower.inputs, tower.outputs, name=tower.name)
         self.output_dir = Path(output_dir)
         self.state_path = self.output_dir / "best.json"
         self.best = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self.tower.save(self.output_dir / "last.keras")
+        self._save("last.keras")
         key, sign = ("val_mAP", 1.0) if "val_mAP" in logs else ("loss", -1.0)
         value = float(logs.get(key, np.nan))
         if not np.isfinite(value):
@@ -162,8 +170,14 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
         previous = self.best.get(key)
         if previous is None or sign * value > sign * previous:
             self.best = {key: value, "epoch": epoch + 1}
-            self.tower.save(self.output_dir / "best.keras")
+            self._save("best.keras")
             self.state_path.write_text(json.dumps(self.best))
+
+
+    def _save(self, name):
+        temporary = self.output_dir / f".{name}.partial.keras"
+        self.saved_view.save(temporary)
+        os.replace(temporary, self.output_dir / name)
 
 
 def resume_epoch(backup_dir):

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from siamese_reid.analysis import accept_rates, pair_distances, project_2d, suggest_threshold, worst_queries
+from siamese_reid.analysis import project_2d, worst_queries
+from siamese_reid.evaluation.threshold import accept_rates, fit_threshold, pair_distances
 from siamese_reid.data.records import Sample
 from siamese_reid.errors import ReIDError
 
@@ -17,17 +18,18 @@ def test_pair_distances_follow_the_protocol():
 def test_threshold_at_equal_error_rate_and_at_a_false_accept_budget():
     rng = np.random.default_rng(0)
     positive, negative = rng.normal(0.5, 0.1, 2000), rng.normal(1.0, 0.1, 20000)
-    threshold = suggest_threshold(positive, negative)
+    threshold = fit_threshold(positive, negative)
     assert threshold.value == pytest.approx(0.75, abs=0.02)
     assert threshold.true_accept_rate == pytest.approx(1 - threshold.false_accept_rate, abs=0.01)
     assert accept_rates(positive, negative, threshold.value) == (
         threshold.true_accept_rate,
         threshold.false_accept_rate,
     )
-    strict = suggest_threshold(positive, negative, max_false_accept_rate=0.001)
+    assert threshold.equal_error_rate == pytest.approx(threshold.false_accept_rate, abs=0.01)
+    strict = fit_threshold(positive, negative, target_false_accept_rate=0.001)
     assert strict.false_accept_rate <= 0.001 and strict.value < threshold.value
     with pytest.raises(ReIDError):
-        suggest_threshold(np.array([]), negative)
+        fit_threshold(np.array([]), negative)
 
 
 def test_worst_queries_skip_unscored_ones():

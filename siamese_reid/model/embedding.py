@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import keras
+import numpy as np
 from keras import ops
 
 from siamese_reid.errors import ReIDError
@@ -22,12 +23,31 @@ from siamese_reid.errors import ReIDError
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
+def _per_pixel_affine(images, matrix, offset):
+    """images @ matrix + offset on every pixel, as a frozen 1x1 convolution.
+
+    A stock layer whose constants are weights: the saved tower needs no custom code, and ONNX
+    conversion keeps them inside the graph (captured constant tensors, as a Normalization
+    layer's mean, become extra graph inputs there).
+    """
+    # Zero initialisers draw no random numbers, so the weights initialised after this layer are
+    # the same as without it (a run's seed gives the same model).
+    layer = keras.layers.Conv2D(
+        3, 1, trainable=False, kernel_initializer="zeros", bias_initializer="zeros", name="preprocess"
+    )
+    outputs = layer(images)
+    layer.set_weights([np.asarray(matrix, "float32").reshape(1, 1, 3, 3), np.asarray(offset, "float32")])
+    return outputs
+
+
 def _caffe_preprocess(images):
-    return ops.flip(images, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=images.dtype)
+    # keras.applications' "caffe" mode: RGB -> BGR, then the ImageNet mean subtracted.
+    return _per_pixel_affine(images, np.eye(3)[:, ::-1], -np.asarray(_CAFFE_MEAN_BGR))
 
 
 def _tf_preprocess(images):
-    return images / 127.5 - 1.0
+    # keras.applications' "tf" mode: [0, 255] -> [-1, 1].
+    return _per_pixel_affine(images, np.eye(3) / 127.5, -np.ones(3))
 
 
 def _vgg16_block(layer_name):

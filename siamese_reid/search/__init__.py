@@ -1,0 +1,23 @@
+"""Search a gallery of your own images with a trained model: index, query, open-set verdict."""
+
+from siamese_reid.search.gallery import (
+    IndexSummary,
+    SearchAnswer,
+    Searcher,
+    SearchResult,
+    search_images,
+    update_index,
+)
+from siamese_reid.search.index import GalleryIndex, load_index, model_fingerprint
+
+__all__ = [
+    "GalleryIndex",
+    "IndexSummary",
+    "SearchAnswer",
+    "SearchResult",
+    "Searcher",
+    "load_index",
+    "model_fingerprint",
+    "search_images",
+    "update_index",
+]

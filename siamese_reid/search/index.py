@@ -1,0 +1,208 @@
+"""A gallery index: the embeddings of a user's images, tied to the model that made them.
+
+Layout of an index folder:
+
+    index.json          what the index is: its model (path, fingerprint, input size), metric,
+                        flip test, the run it came from, identity names, and its shard files
+    shard-<id>.npz      features [n, dim] float32 and, per image: path, size, mtime, pid and
+                        camid (-1 with has_pid / has_camid false when unknown)
+
+Every file is written to a temporary name and renamed into place, and index.json is rewritten
+after each batch of embeddings: a crash or Ctrl-C keeps every finished batch, and the index is
+never left unreadable. Updating embeds only new or changed files and drops removed ones.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from siamese_reid.data.records import IMAGE_SUFFIXES, parse_market_name
+from siamese_reid.errors import ReIDError
+
+INDEX_FORMAT = "siamese-reid-index"
+INDEX_FILE = "index.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    """One image under the indexed folders, as found on disk."""
+
+    path: str  # absolute
+    size: int
+    mtime_ns: int
+    pid: int | None
+    camid: int | None
+
+
+@dataclasses.dataclass
+class GalleryIndex:
+    """An index folder's content in memory (features of all shards concatenated)."""
+
+    folder: Path
+    header: dict
+    features: np.ndarray
+    entries: list  # ImageFile, one per row of `features`
+
+    @property
+    def identity_names(self):
+        """pid -> folder name, for indexes built with identities from folder names."""
+        return {pid: name for name, pid in self.header.get("identities", {}).items()}
+
+
+def model_fingerprint(tower):
+    """SHA-256 of the tower's input shape and every weight: two towers with the same
+    fingerprint give the same embeddings."""
+    digest = hashlib.sha256(repr(tuple(tower.input_shape)).encode())
+    for weight in tower.weights:
+        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def _write_atomically(path, write):
+    """Calls write(temporary path), then renames it to `path`: readers never see half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _write_json(path, data):
+    _write_atomically(path, lambda temporary: temporary.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def find_images(folders, identity_from_folder=False, identities=None):
+    """Every image file under `folders`, recursively, in sorted order.
+
+    Identity and camera come from Market-1501-style names; otherwise both are None, or with
+    `identity_from_folder` the parent folder's name is the identity (numbered through
+    `identities`, a dict name -> pid that this call extends).
+
+    Returns:
+      (list of ImageFile, identities dict).
+    """
+    identities = dict(identities or {})
+    found = []
+    for folder in folders:
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise ReIDError(f"image folder '{folder}' does not exist or is not a folder")
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        for path in files:
+            parsed = parse_market_name(path.name)
+            pid, camid = parsed if parsed else (None, None)
+            if identity_from_folder:
+                pid = identities.setdefault(path.parent.name, len(identities) + 1)
+            stat = path.stat()
+            found.append(ImageFile(str(path.resolve()), stat.st_size, stat.st_mtime_ns, pid, camid))
+    if not found:
+        raise ReIDError(f"no image files under {', '.join(str(f) for f in folders)}")
+    return found, identities
+
+
+def _shard_arrays(features, entries):
+    return {
+        "features": np.asarray(features, dtype=np.float32),
+        "paths": np.array([e.path for e in entries], dtype=str),
+        "sizes": np.array([e.size for e in entries], dtype=np.int64),
+        "mtimes_ns": np.array([e.mtime_ns for e in entries], dtype=np.int64),
+        "pids": np.array([-1 if e.pid is None else e.pid for e in entries], dtype=np.int64),
+        "has_pid": np.array([e.pid is not None for e in entries]),
+        "camids": np.array([-1 if e.camid is None else e.camid for e in entries], dtype=np.int64),
+        "has_camid": np.array([e.camid is not None for e in entries]),
+    }
+
+
+def _read_shard(path):
+    with np.load(path, allow_pickle=False) as data:
+        entries = [
+            ImageFile(str(p), int(size), int(mtime), int(pid) if has_pid else None, int(cam) if has_cam else None)
+            for p, size, mtime, pid, has_pid, cam, has_cam in zip(
+                data["paths"],
+                data["sizes"],
+                data["mtimes_ns"],
+                data["pids"],
+                data["has_pid"],
+                data["camids"],
+                data["has_camid"],
+                strict=True,
+            )
+        ]
+        return data["features"], entries
+
+
+def read_header(folder):
+    """index.json of an index folder, with a clear error for anything that is not one."""
+    path = Path(folder) / INDEX_FILE
+    if not path.is_file():
+        raise ReIDError(f"'{folder}' is not a siamese-reid index (no {INDEX_FILE}); build one with search.py index")
+    try:
+        header = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ReIDError(f"'{path}' is not a valid index file (unreadable JSON)") from None
+    if not isinstance(header, dict) or header.get("format") != INDEX_FORMAT:
+        raise ReIDError(f"'{folder}' is not a siamese-reid index ({INDEX_FILE} of another format)")
+    return header
+
+
+def load_index(folder):
+    """The whole index of `folder`, features concatenated in shard order."""
+    folder = Path(folder)
+    header = read_header(folder)
+    features, entries = [], []
+    for shard in header["shards"]:
+        shard_features, shard_entries = _read_shard(folder / shard)
+        features.append(shard_features)
+        entries += shard_entries
+    dim = header["model"]["embedding_dim"]
+    features = np.concatenate(features) if features else np.zeros((0, dim), np.float32)
+    return GalleryIndex(folder, header, features, entries)
+
+
+def new_header(model_record, run_record, identities):
+    return {
+        "format": INDEX_FORMAT,
+        "version": 1,
+        "model": model_record,
+        "run": run_record,
+        "identities": identities,
+        "shards": [],
+    }
+
+
+def save_header(folder, header):
+    _write_json(Path(folder) / INDEX_FILE, header)
+
+
+def append_shard(folder, header, features, entries):
+    """Writes one shard and then the header that lists it (both atomically)."""
+    name = f"shard-{uuid.uuid4().hex[:12]}.npz"
+
+    def write(temporary):
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **_shard_arrays(features, entries))
+
+    _write_atomically(Path(folder) / name, write)
+    header["shards"].append(name)
+    save_header(folder, header)
+
+
+def replace_shards(folder, header, features, entries):
+    """Rewrites the index as one shard holding `entries` and deletes the shards it replaces
+    (files this index wrote itself, listed in its header)."""
+    old = list(header["shards"])
+    header["shards"] = []
+    if len(entries):
+        append_shard(folder, header, features, entries)
+    else:
+        save_header(folder, header)
+    for name in old:
+        (Path(folder) / name).unlink(missing_ok=True)
