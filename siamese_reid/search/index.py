@@ -39,14 +39,37 @@ class ImageFile:
     camid: int | None
 
 
+_COLUMNS = ("paths", "sizes", "mtimes_ns", "pids", "has_pid", "camids", "has_camid")
+
+
 @dataclasses.dataclass
 class GalleryIndex:
-    """An index folder's content in memory (features of all shards concatenated)."""
+    """An index folder's content in memory: the features of all shards concatenated, and one
+    numpy column per image attribute (no Python object per image: a million of them would
+    cost memory and slow every garbage collection of a long-lived search process)."""
 
     folder: Path
     header: dict
     features: np.ndarray
-    entries: list  # ImageFile, one per row of `features`
+    columns: dict  # name in _COLUMNS -> array with one entry per row of `features`
+
+    def __len__(self):
+        return len(self.features)
+
+    def entry(self, row):
+        """Row `row` as an ImageFile."""
+        columns = self.columns
+        return ImageFile(
+            str(columns["paths"][row]),
+            int(columns["sizes"][row]),
+            int(columns["mtimes_ns"][row]),
+            int(columns["pids"][row]) if columns["has_pid"][row] else None,
+            int(columns["camids"][row]) if columns["has_camid"][row] else None,
+        )
+
+    @property
+    def entries(self):
+        return [self.entry(row) for row in range(len(self))]
 
     @property
     def identity_names(self):
@@ -123,20 +146,7 @@ def _shard_arrays(features, entries):
 
 def _read_shard(path):
     with np.load(path, allow_pickle=False) as data:
-        entries = [
-            ImageFile(str(p), int(size), int(mtime), int(pid) if has_pid else None, int(cam) if has_cam else None)
-            for p, size, mtime, pid, has_pid, cam, has_cam in zip(
-                data["paths"],
-                data["sizes"],
-                data["mtimes_ns"],
-                data["pids"],
-                data["has_pid"],
-                data["camids"],
-                data["has_camid"],
-                strict=True,
-            )
-        ]
-        return data["features"], entries
+        return data["features"], {name: data[name] for name in _COLUMNS}
 
 
 def read_header(folder):
@@ -157,14 +167,13 @@ def load_index(folder):
     """The whole index of `folder`, features concatenated in shard order."""
     folder = Path(folder)
     header = read_header(folder)
-    features, entries = [], []
-    for shard in header["shards"]:
-        shard_features, shard_entries = _read_shard(folder / shard)
-        features.append(shard_features)
-        entries += shard_entries
-    dim = header["model"]["embedding_dim"]
-    features = np.concatenate(features) if features else np.zeros((0, dim), np.float32)
-    return GalleryIndex(folder, header, features, entries)
+    shards = [_read_shard(folder / shard) for shard in header["shards"]]
+    if not shards:
+        empty = _shard_arrays(np.zeros((0, header["model"]["embedding_dim"]), np.float32), [])
+        return GalleryIndex(folder, header, empty["features"], {name: empty[name] for name in _COLUMNS})
+    features = np.concatenate([shard_features for shard_features, _ in shards])
+    columns = {name: np.concatenate([shard_columns[name] for _, shard_columns in shards]) for name in _COLUMNS}
+    return GalleryIndex(folder, header, features, columns)
 
 
 def new_header(model_record, run_record, identities):
