@@ -29,34 +29,44 @@ def _image_spec(tower):
 def _write_savedmodel(tower, target):
     # An ExportArchive rather than model.export: it names the signature's input and output
     # ("images" -> "embeddings") instead of Keras' generic "output_0".
+    _, height, width, _ = tower.input_shape
+
+    def serve(images):
+        # Images of any size are resized to the training size as the training pipeline does
+        # (bilinear, antialiased): a photo fed at its own size gets the same embedding as
+        # through this package, instead of a silently different one.
+        resized = tf.image.resize(images, [height, width], antialias=True)
+        return {OUTPUT_NAME: tower(resized, training=False)}
+
     archive = keras.export.ExportArchive()
     archive.track(tower)
     archive.add_endpoint(
         name="serving_default",
-        fn=lambda images: {OUTPUT_NAME: tower(images, training=False)},
-        input_signature=[_image_spec(tower)],
+        fn=serve,
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_NAME)],
     )
     archive.write_out(str(target), verbose=False)
 
 
-def _write_onnx(tower, target):
-    target.mkdir()
-    try:
-        tower.export(str(target / "model.onnx"), format="onnx", input_signature=[_image_spec(tower)], verbose=False)
-    except ImportError as error:
-        raise ReIDError(f"ONNX export needs the optional packages of `pip install siamese-reid[onnx]` ({error})") from None
+def _keras_export(keras_format, file_name, install_hint):
+    """A writer through Keras' own `model.export` (its converters are optional extras)."""
 
+    def write(tower, target):
+        target.mkdir()
+        try:
+            tower.export(str(target / file_name), format=keras_format, input_signature=[_image_spec(tower)], verbose=False)
+        except ImportError as error:
+            raise ReIDError(f"{keras_format} export needs {install_hint} ({error})") from None
 
-def _write_litert(tower, target):
-    target.mkdir()
-    try:
-        tower.export(str(target / "model.tflite"), format="litert", input_signature=[_image_spec(tower)], verbose=False)
-    except ImportError as error:
-        raise ReIDError(f"LiteRT export needs its optional packages ({error})") from None
+    return write
 
 
 # --format -> writer(tower, target folder that does not exist yet)
-EXPORT_FORMATS = {"savedmodel": _write_savedmodel, "onnx": _write_onnx, "litert": _write_litert}
+EXPORT_FORMATS = {
+    "savedmodel": _write_savedmodel,
+    "onnx": _keras_export("onnx", "model.onnx", 'the onnx extra: pip install -e ".[onnx]"'),
+    "litert": _keras_export("litert", "model.tflite", "TensorFlow's LiteRT converter"),
+}
 
 
 def export_model(tower, export_format, output_dir):

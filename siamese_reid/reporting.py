@@ -120,7 +120,7 @@ def _framed(path, color, size, width=4):
     image = Image.open(path).convert("RGB").resize((size[1], size[0]))
     array = np.asarray(image).copy()
     if color is not None:
-        rgb = {"green": (0, 200, 0), "red": (230, 0, 0)}[color]
+        rgb = {"green": (0, 200, 0), "red": (230, 0, 0), "blue": (30, 90, 230)}[color]
         array[:width], array[-width:], array[:, :width], array[:, -width:] = rgb, rgb, rgb, rgb
     return array
 
@@ -278,9 +278,9 @@ def search_table(answers, identity_names=None):
 
 
 def plot_search_answers(answers, identity_names=None, top_k=None):
-    """Each query beside its top-k gallery images, nearest first, with distances; a match is
-    framed green, and the whole row is marked "no match" when the nearest is past the
-    threshold. Returns the Figure."""
+    """Each query beside its top-k gallery images, nearest first, with distances. Gallery
+    images closer than the threshold (accepted as the same person) are framed blue: unlike the
+    evaluation's green/red, nobody knows here which answers are right. Returns the Figure."""
     identity_names = identity_names or {}
     top_k = top_k or max(len(answer.results) for answer in answers)
     size = (128, 64)
@@ -288,15 +288,16 @@ def plot_search_answers(answers, identity_names=None, top_k=None):
     for row, answer in enumerate(answers):
         verdict = "match" if answer.match else "no match"
         axes[row, 0].imshow(_framed(answer.query, None, size))
-        axes[row, 0].set_title(f"query: {verdict}\nthreshold {answer.threshold:.3f}", fontsize=7)
+        axes[row, 0].set_title(f"{Path(answer.query).name[:18]}\n{verdict} (t={answer.threshold:.3f})", fontsize=7)
         for column, result in enumerate(answer.results[:top_k]):
             accepted = result.distance < answer.threshold
-            axes[row, column + 1].imshow(_framed(result.path, "green" if accepted else None, size))
+            axes[row, column + 1].imshow(_framed(result.path, "blue" if accepted else None, size))
             name = identity_names.get(result.pid, result.pid)
             label = f"id {name}" if result.pid is not None else Path(result.path).name[:14]
             axes[row, column + 1].set_title(f"{column + 1}: {label}\nd={result.distance:.3f}", fontsize=7)
         for axis in axes[row]:
             axis.axis("off")
+    figure.suptitle("framed blue: closer than the threshold (accepted as the same person)", fontsize=8)
     figure.tight_layout()
     return figure
 

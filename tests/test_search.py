@@ -37,6 +37,12 @@ def real_images(tiny_demo, count=6):
     return sorted(folder.glob("*.jpg"))[:count]
 
 
+def run_without_the_package(script, cwd):
+    """Runs `script` in a new Python process where `import siamese_reid` fails."""
+    blocked = "import sys; sys.modules['siamese_reid'] = None  # as if the package were not installed\n"
+    return subprocess.run([sys.executable, "-c", blocked + script], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
 def command(script, *args):
     return subprocess.run(
         [sys.executable, script, *map(str, args)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
@@ -74,10 +80,12 @@ def test_savedmodel_export_matches_the_keras_tower_without_the_package(trained_r
     export_dir = trained_run / "export" / "savedmodel"
     images = np.stack([decode_image(str(path), 32, 32).numpy() for path in real_images(tiny_demo)])
     np.save(tmp_path / "images.npy", images)
+    # the files at their own size: the signature resizes them as the training pipeline does
+    original = tuple(np.asarray(__import__("PIL.Image").Image.open(real_images(tiny_demo)[0])).shape[:2])
+    np.save(tmp_path / "originals.npy", np.stack([decode_image(str(p), *original).numpy() for p in real_images(tiny_demo)]))
     tower = keras.saving.load_model(trained_run / "last.keras")
     np.save(tmp_path / "expected.npy", tower.predict(images, verbose=0))
     script = (
-        "import sys; sys.modules['siamese_reid'] = None  # as if the package were not installed\n"
         "import numpy as np, tensorflow as tf\n"
         f"model = tf.saved_model.load({str(export_dir)!r})\n"
         "serve = model.signatures['serving_default']\n"
@@ -86,9 +94,11 @@ def test_savedmodel_export_matches_the_keras_tower_without_the_package(trained_r
         f"np.testing.assert_allclose(out, np.load({str(tmp_path / 'expected.npy')!r}), atol=1e-5)\n"
         "np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)\n"
         "assert serve(images=tf.constant(images[:1]))['embeddings'].shape == (1, 16)  # any batch size\n"
+        f"originals = serve(images=tf.constant(np.load({str(tmp_path / 'originals.npy')!r})))['embeddings'].numpy()\n"
+        f"np.testing.assert_allclose(originals, np.load({str(tmp_path / 'expected.npy')!r}), atol=1e-5)\n"
         "print('ok')\n"
     )
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    loaded = run_without_the_package(script, tmp_path)
     assert loaded.returncode == 0 and "ok" in loaded.stdout, loaded.stderr[-2000:]
     again = command("export.py", "--run", trained_run)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
@@ -174,16 +184,19 @@ def test_index_is_incremental_and_survives_a_crash(trained_run, tiny_demo, tmp_p
 def test_index_refuses_another_model_and_folders_that_are_not_indexes(trained_run, tiny_demo, tmp_path):
     import keras
 
-    from siamese_reid.search import update_index
+    from siamese_reid.search import Searcher, update_index
 
     update_index(trained_run, [tiny_demo / "query"], tmp_path / "index")
     other_run = tmp_path / "other_run"
     shutil.copytree(trained_run, other_run, ignore=shutil.ignore_patterns("export", "evaluations"))
+    update_index(other_run, [tiny_demo / "query"], tmp_path / "other_index")
     tower = keras.saving.load_model(other_run / "last.keras")
     tower.set_weights([w * 1.01 for w in tower.get_weights()])
-    tower.save(other_run / "last.keras")
+    tower.save(other_run / "last.keras")  # a retrained model over the same file
     with pytest.raises(ReIDError, match="built by another model"):
         update_index(other_run, [tiny_demo / "query"], tmp_path / "index")
+    with pytest.raises(ReIDError, match="has changed since index .* was built"):
+        Searcher(tmp_path / "other_index")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("mine")
     with pytest.raises(ReIDError, match="not a siamese-reid index"):
@@ -237,7 +250,7 @@ def test_query_command_line(trained_run, tiny_demo, tmp_path):
         (["query", "--index", "{tmp}", "{image}"], "is not a siamese-reid index"),
         (["query", "--index", "{tmp}/i", "--top-k", "0", "{image}"], "--top-k must be at least 1"),
         (["index", "--run", "{tmp}", "--images", "{empty}", "--index", "{tmp}/i"], "not a training run folder"),
-        (["index", "--run", "{modelless}", "--images", "{empty}", "--index", "{tmp}/i"], "no last.keras in run folder"),
+        (["index", "--run", "{modelless}", "--images", "{images}", "--index", "{tmp}/i"], "no last.keras in run folder"),
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit(trained_run, tiny_demo, tmp_path, arguments, message):
@@ -249,6 +262,7 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(trained_run, tiny_demo, tmp_p
         "tmp": tmp_path,
         "image": real_images(tiny_demo, 1)[0],
         "modelless": tmp_path / "modelless",
+        "images": tiny_demo / "query",
     }
     arguments = [a.format(**values) for a in arguments]
     if arguments[0] == "index" and "--run" not in arguments:
@@ -256,19 +270,19 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(trained_run, tiny_demo, tmp_p
     result = command("search.py", *arguments)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "i").exists()  # a failed command leaves no index folder behind
 
 
 def test_a_runs_saved_tower_loads_with_plain_keras_in_a_fresh_process(trained_run, tmp_path):
     # the README's line, on a real run's file: no compile state, no package import needed
     script = (
-        "import sys; sys.modules['siamese_reid'] = None\n"
         "import keras, numpy as np\n"
         f"model = keras.saving.load_model({str(trained_run / 'last.keras')!r})\n"
         "out = model.predict(np.full((2, 32, 32, 3), 128.0, 'float32'), verbose=0)\n"
         "assert out.shape == (2, 16) and getattr(model, 'optimizer', None) is None\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = run_without_the_package(script, tmp_path)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
     assert (trained_run / "last.keras").stat().st_size < 0.6 * 4 * 3 * sum(  # no Adam slots (2 per weight)
         int(np.prod(w.shape)) for w in __import__("keras").saving.load_model(trained_run / "last.keras").weights

@@ -53,10 +53,11 @@ def _query(arguments):
         print(f"error: {message}", file=sys.stderr)
     if arguments.json:
         print(json.dumps([answer.to_json() for answer in answers]))
-    else:
+    elif answers:
         print(reporting.search_table(answers, searcher.index.identity_names))
     if arguments.save and answers:
         reporting.save_figure(reporting.plot_search_answers(answers, searcher.index.identity_names), arguments.save)
+        print(f"saved {arguments.save}", file=sys.stderr if arguments.json else sys.stdout)
     return 1 if errors else 0
 
 

@@ -25,7 +25,9 @@ def main(argv=None):
         print(f"run folder: {run_dir}")
         experiment.resume(config, run_dir)
     else:
-        config = config_from_arguments(arguments)
+        # the dataset is resolved (the demo checked or generated) before a run folder exists,
+        # so a bad demo.dir leaves nothing behind
+        config = experiment.resolve_dataset(config_from_arguments(arguments))
         run_dir = experiment.create_run_dir(arguments.output_dir or config.output.dir, config.output.run_name)
         print(f"run folder: {run_dir}")
         experiment.train(config, run_dir)

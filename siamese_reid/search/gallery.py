@@ -98,6 +98,7 @@ def update_index(run_dir, folders, index_dir, checkpoint="last", identity_from_f
 
     run_dir, index_dir = Path(run_dir), Path(index_dir)
     settings = _run_settings(run_dir)
+    index_files.find_images(folders)  # bad folders fail before anything is created
     model_path, tower = _load_run_model(run_dir, checkpoint)
     fingerprint = index_files.model_fingerprint(tower)
     if index_dir.exists() and (index_dir / index_files.INDEX_FILE).exists():
