@@ -116,9 +116,17 @@ def _check_splits(prepared, summary, need_train):
     for name in ("query", "gallery"):
         if not prepared[name]:
             raise ReIDError(f"the {name} split has no usable image")
+    notes = []
+    shared = {s.path for s in prepared["query"]} & {s.path for s in prepared["gallery"]}
+    if shared:
+        notes.append(
+            f"{len(shared)} images are in both the query and the gallery split (the same folder?): "
+            "each is ignored as its own match"
+        )
+        print(f"note: {notes[-1]}")
     if summary["query"]["identities"] < 2:
-        return ["the query split has a single identity: rank-1 and mAP say little"]
-    return []
+        notes.append("the query split has a single identity: rank-1 and mAP say little")
+    return notes
 
 
 def _record_data(summary, warnings, output_dir):

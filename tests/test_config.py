@@ -108,3 +108,23 @@ def test_cli_reports_config_typo_in_one_line_and_fails(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: unknown config key 'training.epocs' (did you mean 'epochs'?)"
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("key", ["training.seed", "data.split_seed", "demo.seed"])
+@pytest.mark.parametrize("value", [-1, 2**32])
+def test_seeds_out_of_numpys_range_are_a_config_error(key, value):
+    # numpy's Generator takes seeds in [0, 2**32 - 1]: outside, a numpy traceback used to appear
+    with pytest.raises(ReIDError, match=f"config key '{key}' must be"):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_train_py_run_from_another_folder_reads_the_repository_config(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), "--set", "training.epocs=3"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"config: {PROJECT_ROOT / 'config.yaml'}" in result.stdout
+    assert result.returncode == 2 and not list(tmp_path.iterdir())  # and nothing was created

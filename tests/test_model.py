@@ -179,3 +179,15 @@ def test_saved_tower_loads_with_plain_keras_in_a_fresh_process(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "loaded" in result.stdout
+
+
+def test_a_keras_model_that_is_not_an_embedding_tower_is_refused(tmp_path):
+    classifier = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    images_to_images = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(3, 1)])
+    vectors = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
+    for name, model in (("images", images_to_images), ("vectors", vectors)):
+        model.save(tmp_path / f"{name}.keras")
+        with pytest.raises(ReIDError, match="not an embedding tower"):
+            load_embedding_model(tmp_path / f"{name}.keras")
+    classifier.save(tmp_path / "classifier.keras")  # images -> [batch, 10]: usable as a tower
+    assert load_embedding_model(tmp_path / "classifier.keras").output_shape == (None, 10)

@@ -196,3 +196,24 @@ def test_market_official_ap_by_hand():
     )
     expected = ((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2 + (2 / 5 + 3 / 6) / 2) / 3
     assert result.mean_ap == pytest.approx(expected, abs=1e-12)
+
+
+def test_an_image_in_both_query_and_gallery_never_matches_itself(tmp_path):
+    # Folders layout with --query_dir and --gallery_dir at the same folder: query camera 1,
+    # gallery camera 2, so without this rule every query found itself at distance 0.
+    from siamese_reid.config import EvaluationConfig
+    from siamese_reid.data.records import Sample
+    from siamese_reid.evaluation import evaluate_features
+
+    rng = np.random.default_rng(0)
+    pids = np.array([1, 1, 2, 2, 3, 3])
+    features = rng.normal(size=(6, 4)).astype(np.float32)  # no identity signal at all
+    query = [Sample(str(tmp_path / f"{i}.png"), int(p), 1) for i, p in enumerate(pids)]
+    gallery = [Sample(str(tmp_path / f"{i}.png"), int(p), 2) for i, p in enumerate(pids)]
+    settings = EvaluationConfig(flip_test=False)
+    result = evaluate_features(features, features, query, gallery, settings).ranking
+    distances = compute_distances(features, features)
+    np.fill_diagonal(distances, np.inf)  # the reference: a query's own file is never a candidate
+    expected = [int(np.argmin(distances[q]) in np.flatnonzero(pids == pids[q])) for q in range(6)]
+    assert result.cmc[0] == pytest.approx(np.mean(expected))
+    assert result.cmc[0] < 1.0

@@ -341,3 +341,25 @@ def test_training_split_with_one_identity_is_a_clear_error(tmp_path):
     result = command_line("train.py", "--output_dir", tmp_path, "--set", f"data.root={root}")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: the training split has fewer than 2 usable identities: triplets need negatives"
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_backup_and_prints_the_resume_command(tmp_path, tiny_demo):
+    settings = FAST + demo_settings(tiny_demo) + TINY[1:] + [
+        "training.epochs=50",
+        "training.steps_per_epoch=2",
+        "evaluation.every_n_epochs=0",
+        "output.run_name=interrupted",
+    ]
+    command = [sys.executable, "train.py", "--output_dir", str(tmp_path), *with_settings(settings)]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metadata = tmp_path / "interrupted" / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and not metadata.exists():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"continue with: python train.py --resume {tmp_path / 'interrupted'}" in stderr
+    assert "Traceback" not in stderr
+    assert metadata.exists()

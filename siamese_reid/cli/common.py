@@ -58,11 +58,20 @@ def add_common_arguments(parser):
     )
 
 
+def default_config_path():
+    """config.yaml in the working folder, else the one beside the script that was run (the
+    repository's), so `python path/to/train.py` from elsewhere still reads it."""
+    for folder in (Path.cwd(), Path(sys.argv[0]).resolve().parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    return None
+
+
 def config_from_arguments(arguments, base_config_path=None):
-    """Loads the config file and applies --set overrides and the data folder flags."""
-    path = arguments.config or base_config_path
-    if path is None and Path("config.yaml").is_file():
-        path = "config.yaml"
+    """Loads the config file and applies --set overrides and the data folder flags; says which
+    file was read."""
+    path = arguments.config or base_config_path or default_config_path()
+    print(f"config: {path}" if path else "config: built-in defaults (no config.yaml found)")
     overrides = list(arguments.overrides)
     for flag in ("train_dir", "query_dir", "gallery_dir"):
         value = getattr(arguments, flag, None)

@@ -1,6 +1,7 @@
 """train.py: train the Siamese embedding model, then evaluate it and draw the report."""
 
 import argparse
+import sys
 from pathlib import Path
 
 from siamese_reid import experiment
@@ -22,14 +23,21 @@ def main(argv=None):
     if arguments.resume:
         run_dir = Path(arguments.resume)
         config = config_from_arguments(arguments, base_config_path=run_dir / "config.yaml")
-        print(f"run folder: {run_dir}")
-        experiment.resume(config, run_dir)
     else:
         # the dataset is resolved (the demo checked or generated) before a run folder exists,
         # so a bad demo.dir leaves nothing behind
         config = experiment.resolve_dataset(config_from_arguments(arguments))
         run_dir = experiment.create_run_dir(arguments.output_dir or config.output.dir, config.output.run_name)
-        print(f"run folder: {run_dir}")
-        experiment.train(config, run_dir)
+    print(f"run folder: {run_dir}")
+    try:
+        if arguments.resume:
+            experiment.resume(config, run_dir)
+        else:
+            experiment.train(config, run_dir)
+    except KeyboardInterrupt:
+        if (run_dir / "backup").exists():
+            print(f"interrupted; continue with: python train.py --resume {run_dir}", file=sys.stderr)
+            return 130
+        raise
     print(f"results written to {run_dir}")
     return 0

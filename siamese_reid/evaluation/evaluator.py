@@ -1,6 +1,7 @@
 """Embed query and gallery images with a model, rank, and score under the Market protocol."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -42,6 +43,20 @@ def scoring_distances(query_features, gallery_features, metric, rerank):
     return compute_distances(query_features, gallery_features, metric)
 
 
+def same_image_pairs(query_samples, gallery_samples):
+    """(query index, gallery index) of every image file that is in both sets, as an int array
+    [n, 2]: a folder given as both query and gallery must not match itself."""
+    gallery_rows = {}
+    for column, sample in enumerate(gallery_samples):
+        gallery_rows.setdefault(str(Path(sample.path).resolve()), []).append(column)
+    pairs = [
+        (row, column)
+        for row, sample in enumerate(query_samples)
+        for column in gallery_rows.get(str(Path(sample.path).resolve()), [])
+    ]
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
 def evaluate_features(query_features, gallery_features, query_samples, gallery_samples, settings):
     """Scores precomputed features; `settings` is an `EvaluationConfig`."""
     distances = scoring_distances(query_features, gallery_features, settings.metric, settings.rerank)
@@ -53,6 +68,7 @@ def evaluate_features(query_features, gallery_features, query_samples, gallery_s
         np.array([s.camid for s in gallery_samples]),
         max_rank=settings.max_rank,
         ap_definition=settings.ap_definition,
+        same_image_pairs=same_image_pairs(query_samples, gallery_samples),
     )
     distance = describe_distance(settings.metric, settings.rerank)
     return Evaluation(ranking, distances, distance, query_features, gallery_features)

@@ -108,6 +108,7 @@ def evaluate_ranking(
     max_rank=50,
     ap_definition="torchreid",
     chunk_size=None,
+    same_image_pairs=None,
 ):
     """Evaluates a query x gallery distance matrix under the Market-1501 protocol.
 
@@ -130,6 +131,9 @@ def evaluate_ranking(
         or "market_official" (the official Market-1501 code's trapezoid rule).
       chunk_size: queries processed together; by default as many as keep each of the chunk's
         boolean masks under 32 MiB (2^25 elements), whatever the gallery size.
+      same_image_pairs: optional int array [n, 2] of (query index, gallery index) pairs that
+        are the same image file (a folder used as both query and gallery): each is ignored for
+        its query, so no image ever counts as its own match.
 
     Returns:
       A `RankingResult`. mINP follows Ye et al.: for each query, the number of matches divided
@@ -155,6 +159,7 @@ def evaluate_ranking(
     first_match_ranks = np.full(len(query_pids), -1, dtype=np.int64)
     inverse_negative_penalties = []
     gallery_is_junk = gallery_pids == -1
+    same_image_pairs = np.zeros((0, 2), np.int64) if same_image_pairs is None else np.asarray(same_image_pairs)
     for start in range(0, len(query_pids), chunk_size):
         stop = start + chunk_size
         chunk = distances[start:stop]
@@ -162,6 +167,8 @@ def evaluate_ranking(
         same_pid = query_pids[start:stop, None] == gallery_pids[None, :]
         same_camera = query_camids[start:stop, None] == gallery_camids[None, :]
         valid = ~(same_pid & same_camera) & ~gallery_is_junk[None, :]
+        in_chunk = (same_image_pairs[:, 0] >= start) & (same_image_pairs[:, 0] < stop)
+        valid[same_image_pairs[in_chunk, 0] - start, same_image_pairs[in_chunk, 1]] = False
         matches = same_pid & valid
         for row in range(len(chunk)):
             if not matches[row].any():

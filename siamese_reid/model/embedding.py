@@ -221,6 +221,15 @@ def load_embedding_model(path):
     if not path.is_file():
         raise ReIDError(f"model file '{path}' does not exist")
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as error:
         raise ReIDError(f"'{path}' is not a loadable Keras model ({type(error).__name__}: {error})") from None
+    input_shape, output_shape = model.input_shape, model.output_shape
+    if not (isinstance(input_shape, tuple) and len(input_shape) == 4 and input_shape[-1] == 3) or not (
+        isinstance(output_shape, tuple) and len(output_shape) == 2
+    ):
+        raise ReIDError(
+            f"'{path}' is a Keras model but not an embedding tower: it maps {input_shape} to {output_shape}, "
+            "not RGB images [batch, height, width, 3] to embeddings [batch, dim]"
+        )
+    return model
