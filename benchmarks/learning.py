@@ -13,7 +13,6 @@ prints a markdown table for the README, each number with its standard error over
 """
 
 import argparse
-import json
 import os
 import platform
 import time

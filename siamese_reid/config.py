@@ -285,4 +285,6 @@ def config_to_dict(config):
 
 
 def save_config(config, path):
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    from siamese_reid.files import write_text
+
+    write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -13,7 +13,25 @@ module plain arguments or a single section.
     metrics = experiment.train(config, run_dir)
 """
 
+__all__ = [
+    "PreparedData",
+    "build_tower",
+    "build_training_model",
+    "create_evaluation_dir",
+    "create_run_dir",
+    "evaluate_saved_model",
+    "fit_search_threshold",
+    "image_size",
+    "prepare_data",
+    "resolve_dataset",
+    "resume",
+    "run_model_path",
+    "train",
+    "train_new_run",
+]
+
 import dataclasses
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,13 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from siamese_reid import reporting
-from siamese_reid.config import replace, save_config
+from siamese_reid.config import config_to_dict, load_config, replace, save_config
 from siamese_reid.data.demo import ensure_demo_dataset
 from siamese_reid.data.records import read_dataset, summarize_split
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.data.splits import person_samples, split_validation
 from siamese_reid.errors import ReIDError
-from siamese_reid.runs import create_evaluation_dir, create_run_dir, run_model_path  # noqa: F401 (public API)
+from siamese_reid.files import write_text
+from siamese_reid.runs import create_evaluation_dir, create_run_dir, run_model_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +135,7 @@ def _check_splits(prepared, summary, need_train):
     for name in ("query", "gallery"):
         if not prepared[name]:
             raise ReIDError(f"the {name} split has no usable image")
+    _check_queries_have_matches(prepared["query"], prepared["gallery"])
     notes = []
     shared = {s.path for s in prepared["query"]} & {s.path for s in prepared["gallery"]}
     if shared:
@@ -129,11 +149,24 @@ def _check_splits(prepared, summary, need_train):
     return notes
 
 
+def _check_queries_have_matches(query, gallery):
+    """Fails before training when no query could ever be scored (the first evaluation would
+    otherwise find out after minutes of training)."""
+    cameras_of = {}
+    for sample in gallery:
+        cameras_of.setdefault(sample.pid, set()).add(sample.camid)
+    if not any(cameras_of.get(q.pid, set()) - {q.camid} for q in query if q.pid != -1):
+        raise ReIDError(
+            "no query identity has a gallery image from another camera: nothing could be scored; "
+            "check that the query and gallery folders hold the same people"
+        )
+
+
 def _record_data(summary, warnings, output_dir):
     output_dir = Path(output_dir)
     reporting.write_json(output_dir / "dataset_summary.json", summary)
     if warnings:
-        (output_dir / "data_warnings.txt").write_text("\n".join(warnings) + "\n")
+        write_text(output_dir / "data_warnings.txt", "\n".join(warnings) + "\n")
     reporting.print_data_summary(summary, warnings, output_dir / "data_warnings.txt")
 
 
@@ -300,7 +333,6 @@ def train(config, run_dir, resuming=False):
     import keras
 
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
-    from siamese_reid.evaluation.evaluator import evaluate_model
     from siamese_reid.training import make_strategy
 
     run_dir = Path(run_dir)
@@ -335,17 +367,29 @@ def train(config, run_dir, resuming=False):
     _fit(model, dataset, steps, config.training.epochs, callbacks, run_dir)
     elapsed = time.time() - started
     print(f"training took {elapsed:.0f} s")
-    reporting.write_training_curves(reporting.read_history(run_dir / "history.csv"), run_dir, monitored)
-    extra = {"training_seconds": elapsed}
-    final = scorer.latest
+    return _final_report(tower, data, config, run_dir, {"training_seconds": elapsed}, scorer.latest)
+
+
+def _final_report(tower, data, config, run_dir, extra, last_periodic=None):
+    """Curves, the threshold and the report of the trained tower. `last_periodic` is the last
+    epoch's periodic evaluation when there is one (it is reused, not recomputed)."""
+    from siamese_reid.evaluation.evaluator import evaluate_model
+
+    size, settings = image_size(config), config.evaluation
+    monitored = "validation" if data.has_validation else "query / gallery (test)"
+    reporting.write_training_curves(reporting.read_history(Path(run_dir) / "history.csv"), run_dir, monitored)
     if data.has_validation:
-        extra["validation"] = reporting.ranking_metrics(final.ranking, len(scorer.query), len(scorer.gallery), {})
-        fit_search_threshold(final, scorer.query, scorer.gallery, config.evaluation, "validation", run_dir)
+        validation = last_periodic or evaluate_model(tower, data.validation_query, data.validation_gallery, size, settings)
+        extra["validation"] = reporting.ranking_metrics(
+            validation.ranking, len(data.validation_query), len(data.validation_gallery), {}
+        )
+        fit_search_threshold(validation, data.validation_query, data.validation_gallery, settings, "validation", run_dir)
         print("scoring the last epoch's model on query / gallery (test)")
-        final = evaluate_model(tower, data.query, data.gallery, size, config.evaluation)
+        final = evaluate_model(tower, data.query, data.gallery, size, settings)
     else:
-        fit_search_threshold(final, data.query, data.gallery, config.evaluation, "query/gallery", run_dir)
-    return reporting.write_report(final, data.query, data.gallery, config.evaluation, run_dir, extra)
+        final = last_periodic or evaluate_model(tower, data.query, data.gallery, size, settings)
+        fit_search_threshold(final, data.query, data.gallery, settings, "query/gallery", run_dir)
+    return reporting.write_report(final, data.query, data.gallery, settings, run_dir, extra)
 
 
 def fit_search_threshold(evaluation, query, gallery, settings, split_name, output_dir):
@@ -372,15 +416,95 @@ def fit_search_threshold(evaluation, query, gallery, settings, split_name, outpu
     return record
 
 
+# Keys a resumed run may change, and what the change does; every other change is refused.
+RESUMABLE_CHANGES = {
+    "training.epochs": "training continues to the new last epoch; the cosine schedule is recomputed for the new "
+    "length, so the learning rate continues from where the new schedule is at this step",
+    "evaluation": "the run is evaluated and reported with the new settings from now on",
+    "output": "no effect on a resumed run",
+}
+
+
+def _changed_keys(saved, wanted):
+    saved, wanted = config_to_dict(saved), config_to_dict(wanted)
+    return [
+        f"{section}.{key}"
+        for section in saved
+        for key in saved[section]
+        if saved[section][key] != wanted[section][key]
+    ]
+
+
+def _allowed_text():
+    names = [key if "." in key else f"{key}.*" for key in RESUMABLE_CHANGES]
+    return ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
+def _resumable(key):
+    return key in RESUMABLE_CHANGES or key.split(".")[0] in RESUMABLE_CHANGES
+
+
+def _check_resume_changes(run_dir, config):
+    """Refuses config changes that cannot apply to a saved run, before any file is touched."""
+    changed = _changed_keys(load_config(Path(run_dir) / "config.yaml"), config)
+    refused = [key for key in changed if not _resumable(key)]
+    if refused:
+        raise ReIDError(
+            f"cannot resume '{run_dir}' with changed {', '.join(refused)}: the saved model and training state "
+            f"were made without them. On --resume only {_allowed_text()} may change; "
+            "start a new run for the others (nothing was changed)"
+        )
+    for key in changed:
+        reason = RESUMABLE_CHANGES.get(key) or RESUMABLE_CHANGES[key.split(".")[0]]
+        print(f"note: {key} changed on resume: {reason}")
+
+
+def _trained_but_unreported(run_dir, epochs):
+    """Training ended (its backup is gone) but the run was stopped before its report."""
+    history = reporting.read_history(Path(run_dir) / "history.csv")
+    return (
+        not (Path(run_dir) / "backup").exists()
+        and not (Path(run_dir) / "metrics.json").exists()
+        and (Path(run_dir) / "last.keras").is_file()
+        and len(history.get("epoch", [])) >= epochs
+    )
+
+
 def resume(config, run_dir):
     """Continues an interrupted run in `run_dir` with `config` (its saved config plus any
-    overrides); returns the final metrics."""
+    overrides); returns the final metrics.
+
+    A run stopped after its last epoch but before its report gets its evaluation and report
+    from the saved model, without training again.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ReIDError(f"cannot resume: '{run_dir}' has no config.yaml (not a run folder)")
     if (run_dir / "metrics.json").is_file() and not (run_dir / "backup").exists():
         raise ReIDError(f"cannot resume: run '{run_dir}' already finished (see its metrics.json)")
+    _check_resume_changes(run_dir, config)
+    if _trained_but_unreported(run_dir, config.training.epochs):
+        from siamese_reid.model.embedding import load_embedding_model
+
+        print("training had finished; evaluating the saved model and writing the report")
+        config, data = prepare_data(config, run_dir)
+        return _final_report(load_embedding_model(run_dir / "last.keras"), data, config, run_dir, {})
     return train(config, run_dir, resuming=True)
+
+
+def train_new_run(config, run_dir):
+    """Trains into `run_dir`, a folder `create_run_dir` has just made; returns the metrics.
+
+    A run that fails before its first epoch is saved (a bad weights file, an unusable split)
+    leaves no folder behind, so the same command can be run again once the cause is fixed.
+    """
+    run_dir = Path(run_dir)
+    try:
+        return train(config, run_dir)
+    except (ReIDError, KeyboardInterrupt):
+        if not (run_dir / "backup").exists() and not (run_dir / "history.csv").exists():
+            shutil.rmtree(run_dir)  # created by this call a moment ago, holding only its own files
+        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ saves them, a notebook shows them). The only module that formats fractions as pe
 
 import csv
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # backend-free: works headless and shows inline in notebooks
 from PIL import Image
 
+from siamese_reid import files
 from siamese_reid.evaluation.ranking import protocol_gallery_mask, top_k_gallery
 
 
@@ -62,7 +62,7 @@ def standard_errors(ranking):
 
 
 def write_json(path, data):
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    return files.write_json(path, data)
 
 
 def metrics_table(metrics, title="Evaluation"):
@@ -98,8 +98,7 @@ def percent_with_error(fraction, standard_error=None):
 
 
 def save_figure(figure, path, dpi=120):
-    figure.savefig(path, dpi=dpi)
-    return Path(path)
+    return files.write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=dpi, format="png"))
 
 
 def plot_cmc(cmc, label=None):
@@ -344,9 +343,15 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None):
         save_figure(figure, output_dir / "retrieval_examples.png", dpi=110)
     save_embeddings(output_dir / "query_embeddings.npz", evaluation.query_features, query)
     save_embeddings(output_dir / "gallery_embeddings.npz", evaluation.gallery_features, gallery)
-    np.save(output_dir / "query_average_precisions.npy", evaluation.ranking.query_average_precisions)
+    average_precisions = evaluation.ranking.query_average_precisions
+    files.write_atomically(output_dir / "query_average_precisions.npy", lambda path: _save_array(path, average_precisions))
     print(metrics_table(metrics))
     return metrics
+
+
+def _save_array(path, array):
+    with open(path, "wb") as handle:
+        np.save(handle, array)
 
 
 def print_data_summary(summary, warnings, warnings_path):

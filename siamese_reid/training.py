@@ -5,7 +5,6 @@ callbacks is three small callbacks below.
 """
 
 import json
-import os
 from pathlib import Path
 
 import keras
@@ -13,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.files import write_atomically, write_json
 
 
 def make_schedule(name, peak, warmup_steps, total_steps):
@@ -171,13 +171,11 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
         if previous is None or sign * value > sign * previous:
             self.best = {key: value, "epoch": epoch + 1}
             self._save("best.keras")
-            self.state_path.write_text(json.dumps(self.best))
+            write_json(self.state_path, self.best)
 
 
     def _save(self, name):
-        temporary = self.output_dir / f".{name}.partial.keras"
-        self.saved_view.save(temporary)
-        os.replace(temporary, self.output_dir / name)
+        write_atomically(self.output_dir / name, self.saved_view.save, suffix=".keras")
 
 
 def resume_epoch(backup_dir):

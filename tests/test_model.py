@@ -9,7 +9,6 @@ import pytest
 from siamese_reid.config import ModelConfig
 from siamese_reid.errors import ReIDError
 from siamese_reid.model import build_embedding_model, build_siamese_model, load_embedding_model
-from tests.conftest import PROJECT_ROOT
 
 SMALL = ModelConfig(vgg_blocks=2, embedding_dim=8)
 SIZE = (32, 32)

@@ -363,3 +363,60 @@ def test_ctrl_c_keeps_the_backup_and_prints_the_resume_command(tmp_path, tiny_de
     assert f"continue with: python train.py --resume {tmp_path / 'interrupted'}" in stderr
     assert "Traceback" not in stderr
     assert metadata.exists()
+
+
+def test_resume_with_a_changed_model_is_refused_and_touches_nothing(tmp_path, tiny_demo):
+    _, run_dir = run_train(tmp_path, FAST + demo_settings(tiny_demo) + TINY + ["training.epochs=2"])
+    shutil_backup = run_dir / "backup"
+    shutil_backup.mkdir()  # as if interrupted
+    (run_dir / "metrics.json").unlink()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    result = command_line(
+        "train.py", "--resume", run_dir, "--set", "model.embedding_dim=64", "--set", "data.image_height=64"
+    )
+    assert result.returncode == 2
+    assert "cannot resume" in result.stderr and "changed data.image_height, model.embedding_dim" in result.stderr
+    assert "only training.epochs, evaluation.* and output.* may change" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_a_run_killed_before_its_report_is_finished_from_the_saved_model(tmp_path, tiny_demo):
+    metrics, run_dir = run_train(tmp_path, FAST + demo_settings(tiny_demo) + TINY + ["training.epochs=2"])
+    history_before = (run_dir / "history.csv").read_text()
+    for name in ("metrics.json", "cmc.png", "query_embeddings.npz", "threshold.json"):
+        (run_dir / name).unlink()  # killed after the last epoch, before the report
+    result = command_line("train.py", "--resume", run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "training had finished; evaluating the saved model" in result.stdout
+    assert "Epoch 1/" not in result.stdout  # no training again
+    assert (run_dir / "history.csv").read_text() == history_before  # no duplicate rows
+    finished = json.loads((run_dir / "metrics.json").read_text())
+    assert finished["mAP"] == pytest.approx(metrics["mAP"], abs=1e-6)
+    assert (run_dir / "cmc.png").is_file() and (run_dir / "threshold.json").is_file()
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, tiny_demo):
+    arguments = ["--output_dir", tmp_path, *with_settings(FAST + demo_settings(tiny_demo) + ["output.run_name=again"])]
+    bad_weights = ["--set", f"model.weights={tmp_path / 'missing.weights.h5'}"]
+    for _ in range(2):  # the same command twice: the same error, not "run exists"
+        result = command_line("train.py", *arguments, *bad_weights)
+        assert result.returncode == 2 and "neither 'none', 'imagenet' nor an existing weights file" in result.stderr
+        assert not (tmp_path / "again").exists()
+
+
+def test_queries_without_any_possible_match_fail_before_training(tmp_path):
+    from tests.conftest import write_image
+
+    root = tmp_path / "data"
+    for split, names in (
+        ("bounding_box_train", ["0001_c1s1_000001_01.jpg", "0001_c2s1_000002_01.jpg", "0002_c1s1_000003_01.jpg",
+                                "0002_c2s1_000004_01.jpg"]),
+        ("query", ["0003_c1s1_000005_01.jpg", "0004_c1s1_000006_01.jpg"]),
+        ("bounding_box_test", ["0005_c2s1_000007_01.jpg", "0003_c1s1_000008_01.jpg"]),  # 0003 only same camera
+    ):
+        for index, name in enumerate(names):
+            write_image(root / split / name, seed=index)
+    config = load_config(PROJECT_ROOT / "config.yaml", FAST + [f"data.root={root}"])
+    with pytest.raises(ReIDError, match="no query identity has a gallery image from another camera"):
+        experiment.prepare_data(config, tmp_path)

@@ -33,6 +33,7 @@ def import_tensorflow_quietly():
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
+            import keras  # noqa: F401  (imports TensorFlow, whose start-up lines come in two bursts)
             import tensorflow  # noqa: F401
         finally:
             os.dup2(saved, 2)

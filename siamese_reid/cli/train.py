@@ -33,7 +33,7 @@ def main(argv=None):
         if arguments.resume:
             experiment.resume(config, run_dir)
         else:
-            experiment.train(config, run_dir)
+            experiment.train_new_run(config, run_dir)
     except KeyboardInterrupt:
         if (run_dir / "backup").exists():
             print(f"interrupted; continue with: python train.py --resume {run_dir}", file=sys.stderr)

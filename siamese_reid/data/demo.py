@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.files import write_json
 
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 
@@ -344,8 +345,8 @@ def ensure_demo_dataset(spec):
     output_dir.mkdir(parents=True, exist_ok=True)
     # The marker goes first, marked incomplete: an interrupted generation is still recognised
     # as ours next time and regenerated, instead of being refused as a foreign folder.
-    marker.write_text(json.dumps({"spec": wanted_spec, "complete": False}))
+    write_json(marker, {"spec": wanted_spec, "complete": False})
     written = generate_demo_dataset(output_dir, spec)
     files = [f"{split}/{name}" for split, names in written.items() for name in names]
-    marker.write_text(json.dumps({"spec": wanted_spec, "complete": True, "files": files}))
+    write_json(marker, {"spec": wanted_spec, "complete": True, "files": files})
     return True

@@ -8,6 +8,7 @@ import tensorflow as tf
 from siamese_reid.data.pipeline import inference_dataset
 from siamese_reid.data.records import Sample
 from siamese_reid.errors import ReIDError
+from siamese_reid.files import write_atomically
 
 
 def extract_embeddings(model, paths, image_size, batch_size=64, flip_test=False, verbose=0):
@@ -43,14 +44,19 @@ def embedding_input_size(model):
 
 
 def save_embeddings(path, features, samples):
-    """Writes features with identities, cameras and paths (no pickled objects)."""
-    np.savez_compressed(
-        path,
-        features=np.asarray(features, dtype=np.float32),
-        pids=np.array([s.pid for s in samples], dtype=np.int64),
-        camids=np.array([s.camid for s in samples], dtype=np.int64),
-        paths=np.array([s.path for s in samples], dtype=str),
-    )
+    """Writes features with identities, cameras and paths (no pickled objects), whole."""
+    write_atomically(path, lambda temporary: _write_embeddings(temporary, features, samples))
+
+
+def _write_embeddings(path, features, samples):
+    with open(path, "wb") as handle:
+        np.savez_compressed(
+            handle,
+            features=np.asarray(features, dtype=np.float32),
+            pids=np.array([s.pid for s in samples], dtype=np.int64),
+            camids=np.array([s.camid for s in samples], dtype=np.int64),
+            paths=np.array([s.path for s in samples], dtype=str),
+        )
 
 
 def load_embeddings(path):

@@ -15,7 +15,6 @@ never left unreadable. Updating embeds only new or changed files and drops remov
 import dataclasses
 import hashlib
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from siamese_reid.data.records import IMAGE_SUFFIXES, parse_market_name
 from siamese_reid.errors import ReIDError
+from siamese_reid.files import write_atomically, write_json
 
 INDEX_FORMAT = "siamese-reid-index"
 INDEX_FILE = "index.json"
@@ -84,22 +84,6 @@ def model_fingerprint(tower):
     for weight in tower.weights:
         digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
     return digest.hexdigest()
-
-
-def _write_atomically(path, write):
-    """Calls write(temporary path), then renames it to `path`: readers never see half a file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
-def _write_json(path, data):
-    _write_atomically(path, lambda temporary: temporary.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def find_images(folders, identity_from_folder=False, identities=None):
@@ -188,7 +172,7 @@ def new_header(model_record, run_record, identities):
 
 
 def save_header(folder, header):
-    _write_json(Path(folder) / INDEX_FILE, header)
+    write_json(Path(folder) / INDEX_FILE, header)
 
 
 def append_shard(folder, header, features, entries):
@@ -199,7 +183,7 @@ def append_shard(folder, header, features, entries):
         with open(temporary, "wb") as handle:
             np.savez(handle, **_shard_arrays(features, entries))
 
-    _write_atomically(Path(folder) / name, write)
+    write_atomically(Path(folder) / name, write)
     header["shards"].append(name)
     save_header(folder, header)
 
