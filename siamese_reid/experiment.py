@@ -248,14 +248,14 @@ def _report_sampling(train, training):
 def _callbacks(tower, run_dir, evaluate, config, resuming):
     import keras
 
-    from siamese_reid.training import EmbeddingCheckpoint, PeriodicEvaluation, StopOnNonFiniteLoss
+    from siamese_reid.training import EmbeddingCheckpoint, HistoryLogger, PeriodicEvaluation, StopOnNonFiniteLoss
 
     return [
         StopOnNonFiniteLoss(),
         PeriodicEvaluation(evaluate, config.evaluation.every_n_epochs, config.training.epochs),
-        EmbeddingCheckpoint(tower, run_dir),
+        EmbeddingCheckpoint(tower, run_dir, monitor="val_mAP"),
         keras.callbacks.BackupAndRestore(str(Path(run_dir) / "backup")),
-        keras.callbacks.CSVLogger(str(Path(run_dir) / "history.csv"), append=resuming),
+        HistoryLogger(str(Path(run_dir) / "history.csv"), append=resuming),
         keras.callbacks.TensorBoard(str(Path(run_dir) / "tensorboard"), write_graph=False),
     ]
 

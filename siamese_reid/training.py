@@ -124,14 +124,33 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         keys = ("rank1", "mAP", "mINP")
         is_last = epoch + 1 == self.total_epochs
         if not is_last and (self.every_n_epochs == 0 or (epoch + 1) % self.every_n_epochs):
-            # keras.callbacks.CSVLogger fixes its columns at the first epoch: the keys must be
-            # present (as NaN) in epochs without evaluation, or they never reach history.csv.
-            if logs is not None:
-                logs.update({f"val_{key}": float("nan") for key in keys})
-            return
+            return  # no val_* entries: the progress bar shows only what was computed
         metrics = self.evaluate(epoch)
         if logs is not None:
             logs.update({f"val_{key}": metrics[key] for key in keys})
+
+
+# What PeriodicEvaluation adds to the logs of the epochs it evaluates.
+EVALUATION_KEYS = ("val_rank1", "val_mAP", "val_mINP")
+
+
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """keras.callbacks.CSVLogger with its columns fixed up front, evaluation ones included.
+
+    CSVLogger takes its columns from the first epoch's logs; periodic evaluation adds its
+    metrics only to the epochs it evaluates, so they are declared here and written as "NA" in
+    the other epochs (instead of NaN entries in every epoch's logs, which the progress bar
+    would print as if the run had diverged).
+    """
+
+    def __init__(self, filename, append=False, extra_keys=EVALUATION_KEYS):
+        super().__init__(filename, append=append)
+        self.extra_keys = extra_keys
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None:
+            self.keys = sorted(set(logs or {}) | set(self.extra_keys))
+        super().on_epoch_end(epoch, logs)
 
 
 class EmbeddingCheckpoint(keras.callbacks.Callback):
@@ -141,9 +160,8 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
     when `data.validation_fraction` holds one out, else query/gallery, i.e. test data, and
     then it is for monitoring, not for reporting results.
 
-    The monitored value is val_mAP (higher is better) when the logs carry it: with
-    `PeriodicEvaluation` they always do, NaN in epochs without evaluation, which are skipped.
-    Without an evaluation callback it is the loss (lower is better).
+    The monitored value is `monitor`: "val_mAP" (higher is better; epochs without evaluation
+    are skipped) with `PeriodicEvaluation`, else "loss" (lower is better).
 
     The files hold the tower alone, uncompiled: no optimizer state (the resumable state is in
     backup/) and no reference to this package's loss and metric functions, so
@@ -151,9 +169,10 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
     renamed, so an interruption never leaves a truncated model.
     """
 
-    def __init__(self, tower, output_dir):
+    def __init__(self, tower, output_dir, monitor="loss"):
         super().__init__()
         self.tower = tower
+        self.monitor = monitor
         # A second, never-compiled functional model over the same layers and weights.
         self.saved_view = keras.Model(tower.inputs, tower.outputs, name=tower.name)
         self.output_dir = Path(output_dir)
@@ -163,7 +182,7 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self._save("last.keras")
-        key, sign = ("val_mAP", 1.0) if "val_mAP" in logs else ("loss", -1.0)
+        key, sign = self.monitor, (1.0 if self.monitor.startswith("val_") else -1.0)
         value = float(logs.get(key, np.nan))
         if not np.isfinite(value):
             return
@@ -172,7 +191,6 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
             self.best = {key: value, "epoch": epoch + 1}
             self._save("best.keras")
             write_json(self.state_path, self.best)
-
 
     def _save(self, name):
         write_atomically(self.output_dir / name, self.saved_view.save, suffix=".keras")

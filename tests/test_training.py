@@ -420,3 +420,21 @@ def test_queries_without_any_possible_match_fail_before_training(tmp_path):
     config = load_config(PROJECT_ROOT / "config.yaml", FAST + [f"data.root={root}"])
     with pytest.raises(ReIDError, match="no query identity has a gallery image from another camera"):
         experiment.prepare_data(config, tmp_path)
+
+
+def test_epochs_without_evaluation_show_no_nan_and_history_keeps_the_columns(tmp_path, tiny_demo, capsys):
+    # `val_rank1: nan` in the progress bar read like a diverged loss to a newcomer
+    _, run_dir = run_train(
+        tmp_path, FAST + demo_settings(tiny_demo) + TINY + ["training.epochs=3", "evaluation.every_n_epochs=2"]
+    )
+    output = capsys.readouterr().out
+    assert "nan" not in output.lower()
+    history = reporting_history(run_dir)
+    assert list(np.isfinite(history["val_mAP"])) == [False, True, True]  # epochs 2 and 3 (the last)
+    assert json.loads((run_dir / "best.json").read_text())["epoch"] in (2, 3)
+
+
+def reporting_history(run_dir):
+    from siamese_reid.reporting import read_history
+
+    return read_history(run_dir / "history.csv")
