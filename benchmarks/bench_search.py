@@ -48,7 +48,7 @@ def main():
     from siamese_reid.config import load_config, save_config
     from siamese_reid.search import Searcher
     from siamese_reid.search import index as index_files
-    
+
     config = load_config(arguments.config)
     tower = experiment.build_tower(config)
     dim = int(tower.output_shape[-1])
@@ -67,7 +67,12 @@ def main():
                 "input_size": list(tower.input_shape[1:3]),
                 "embedding_dim": dim,
             },
-            {"dir": str(run_dir), "checkpoint": "last", "metric": "euclidean", "flip_test": config.evaluation.flip_test},
+            {
+                "dir": str(run_dir),
+                "checkpoint": "last",
+                "metric": "euclidean",
+                "flip_test": config.evaluation.flip_test,
+            },
             {},
         )
         features = synthetic_gallery(arguments.gallery, dim)

@@ -32,6 +32,7 @@ class Run:
     query_average_precisions: np.ndarray  # as scored for metrics.json; NaN for skipped queries
     run_info: dict = dataclasses.field(default_factory=dict)
     threshold: dict | None = None  # threshold.json, when the run has one
+    identity_names: dict = dataclasses.field(default_factory=dict)  # pid -> folder name
 
 
 def newest_run(runs_dir="runs"):
@@ -61,7 +62,15 @@ def load_run(path):
         query_average_precisions=np.load(path / "query_average_precisions.npy"),
         run_info=json.loads((path / "run_info.json").read_text()) if (path / "run_info.json").is_file() else {},
         threshold=json.loads((path / "threshold.json").read_text()) if (path / "threshold.json").is_file() else None,
+        identity_names=_identity_names(path),
     )
+
+
+def _identity_names(path):
+    names_file = path / "identity_names.json"
+    if not names_file.is_file():
+        return {}
+    return {int(pid): name for pid, name in json.loads(names_file.read_text()).items()}
 
 
 def run_distances(run):

@@ -17,6 +17,7 @@ __all__ = [
     "PreparedData",
     "build_tower",
     "build_training_model",
+    "check_before_start",
     "create_evaluation_dir",
     "create_run_dir",
     "evaluate_saved_model",
@@ -64,6 +65,7 @@ class PreparedData:
     validation_gallery: list
     summary: dict
     warnings: list
+    identity_names: dict  # pid -> folder name (folder-per-identity datasets), else empty
 
     @property
     def has_validation(self):
@@ -82,6 +84,19 @@ def resolve_dataset(config):
     if ensure_demo_dataset(config.demo):
         print(f"generated the demo dataset in {config.demo.dir}", flush=True)
     return replace(config, data=replace(data, root=str(Path(config.demo.dir).expanduser()), layout="market"))
+
+
+def check_before_start(config):
+    """Every check that needs no training, run before a run folder exists: the dataset (the
+    demo generated if needed), a weights file, and whether any query can be matched at all.
+    Returns the config to use (demo resolved)."""
+    from siamese_reid.model.embedding import resolve_weights
+
+    config = resolve_dataset(config)
+    resolve_weights(config.model.weights)
+    splits = read_dataset(config.data)
+    _check_queries_have_matches(splits.query, splits.gallery)
+    return config
 
 
 def prepare_data(config, output_dir, need_train=True):
@@ -110,9 +125,7 @@ def prepare_data(config, output_dir, need_train=True):
         )
     validation_query, validation_gallery = [], []
     if need_train and data.validation_fraction > 0:
-        train, validation_query, validation_gallery = split_validation(
-            train, data.validation_fraction, data.split_seed
-        )
+        train, validation_query, validation_gallery = split_validation(train, data.validation_fraction, data.split_seed)
     prepared = {
         "train": train,
         "query": usable["query"],
@@ -125,7 +138,10 @@ def prepare_data(config, output_dir, need_train=True):
         summary.setdefault("train", summarize_split(train))
     warnings += _check_splits(prepared, summary, need_train)
     _record_data(summary, warnings, output_dir)
-    return config, PreparedData(**prepared, summary=summary, warnings=warnings)
+    identity_names = splits.identity_names or {}
+    if identity_names:
+        reporting.write_json(Path(output_dir) / "identity_names.json", identity_names)
+    return config, PreparedData(**prepared, summary=summary, warnings=warnings, identity_names=identity_names)
 
 
 def _check_splits(prepared, summary, need_train):
@@ -379,17 +395,21 @@ def _final_report(tower, data, config, run_dir, extra, last_periodic=None):
     monitored = "validation" if data.has_validation else "query / gallery (test)"
     reporting.write_training_curves(reporting.read_history(Path(run_dir) / "history.csv"), run_dir, monitored)
     if data.has_validation:
-        validation = last_periodic or evaluate_model(tower, data.validation_query, data.validation_gallery, size, settings)
+        validation = last_periodic or evaluate_model(
+            tower, data.validation_query, data.validation_gallery, size, settings
+        )
         extra["validation"] = reporting.ranking_metrics(
             validation.ranking, len(data.validation_query), len(data.validation_gallery), {}
         )
-        fit_search_threshold(validation, data.validation_query, data.validation_gallery, settings, "validation", run_dir)
+        fit_search_threshold(
+            validation, data.validation_query, data.validation_gallery, settings, "validation", run_dir
+        )
         print("scoring the last epoch's model on query / gallery (test)")
         final = evaluate_model(tower, data.query, data.gallery, size, settings)
     else:
         final = last_periodic or evaluate_model(tower, data.query, data.gallery, size, settings)
         fit_search_threshold(final, data.query, data.gallery, settings, "query/gallery", run_dir)
-    return reporting.write_report(final, data.query, data.gallery, settings, run_dir, extra)
+    return reporting.write_report(final, data.query, data.gallery, settings, run_dir, extra, data.identity_names)
 
 
 def fit_search_threshold(evaluation, query, gallery, settings, split_name, output_dir):
@@ -428,10 +448,7 @@ RESUMABLE_CHANGES = {
 def _changed_keys(saved, wanted):
     saved, wanted = config_to_dict(saved), config_to_dict(wanted)
     return [
-        f"{section}.{key}"
-        for section in saved
-        for key in saved[section]
-        if saved[section][key] != wanted[section][key]
+        f"{section}.{key}" for section in saved for key in saved[section] if saved[section][key] != wanted[section][key]
     ]
 
 
@@ -534,4 +551,7 @@ def evaluate_saved_model(model_path, config, parent):
     print(f"evaluating {model_path} on {len(data.query)} queries x {len(data.gallery)} gallery images")
     evaluation = evaluate_model(tower, data.query, data.gallery, size, config.evaluation, verbose=1)
     fit_search_threshold(evaluation, data.query, data.gallery, config.evaluation, "query/gallery", output_dir)
-    return reporting.write_report(evaluation, data.query, data.gallery, config.evaluation, output_dir), output_dir
+    metrics = reporting.write_report(
+        evaluation, data.query, data.gallery, config.evaluation, output_dir, identity_names=data.identity_names
+    )
+    return metrics, output_dir

@@ -54,7 +54,9 @@ def _keras_export(keras_format, file_name, install_hint):
     def write(tower, target):
         target.mkdir()
         try:
-            tower.export(str(target / file_name), format=keras_format, input_signature=[_image_spec(tower)], verbose=False)
+            tower.export(
+                str(target / file_name), format=keras_format, input_signature=[_image_spec(tower)], verbose=False
+            )
         except ImportError as error:
             raise ReIDError(f"{keras_format} export needs {install_hint} ({error})") from None
 

@@ -212,7 +212,9 @@ class _TripletLoss(keras.losses.Loss):
         self.distance_metric = distance_metric
 
     def call(self, y_true, y_pred):
-        return self.loss_function(y_true, y_pred, margin=self.margin, soft=self.soft, distance_metric=self.distance_metric)
+        return self.loss_function(
+            y_true, y_pred, margin=self.margin, soft=self.soft, distance_metric=self.distance_metric
+        )
 
     def get_config(self):
         # keras.losses.Loss.get_config leaves out dtype, which the constructor takes: add it.

@@ -124,14 +124,16 @@ def _framed(path, color, size, width=4):
     return array
 
 
-def plot_retrieval_examples(query_indices, query_samples, gallery_samples, distances, top_k=5):
+def plot_retrieval_examples(query_indices, query_samples, gallery_samples, distances, top_k=5, identity_names=None):
     """Query -> top-k gallery images; correct matches framed green, wrong ones red.
 
     `distances` must be the ones the ranking was scored on (`Evaluation.distances`, or
     `analysis.run_distances` for a saved run): re-ranked ones when re-ranking was on. Gallery
     images the protocol ignores for a query (same identity and camera, junk) are not shown, so
-    the figure shows exactly the ranking that was scored. Returns the Figure.
+    the figure shows exactly the ranking that was scored. Identities are labelled with their
+    folder names when `identity_names` (pid -> name) gives them. Returns the Figure.
     """
+    identity_names = identity_names or {}
     gallery_pids = np.array([s.pid for s in gallery_samples])
     gallery_camids = np.array([s.camid for s in gallery_samples])
     size = (128, 64)
@@ -142,7 +144,7 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
         keep = protocol_gallery_mask(query.pid, query.camid, gallery_pids, gallery_camids)
         ranked = top_k_gallery(distances[query_index], keep, top_k)
         axes[row, 0].imshow(_framed(query.path, None, size))
-        axes[row, 0].set_title(f"query\nid {query.pid} cam {query.camid}", fontsize=8)
+        axes[row, 0].set_title(f"query\nid {identity_names.get(query.pid, query.pid)} cam {query.camid}", fontsize=8)
         for column in range(top_k):
             axis = axes[row, column + 1]
             if column < len(ranked):
@@ -150,7 +152,8 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
                 color = "green" if match.pid == query.pid else "red"
                 axis.imshow(_framed(match.path, color, size))
                 distance = distances[query_index, ranked[column]]
-                axis.set_title(f"{column + 1}: id {match.pid}\nd={distance:.3f}", fontsize=7)
+                name = identity_names.get(match.pid, match.pid)
+                axis.set_title(f"{column + 1}: id {name}\nd={distance:.3f}", fontsize=7)
         for axis in axes[row]:
             axis.axis("off")
     figure.tight_layout()
@@ -314,7 +317,7 @@ def protocol_record(settings, distance):
     }
 
 
-def write_report(evaluation, query, gallery, settings, output_dir, extra=None):
+def write_report(evaluation, query, gallery, settings, output_dir, extra=None, identity_names=None):
     """Writes metrics.json, cmc.png, retrieval_examples.png, the embeddings and per-query APs.
 
     Args:
@@ -323,6 +326,7 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None):
       settings: the `EvaluationConfig` section the evaluation used.
       output_dir: folder the files are written to.
       extra: more entries for metrics.json (e.g. training time).
+      identity_names: pid -> name, to label figures of folder-per-identity datasets.
 
     Returns:
       The metrics dictionary.
@@ -339,12 +343,16 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None):
     if settings.num_examples:
         rng = np.random.default_rng(0)
         chosen = rng.choice(len(query), min(settings.num_examples, len(query)), replace=False)
-        figure = plot_retrieval_examples(sorted(chosen.tolist()), query, gallery, evaluation.distances)
+        figure = plot_retrieval_examples(
+            sorted(chosen.tolist()), query, gallery, evaluation.distances, identity_names=identity_names
+        )
         save_figure(figure, output_dir / "retrieval_examples.png", dpi=110)
     save_embeddings(output_dir / "query_embeddings.npz", evaluation.query_features, query)
     save_embeddings(output_dir / "gallery_embeddings.npz", evaluation.gallery_features, gallery)
     average_precisions = evaluation.ranking.query_average_precisions
-    files.write_atomically(output_dir / "query_average_precisions.npy", lambda path: _save_array(path, average_precisions))
+    files.write_atomically(
+        output_dir / "query_average_precisions.npy", lambda path: _save_array(path, average_precisions)
+    )
     print(metrics_table(metrics))
     return metrics
 

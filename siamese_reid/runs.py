@@ -34,9 +34,7 @@ def create_run_dir(output_dir, run_name=None):
         return _unused_folder(output_dir, _timestamp())
     run_dir = Path(output_dir) / run_name
     if run_dir.exists():
-        raise ReIDError(
-            f"run folder '{run_dir}' already exists: use --resume {run_dir} or another output.run_name"
-        )
+        raise ReIDError(f"run folder '{run_dir}' already exists: use --resume {run_dir} or another output.run_name")
     run_dir.mkdir(parents=True)
     return run_dir
 

@@ -128,3 +128,20 @@ def test_train_py_run_from_another_folder_reads_the_repository_config(tmp_path):
     )
     assert f"config: {PROJECT_ROOT / 'config.yaml'}" in result.stdout
     assert result.returncode == 2 and not list(tmp_path.iterdir())  # and nothing was created
+
+
+def test_startup_noise_is_filtered_but_errors_are_kept():
+    # the entry points' filter: TensorFlow's info lines go, real errors stay visible
+    from siamese_reid import console
+
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+        "I0000 00:00:1795265333.344540    3640 port.cc:153] oneDNN custom operations are on.\n",
+        "To enable the following instructions: AVX2 AVX512F, in other operations, rebuild TensorFlow\n",
+    ]
+    cuda = "E0000 00:00:1795270656.490208 7147 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n"
+    real = "E0000 00:00:1795270659.239152 7147 something.cc:1] Could not open the weights file\n"
+    assert all(console.is_startup_noise(line, has_nvidia_driver=False) for line in noise)
+    assert console.is_startup_noise(cuda, has_nvidia_driver=False)  # no driver: CUDA failing is expected
+    assert not console.is_startup_noise(cuda, has_nvidia_driver=True)  # a driver: a broken GPU set-up, shown
+    assert not console.is_startup_noise(real, has_nvidia_driver=False)

@@ -1,16 +1,14 @@
-import hashlib
-
-import numpy as np
-
 import dataclasses
+import hashlib
 import json
 
+import numpy as np
 import pytest
 
 from siamese_reid.config import DataConfig, DemoConfig
 from siamese_reid.data.demo import ensure_demo_dataset, generate_demo_dataset
-from siamese_reid.errors import ReIDError
 from siamese_reid.data.records import read_dataset, summarize_split
+from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.baselines import colour_histogram_features
 from siamese_reid.evaluation.distances import compute_distances
 from siamese_reid.evaluation.ranking import evaluate_ranking

@@ -200,13 +200,13 @@ def test_config_keeps_every_constructor_argument_and_keras_own(loss_class):
 def test_identities_above_two_to_the_24_stay_apart():
     # Keras casts y_true to float32, where 2**24 and 2**24 + 1 are the same number: training
     # labels are relabelled 0..N-1 before they reach the loss.
+    import tempfile
+    from pathlib import Path
+
     from siamese_reid.config import AugmentConfig, TrainingConfig
     from siamese_reid.data.pipeline import training_dataset
     from siamese_reid.data.records import Sample
     from tests.conftest import write_image
-
-    import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as folder:
         big = 2**24

@@ -173,9 +173,7 @@ def test_saved_tower_loads_with_plain_keras_in_a_fresh_process(tmp_path):
         "import sys; assert 'siamese_reid' not in sys.modules\n"
         "print('loaded')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "loaded" in result.stdout
 

@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from siamese_reid.config import DataConfig
 from siamese_reid.data.records import (
     Sample,
     parse_market_name,
@@ -9,7 +12,6 @@ from siamese_reid.data.records import (
     split_identity_folders,
     summarize_split,
 )
-from siamese_reid.config import DataConfig
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.errors import ReIDError
 from tests.conftest import MARKET_SAMPLE, write_image
@@ -174,3 +176,57 @@ def test_validation_split_that_cannot_be_scored_is_refused():
         split_validation(one_image_per_camera, 0.5, seed=0)
     with pytest.raises(ReIDError, match="leaves fewer than 2"):
         split_validation(one_image_per_camera, 0.5 + 0.3, seed=0)
+
+
+@pytest.mark.parametrize(("mode", "name"), [("1", "one_bit"), ("P", "palette"), ("L", "grey")])
+def test_bmps_tensorflow_misreads_are_converted_and_reach_the_model_as_their_colours(tmp_path, mode, name):
+    # 1-bit BMPs used to pass the scan and crash in epoch 1; palette BMPs reached the model as
+    # grey palette indices.
+    from PIL import Image
+
+    from siamese_reid.data.images import decode_image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb).convert(mode) if mode != "P" else Image.fromarray(rgb).quantize(16)
+    path = tmp_path / f"0001_c1s1_00000{len(name)}_01.bmp"
+    image.save(path, format="BMP")
+    expected = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)  # what the file shows
+    usable, skipped = scan_samples([Sample(str(path), 1, 1)], tmp_path / "cache")
+    assert not skipped and usable[0].path.endswith(".png")
+    np.testing.assert_allclose(decode_image(usable[0].path, 8, 6).numpy(), expected, atol=1e-3)
+
+
+def test_converted_images_are_recorded_by_absolute_paths(tmp_path, monkeypatch):
+    write_image(tmp_path / "data" / "0001_c1s1_000001_01.pgm", mode="L", image_format="PPM")
+    monkeypatch.chdir(tmp_path)
+    usable, _ = scan_samples(read_market_folder("data")[0], "relative_cache")
+    assert Path(usable[0].path).is_absolute() and Path(usable[0].path).is_file()
+
+
+def test_images_nested_deeper_than_identity_folders_are_explained(tmp_path):
+    # Omniglot-style alphabet/character/images: "holds no image files" was wrong and unhelpful
+    for alphabet in ("Greek", "Latin"):
+        for character in ("c1", "c2"):
+            write_image(tmp_path / alphabet / character / "1.png", image_format="PNG")
+    with pytest.raises(ReIDError) as caught:
+        read_dataset(DataConfig(root=str(tmp_path), layout="folders"))
+    message = str(caught.value)
+    assert "2 folders deep" in message and "point data.root at" in message and "Greek" in message
+
+
+def test_folder_datasets_keep_their_identity_names_for_the_figures(tmp_path):
+    from siamese_reid.evaluation import compute_distances
+    from siamese_reid.reporting import plot_retrieval_examples
+
+    for name in ("s13", "s2", "alice"):
+        for shot in range(3):
+            write_image(tmp_path / name / f"{shot}.png", image_format="PNG", seed=shot)
+    splits = read_dataset(DataConfig(root=str(tmp_path), layout="folders", test_fraction=0.7))
+    assert set(splits.identity_names.values()) == {"s13", "s2", "alice"}
+    features = np.random.default_rng(0).normal(size=(len(splits.gallery), 4))
+    distances = compute_distances(features[: len(splits.query)], features)
+    figure = plot_retrieval_examples([0], splits.query, splits.gallery, distances, 2, splits.identity_names)
+    titles = " ".join(axis.get_title() for axis in figure.axes)
+    names = {splits.identity_names[s.pid] for s in splits.query}
+    assert any(f"id {name}" in titles for name in names)  # "id s13", not "id 3"

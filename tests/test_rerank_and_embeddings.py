@@ -71,10 +71,10 @@ def test_embeddings_round_trip_without_pickle(tmp_path):
 
 @pytest.mark.parametrize("batch_size", [2, 3, 64])
 def test_flip_test_embedding_is_the_normalised_mean_of_image_and_mirror(tiny_demo, batch_size):
+    from siamese_reid.config import ModelConfig
     from siamese_reid.data.images import decode_image
     from siamese_reid.data.records import read_market_folder
     from siamese_reid.evaluation.embeddings import extract_embeddings
-    from siamese_reid.config import ModelConfig
     from siamese_reid.model.embedding import build_embedding_model
 
     model = build_embedding_model(ModelConfig(vgg_blocks=2, embedding_dim=8), (32, 32))

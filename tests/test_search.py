@@ -40,7 +40,9 @@ def real_images(tiny_demo, count=6):
 def run_without_the_package(script, cwd):
     """Runs `script` in a new Python process where `import siamese_reid` fails."""
     blocked = "import sys; sys.modules['siamese_reid'] = None  # as if the package were not installed\n"
-    return subprocess.run([sys.executable, "-c", blocked + script], capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-c", blocked + script], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def command(script, *args):
@@ -82,7 +84,9 @@ def test_savedmodel_export_matches_the_keras_tower_without_the_package(trained_r
     np.save(tmp_path / "images.npy", images)
     # the files at their own size: the signature resizes them as the training pipeline does
     original = tuple(np.asarray(__import__("PIL.Image").Image.open(real_images(tiny_demo)[0])).shape[:2])
-    np.save(tmp_path / "originals.npy", np.stack([decode_image(str(p), *original).numpy() for p in real_images(tiny_demo)]))
+    np.save(
+        tmp_path / "originals.npy", np.stack([decode_image(str(p), *original).numpy() for p in real_images(tiny_demo)])
+    )
     tower = keras.saving.load_model(trained_run / "last.keras")
     np.save(tmp_path / "expected.npy", tower.predict(images, verbose=0))
     script = (
@@ -208,8 +212,19 @@ def test_query_command_line(trained_run, tiny_demo, tmp_path):
     from siamese_reid.search import load_index
 
     index_dir = tmp_path / "index"
-    assert command("search.py", "index", "--run", trained_run, "--images", tiny_demo / "bounding_box_test",
-                   "--index", index_dir).returncode == 0
+    assert (
+        command(
+            "search.py",
+            "index",
+            "--run",
+            trained_run,
+            "--images",
+            tiny_demo / "bounding_box_test",
+            "--index",
+            index_dir,
+        ).returncode
+        == 0
+    )
     queries = real_images(tiny_demo, 2)
     broken = tmp_path / "broken.jpg"
     broken.write_text("not an image")
@@ -236,8 +251,18 @@ def test_query_command_line(trained_run, tiny_demo, tmp_path):
         np.testing.assert_allclose(distances, brute, atol=1e-4)
         assert answer["match"] == (distances[0] < threshold)
         assert all(set(r) == {"path", "distance", "pid", "camid"} for r in answer["results"])
-    forced = command("search.py", "query", "--index", index_dir, "--json", "--threshold", "0", "--save",
-                     tmp_path / "answers.png", queries[0])
+    forced = command(
+        "search.py",
+        "query",
+        "--index",
+        index_dir,
+        "--json",
+        "--threshold",
+        "0",
+        "--save",
+        tmp_path / "answers.png",
+        queries[0],
+    )
     assert forced.returncode == 0 and json.loads(forced.stdout)[0]["match"] is False
     assert (tmp_path / "answers.png").stat().st_size > 1000
 
@@ -250,7 +275,10 @@ def test_query_command_line(trained_run, tiny_demo, tmp_path):
         (["query", "--index", "{tmp}", "{image}"], "is not a siamese-reid index"),
         (["query", "--index", "{tmp}/i", "--top-k", "0", "{image}"], "--top-k must be at least 1"),
         (["index", "--run", "{tmp}", "--images", "{empty}", "--index", "{tmp}/i"], "not a training run folder"),
-        (["index", "--run", "{modelless}", "--images", "{images}", "--index", "{tmp}/i"], "no last.keras in run folder"),
+        (
+            ["index", "--run", "{modelless}", "--images", "{images}", "--index", "{tmp}/i"],
+            "no last.keras in run folder",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit(trained_run, tiny_demo, tmp_path, arguments, message):

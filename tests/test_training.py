@@ -154,7 +154,8 @@ def test_junk_and_distractors_in_the_training_folder_are_not_trained_as_people(t
 
 def test_validation_split_monitors_training_and_the_test_split_is_scored_once(tmp_path, tiny_demo):
     metrics, run_dir = run_train(
-        tmp_path, FAST + demo_settings(tiny_demo) + TINY + ["data.validation_fraction=0.3", "evaluation.every_n_epochs=1"]
+        tmp_path,
+        FAST + demo_settings(tiny_demo) + TINY + ["data.validation_fraction=0.3", "evaluation.every_n_epochs=1"],
     )
     summary = json.loads((run_dir / "dataset_summary.json").read_text())
     test_pids = {int(p) for p in np.load(run_dir / "query_embeddings.npz")["pids"]}
@@ -255,7 +256,10 @@ def _train_in_subprocess(tmp_path, run_name, settings, preamble=""):
     args = ["--output_dir", str(tmp_path), "--set", f"output.run_name={run_name}"]
     for item in settings:
         args += ["--set", item]
-    script = f"{preamble}\nimport runpy, sys\nsys.argv = ['train.py', *{args!r}]\nrunpy.run_path('train.py', run_name='__main__')\n"
+    script = (
+        f"{preamble}\nimport runpy, sys\nsys.argv = ['train.py', *{args!r}]\n"
+        "runpy.run_path('train.py', run_name='__main__')\n"
+    )
     return subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -340,17 +344,24 @@ def test_training_split_with_one_identity_is_a_clear_error(tmp_path):
             write_image(root / split / name, seed=index)
     result = command_line("train.py", "--output_dir", tmp_path, "--set", f"data.root={root}")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: the training split has fewer than 2 usable identities: triplets need negatives"
+    assert (
+        result.stderr.strip() == "error: the training split has fewer than 2 usable identities: triplets need negatives"
+    )
 
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_backup_and_prints_the_resume_command(tmp_path, tiny_demo):
-    settings = FAST + demo_settings(tiny_demo) + TINY[1:] + [
-        "training.epochs=50",
-        "training.steps_per_epoch=2",
-        "evaluation.every_n_epochs=0",
-        "output.run_name=interrupted",
-    ]
+    settings = (
+        FAST
+        + demo_settings(tiny_demo)
+        + TINY[1:]
+        + [
+            "training.epochs=50",
+            "training.steps_per_epoch=2",
+            "evaluation.every_n_epochs=0",
+            "output.run_name=interrupted",
+        ]
+    )
     command = [sys.executable, "train.py", "--output_dir", str(tmp_path), *with_settings(settings)]
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metadata = tmp_path / "interrupted" / "backup" / "training_metadata.json"
@@ -410,8 +421,15 @@ def test_queries_without_any_possible_match_fail_before_training(tmp_path):
 
     root = tmp_path / "data"
     for split, names in (
-        ("bounding_box_train", ["0001_c1s1_000001_01.jpg", "0001_c2s1_000002_01.jpg", "0002_c1s1_000003_01.jpg",
-                                "0002_c2s1_000004_01.jpg"]),
+        (
+            "bounding_box_train",
+            [
+                "0001_c1s1_000001_01.jpg",
+                "0001_c2s1_000002_01.jpg",
+                "0002_c1s1_000003_01.jpg",
+                "0002_c2s1_000004_01.jpg",
+            ],
+        ),
         ("query", ["0003_c1s1_000005_01.jpg", "0004_c1s1_000006_01.jpg"]),
         ("bounding_box_test", ["0005_c2s1_000007_01.jpg", "0003_c1s1_000008_01.jpg"]),  # 0003 only same camera
     ):

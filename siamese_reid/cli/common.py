@@ -2,45 +2,11 @@
 
 import functools
 import json
-import os
-import re
 import sys
-import tempfile
 from pathlib import Path
 
 from siamese_reid.config import load_config
 from siamese_reid.errors import ReIDError
-
-
-# TensorFlow's C++ start-up lines on a machine without a GPU, written to file descriptor 2
-# before absl logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot silence them: informational
-# lines ("I0000 ..."), the absl preamble and the CPU-feature notice.
-_STARTUP_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} |"
-    r"To enable the following instructions|This TensorFlow binary is optimized)"
-)
-
-
-def import_tensorflow_quietly():
-    """Imports TensorFlow with its informational start-up lines filtered out of stderr.
-
-    Everything else it prints (warnings, errors) is passed through unchanged.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras  # noqa: F401  (imports TensorFlow, whose start-up lines come in two bursts)
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not _STARTUP_NOISE.match(line)))
 
 
 def add_common_arguments(parser):

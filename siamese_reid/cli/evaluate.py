@@ -8,8 +8,8 @@ from siamese_reid.cli.common import (
     add_common_arguments,
     config_from_arguments,
     exit_on_user_error,
-    import_tensorflow_quietly,
 )
+from siamese_reid.console import import_tensorflow_quietly
 from siamese_reid.errors import ReIDError
 
 

@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-from siamese_reid.cli.common import exit_on_user_error, import_tensorflow_quietly
+from siamese_reid.cli.common import exit_on_user_error
+from siamese_reid.console import import_tensorflow_quietly
 from siamese_reid.runs import run_model_path
 
 

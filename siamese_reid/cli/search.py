@@ -4,7 +4,8 @@ import argparse
 import json
 import sys
 
-from siamese_reid.cli.common import exit_on_user_error, import_tensorflow_quietly
+from siamese_reid.cli.common import exit_on_user_error
+from siamese_reid.console import import_tensorflow_quietly
 from siamese_reid.errors import ReIDError
 
 

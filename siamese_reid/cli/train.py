@@ -9,8 +9,8 @@ from siamese_reid.cli.common import (
     add_common_arguments,
     config_from_arguments,
     exit_on_user_error,
-    import_tensorflow_quietly,
 )
+from siamese_reid.console import import_tensorflow_quietly
 
 
 @exit_on_user_error
@@ -19,14 +19,15 @@ def main(argv=None):
     add_common_arguments(parser)
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     arguments = parser.parse_args(argv)
-    import_tensorflow_quietly()  # config validation reads names from modules that import it
+    # config validation reads names from modules that import TensorFlow
+    if not import_tensorflow_quietly():
+        print("note: no GPU found; training on the CPU")
     if arguments.resume:
         run_dir = Path(arguments.resume)
         config = config_from_arguments(arguments, base_config_path=run_dir / "config.yaml")
     else:
-        # the dataset is resolved (the demo checked or generated) before a run folder exists,
-        # so a bad demo.dir leaves nothing behind
-        config = experiment.resolve_dataset(config_from_arguments(arguments))
+        # everything that can fail without training fails before a run folder exists
+        config = experiment.check_before_start(config_from_arguments(arguments))
         run_dir = experiment.create_run_dir(arguments.output_dir or config.output.dir, config.output.run_name)
     print(f"run folder: {run_dir}")
     try:

@@ -107,6 +107,14 @@ def read_identity_folders(root, what="image", identity_ids=None):
                 continue
             samples.append(Sample(str(path), pid, -1))
     if not samples:
+        deeper = next((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), None)
+        if deeper is not None:
+            levels = len(deeper.relative_to(root).parts) - 1
+            raise ReIDError(
+                f"the images of {what} folder '{root}' are {levels} folders deep (e.g. '{deeper.relative_to(root)}'), "
+                f"but layout folders reads root/<identity>/<images>: point data.root at '{deeper.parent.parent}' "
+                "(one group of identities) or flatten the tree so each identity folder holds its images"
+            )
         raise ReIDError(f"{what} folder '{root}' holds no image files")
     return samples, warnings
 
@@ -154,6 +162,7 @@ class DatasetSplits(NamedTuple):
     query: list
     gallery: list
     warnings: list
+    identity_names: dict | None = None  # pid -> folder name, for folder-per-identity datasets
 
 
 def _read_market_dataset(data, need_train):
@@ -191,12 +200,14 @@ def _read_folders_dataset(data, need_train):
             assign_split_cameras(splits["query"], 1),
             assign_split_cameras(splits["gallery"], 2),
             warnings,
+            {pid: name for name, pid in identity_ids.items()},
         )
     if not data.root:
         raise ReIDError("with layout folders set data.root or all three data.*_dir")
     samples, warnings = read_identity_folders(data.root, "dataset")
     train, query, gallery = split_identity_folders(samples, data.test_fraction, data.split_seed)
-    return DatasetSplits(train, query, gallery, warnings)
+    names = dict(enumerate(_identity_names(_require_folder(data.root, "dataset")), start=1))
+    return DatasetSplits(train, query, gallery, warnings, names)
 
 
 # data.layout -> reader(data section, need_train) -> DatasetSplits

@@ -1,8 +1,10 @@
 """Checks every image once before training, so one bad file never kills a long run.
 
 Each file is fully decoded with Pillow. Corrupt or truncated files are skipped and listed.
-Formats that TensorFlow cannot decode (PGM/PPM, TIFF) are converted once to PNG in a cache
-folder, so the tf.data hot path only ever sees JPEG, PNG, BMP or GIF.
+What TensorFlow's decoders would read wrongly or not at all is converted once to PNG in a
+cache folder: PGM/PPM and TIFF, and BMPs other than uncompressed 24/32-bit colour (TensorFlow
+rejects 1-bit and RLE-compressed BMPs in the middle of training, and reads an 8-bit palette
+BMP as grey palette indices). So the tf.data hot path only sees files it decodes correctly.
 """
 
 import hashlib
@@ -17,7 +19,8 @@ TF_DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
 
 def _converted_path(path, cache_dir):
     digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"{digest}.png"
+    # absolute, so the recorded path resolves from any working folder (a notebook, evaluate.py)
+    return Path(cache_dir).resolve() / f"{digest}.png"
 
 
 def check_image(path):
@@ -25,6 +28,15 @@ def check_image(path):
     with Image.open(path) as image:
         image.load()  # decodes every pixel: truncated and corrupt files raise here
         return image.format
+
+
+def _tensorflow_reads_correctly(path, image_format):
+    if image_format not in TF_DECODABLE_FORMATS:
+        return False
+    if image_format != "BMP":
+        return True
+    with Image.open(path) as image:
+        return image.mode in ("RGB", "RGBA") and image.info.get("compression", 0) == 0
 
 
 def scan_samples(samples, cache_dir):
@@ -44,7 +56,7 @@ def scan_samples(samples, cache_dir):
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             skipped.append((sample.path, f"unreadable image ({error})".replace("\n", " ")))
             continue
-        if image_format in TF_DECODABLE_FORMATS:
+        if _tensorflow_reads_correctly(sample.path, image_format):
             usable.append(sample)
             continue
         target = _converted_path(sample.path, cache_dir)

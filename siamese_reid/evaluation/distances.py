@@ -4,7 +4,6 @@ import numpy as np
 
 from siamese_reid.errors import ReIDError
 
-
 # float64 intermediates per chunk are bounded to this many elements (2 arrays of 256 MiB).
 _CHUNK_ELEMENTS = 2**25
 

@@ -9,7 +9,6 @@ from siamese_reid.evaluation.distances import compute_distances
 from siamese_reid.evaluation.ranking import RankingResult, evaluate_ranking
 from siamese_reid.evaluation.rerank import RERANK_PARAMETERS, rerank_distances
 
-
 RERANKED = "k-reciprocal re-ranking"
 
 

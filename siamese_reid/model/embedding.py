@@ -64,9 +64,9 @@ def _resnet50_block(layer_name):
 # MobileNetV2's 17 inverted-residual blocks grouped by output resolution (stride 2, 4, 8, 16,
 # 32), so that "block N" means the same depth of the network as for VGG16 and ResNet-50.
 # (Block 0 is named "expanded_conv" and belongs to the stem stage.)
-_MOBILENETV2_STAGE_OF_BLOCK = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3} | {b: 4 for b in range(6, 13)} | {
-    b: 5 for b in range(13, 17)
-}
+_MOBILENETV2_STAGE_OF_BLOCK = (
+    {1: 2, 2: 2, 3: 3, 4: 3, 5: 3} | {b: 4 for b in range(6, 13)} | {b: 5 for b in range(13, 17)}
+)
 
 
 def _mobilenetv2_block(layer_name):
@@ -130,7 +130,7 @@ POOLINGS = {
 }
 
 
-def _resolve_weights(weights):
+def resolve_weights(weights):
     """Maps the config value to keras.applications' `weights` argument."""
     if weights in (None, "none", "random"):
         return None
@@ -146,7 +146,7 @@ def build_backbone(backbone_name, weights, input_shape, vgg_blocks=5):
     """Returns the keras.applications backbone; explains a failed ImageNet download."""
     if backbone_name not in BACKBONES:
         raise ReIDError(f"unknown backbone {backbone_name!r}; valid names: {list(BACKBONES)}")
-    weights = _resolve_weights(weights)
+    weights = resolve_weights(weights)
     try:
         return BACKBONES[backbone_name].build(input_shape, weights, vgg_blocks)
     except Exception as error:  # keras raises bare Exception types for failed downloads

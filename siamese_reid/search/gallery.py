@@ -32,7 +32,9 @@ class IndexSummary:
     skipped: list  # (path, reason) of files that could not be read
 
     def line(self):
-        return f"indexed: {self.added} added, {self.updated} updated, {self.removed} removed, {self.unchanged} unchanged"
+        return (
+            f"indexed: {self.added} added, {self.updated} updated, {self.removed} removed, {self.unchanged} unchanged"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +122,12 @@ def update_index(run_dir, folders, index_dir, checkpoint="last", identity_from_f
                 "input_size": list(tower.input_shape[1:3]),
                 "embedding_dim": int(tower.output_shape[-1]),
             },
-            {"dir": str(run_dir.resolve()), "checkpoint": checkpoint, "metric": settings.metric,
-             "flip_test": settings.flip_test},
+            {
+                "dir": str(run_dir.resolve()),
+                "checkpoint": checkpoint,
+                "metric": settings.metric,
+                "flip_test": settings.flip_test,
+            },
             {},
         )
         index_files.save_header(index_dir, header)
