@@ -33,6 +33,8 @@ def create_run_dir(output_dir, run_name=None):
     if run_name is None:
         return _unused_folder(output_dir, _timestamp())
     run_dir = Path(output_dir) / run_name
+    if (run_dir / "metrics.json").is_file() and not (run_dir / "backup").exists():
+        raise ReIDError(f"run folder '{run_dir}' already holds a finished run: choose another output.run_name")
     if run_dir.exists():
         raise ReIDError(f"run folder '{run_dir}' already exists: use --resume {run_dir} or another output.run_name")
     run_dir.mkdir(parents=True)

@@ -126,7 +126,7 @@ def test_evaluation_folders_are_fresh_even_within_one_second(tmp_path):
     (first / "metrics.json").write_text("{}")
     second = experiment.create_evaluation_dir(tmp_path)
     assert first != second and (first / "metrics.json").read_text() == "{}"
-    with pytest.raises(ReIDError, match="already exists"):
+    with pytest.raises(ReIDError, match="already (exists|holds a finished run)"):
         experiment.create_run_dir(tmp_path / "evaluations", first.name)
 
 
@@ -456,3 +456,14 @@ def reporting_history(run_dir):
     from siamese_reid.reporting import read_history
 
     return read_history(run_dir / "history.csv")
+
+
+def test_reusing_the_name_of_a_finished_run_does_not_suggest_resuming_it(tmp_path):
+    finished = tmp_path / "done"
+    finished.mkdir()
+    (finished / "metrics.json").write_text("{}")
+    with pytest.raises(ReIDError, match="already holds a finished run: choose another output.run_name"):
+        experiment.create_run_dir(tmp_path, "done")
+    (tmp_path / "interrupted" / "backup").mkdir(parents=True)
+    with pytest.raises(ReIDError, match="use --resume"):
+        experiment.create_run_dir(tmp_path, "interrupted")
