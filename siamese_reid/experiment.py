@@ -477,14 +477,22 @@ def _check_resume_changes(run_dir, config):
 
 
 def _trained_but_unreported(run_dir, epochs):
-    """Training ended (its backup is gone) but the run was stopped before its report."""
-    history = reporting.read_history(Path(run_dir) / "history.csv")
-    return (
-        not (Path(run_dir) / "backup").exists()
-        and not (Path(run_dir) / "metrics.json").exists()
-        and (Path(run_dir) / "last.keras").is_file()
-        and len(history.get("epoch", [])) >= epochs
-    )
+    """Whether the run's training is over but its report was never written: stopped after
+    its last epoch (the backup is deleted at the end of fit, or still says the last epoch)."""
+    from siamese_reid.training import resume_epoch
+
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").exists() or not (run_dir / "last.keras").is_file():
+        return False
+    if (run_dir / "backup").exists():
+        return resume_epoch(run_dir / "backup") >= epochs
+    trained = len(reporting.read_history(run_dir / "history.csv").get("epoch", []))
+    if 0 < trained < epochs:
+        raise ReIDError(
+            f"cannot resume '{run_dir}' to {epochs} epochs: it finished training after {trained} epochs and "
+            "its training state is gone; evaluate its last.keras with evaluate.py, or start a new run"
+        )
+    return trained >= epochs
 
 
 def resume(config, run_dir):
@@ -512,15 +520,18 @@ def resume(config, run_dir):
 def train_new_run(config, run_dir):
     """Trains into `run_dir`, a folder `create_run_dir` has just made; returns the metrics.
 
-    A run that fails before its first epoch is saved (a bad weights file, an unusable split)
-    leaves no folder behind, so the same command can be run again once the cause is fixed.
+    A run that fails before its first epoch is saved (an unusable split, a loss that is NaN
+    from the start, out of memory) leaves no folder behind, so the same command can be run
+    again once the cause is fixed.
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(run_dir.iterdir()):
+        raise ReIDError(f"'{run_dir}' is not a new, empty run folder: create one with create_run_dir")
     try:
         return train(config, run_dir)
     except (ReIDError, KeyboardInterrupt):
-        if not (run_dir / "backup").exists() and not (run_dir / "history.csv").exists():
-            shutil.rmtree(run_dir)  # created by this call a moment ago, holding only its own files
+        if not (run_dir / "backup" / "training_metadata.json").exists():
+            shutil.rmtree(run_dir)  # empty when this call began: it holds only this run's files
         raise
 
 

@@ -51,6 +51,8 @@ def test_a_checkpoint_is_written_whole(tmp_path, monkeypatch):
     good = (tmp_path / "last.keras").read_bytes()
 
     def disk_full(path):
+        with open(path, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a model")  # a partial file reached the disk first
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.saved_view, "save", disk_full)

@@ -315,3 +315,26 @@ def test_a_runs_saved_tower_loads_with_plain_keras_in_a_fresh_process(trained_ru
     assert (trained_run / "last.keras").stat().st_size < 0.6 * 4 * 3 * sum(  # no Adam slots (2 per weight)
         int(np.prod(w.shape)) for w in __import__("keras").saving.load_model(trained_run / "last.keras").weights
     )
+
+
+def test_index_inside_its_folder_modes_and_checkpoints(trained_run, tiny_demo, tmp_path):
+    from siamese_reid.search import Searcher, load_index, update_index
+
+    photos = tmp_path / "photos"
+    shutil.copytree(tiny_demo / "query", photos)
+    write_image(photos / "scan.pgm", mode="L", image_format="PPM")  # converted into the index folder
+    count = len(list(photos.iterdir()))
+    index_dir = photos / "index"  # the index lives inside the folder it indexes
+    update_index(trained_run, [photos, photos], index_dir)  # the same folder twice
+    again = update_index(trained_run, [photos], index_dir)
+    assert again.line() == f"indexed: 0 added, 0 updated, 0 removed, {count} unchanged"
+    assert len(load_index(index_dir)) == count  # no converted copies, no duplicates
+    # an edited file that needs conversion is converted (and embedded) again
+    write_image(photos / "scan.pgm", mode="L", image_format="PPM", seed=5, size=(20, 10))
+    assert update_index(trained_run, [photos], index_dir).line().startswith("indexed: 0 added, 1 updated")
+    with pytest.raises(ReIDError, match="without --identity-from-folder"):
+        update_index(trained_run, [photos], index_dir, identity_from_folder=True)
+    update_index(trained_run, [tiny_demo / "query"], tmp_path / "best_index", checkpoint="best")
+    with pytest.raises(ReIDError, match="fitted for last.keras .* give --threshold"):
+        Searcher(tmp_path / "best_index")
+    assert Searcher(tmp_path / "best_index", threshold=0.5).threshold == 0.5

@@ -414,6 +414,22 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, tiny_demo):
         result = command_line("train.py", *arguments, *bad_weights)
         assert result.returncode == 2 and "neither 'none', 'imagenet' nor an existing weights file" in result.stderr
         assert not (tmp_path / "again").exists()
+    # a failure inside the run folder, before the first epoch is saved (P larger than the
+    # identities), is cleaned up too
+    too_many = ["--set", "training.identities_per_batch=50"]
+    for _ in range(2):
+        result = command_line("train.py", *arguments, *too_many)
+        assert result.returncode == 2 and "exceeds" in result.stderr, result.stderr[-1000:]
+        assert not (tmp_path / "again").exists()
+
+
+def test_train_new_run_refuses_a_folder_that_is_not_new(tmp_path, tiny_demo):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("mine")
+    config = load_config(PROJECT_ROOT / "config.yaml", FAST + demo_settings(tiny_demo))
+    with pytest.raises(ReIDError, match="not a new, empty run folder"):
+        experiment.train_new_run(config, tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "mine"
 
 
 def test_queries_without_any_possible_match_fail_before_training(tmp_path):

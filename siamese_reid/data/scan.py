@@ -7,18 +7,23 @@ rejects 1-bit and RLE-compressed BMPs in the middle of training, and reads an 8-
 BMP as grey palette indices). So the tf.data hot path only sees files it decodes correctly.
 """
 
+import functools
 import hashlib
 from pathlib import Path
 
 from PIL import Image
 
 from siamese_reid.data.records import Sample
+from siamese_reid.files import write_atomically
 
 TF_DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
 
 
 def _converted_path(path, cache_dir):
-    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    # keyed on the file's size and modification time too: an edited file gets a new copy
+    stat = Path(path).stat()
+    key = f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     # absolute, so the recorded path resolves from any working folder (a notebook, evaluate.py)
     return Path(cache_dir).resolve() / f"{digest}.png"
 
@@ -63,6 +68,7 @@ def scan_samples(samples, cache_dir):
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with Image.open(sample.path) as image:
-                image.convert("RGB").save(target)
+                rgb = image.convert("RGB")
+            write_atomically(target, functools.partial(rgb.save, format="PNG"))
         usable.append(Sample(str(target), sample.pid, sample.camid))
     return usable, skipped

@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.evaluation.evaluator import same_image_pairs
 from siamese_reid.evaluation.ranking import protocol_gallery_mask
 
 
@@ -35,14 +36,17 @@ class Threshold:
 def pair_distances(distances, query_samples, gallery_samples):
     """Distances of same-identity (positive) and different-identity (negative) pairs.
 
-    Only pairs the protocol scores: same identity and camera, and junk, are left out.
+    Only pairs the protocol scores: same identity and camera, junk, and an image paired with
+    itself (a folder used as both query and gallery) are left out.
     Returns (positive distances, negative distances), 1-D arrays.
     """
     gallery_pids = np.array([s.pid for s in gallery_samples])
     gallery_camids = np.array([s.camid for s in gallery_samples])
+    itself = same_image_pairs(query_samples, gallery_samples)
     positives, negatives = [], []
     for row, query in enumerate(query_samples):
         keep = protocol_gallery_mask(query.pid, query.camid, gallery_pids, gallery_camids)
+        keep[itself[itself[:, 0] == row, 1]] = False
         same = gallery_pids == query.pid
         positives.append(distances[row, keep & same])
         negatives.append(distances[row, keep & ~same])

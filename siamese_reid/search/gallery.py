@@ -9,7 +9,9 @@ Nearest neighbours come from faiss (exact search, see `ExactSearch`), the librar
 uses for its k-nearest-neighbour search.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import tempfile
 from pathlib import Path
@@ -96,12 +98,35 @@ def update_index(run_dir, folders, index_dir, checkpoint="last", identity_from_f
     Returns:
       An `IndexSummary`.
     """
+    run_dir, index_dir = Path(run_dir), Path(index_dir)
+    _run_settings(run_dir)
+    # everything that can be refused is, before anything is created or written
+    index_files.find_images(folders, exclude=index_dir)
+    model_path, tower = _load_run_model(run_dir, checkpoint)
+    is_index = (index_dir / index_files.INDEX_FILE).exists()
+    if index_dir.exists() and not is_index and any(p.name != ".lock" for p in index_dir.iterdir()):
+        raise ReIDError(f"'{index_dir}' is not empty and is not a siamese-reid index: choose a new --index folder")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(index_dir):
+        return _update(run_dir, folders, index_dir, checkpoint, identity_from_folder, batch_images, model_path, tower)
+
+
+@contextlib.contextmanager
+def _exclusive(index_dir):
+    """One update of an index at a time: a second one waits (two at once would delete each
+    other's shards)."""
+    with open(Path(index_dir) / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _update(run_dir, folders, index_dir, checkpoint, identity_from_folder, batch_images, model_path, tower):
     import keras
 
-    run_dir, index_dir = Path(run_dir), Path(index_dir)
     settings = _run_settings(run_dir)
-    index_files.find_images(folders)  # bad folders fail before anything is created
-    model_path, tower = _load_run_model(run_dir, checkpoint)
     fingerprint = index_files.model_fingerprint(tower)
     if index_dir.exists() and (index_dir / index_files.INDEX_FILE).exists():
         current = index_files.load_index(index_dir)
@@ -110,11 +135,13 @@ def update_index(run_dir, folders, index_dir, checkpoint="last", identity_from_f
                 f"index '{index_dir}' was built by another model ({current.header['model']['path']}); "
                 "use a new --index folder for this model"
             )
+        if current.header.get("identity_from_folder", False) != identity_from_folder:
+            raise ReIDError(
+                f"index '{index_dir}' was built {'with' if not identity_from_folder else 'without'} "
+                "--identity-from-folder: update it the same way, or use a new --index folder"
+            )
         header, features, entries = current.header, current.features, current.entries
-    elif index_dir.exists() and any(index_dir.iterdir()):
-        raise ReIDError(f"'{index_dir}' is not empty and is not a siamese-reid index: choose a new --index folder")
     else:
-        index_dir.mkdir(parents=True, exist_ok=True)
         header = index_files.new_header(
             {
                 "path": str(model_path.resolve()),
@@ -130,10 +157,13 @@ def update_index(run_dir, folders, index_dir, checkpoint="last", identity_from_f
             },
             {},
         )
+        header["identity_from_folder"] = identity_from_folder
         index_files.save_header(index_dir, header)
         features, entries = np.zeros((0, header["model"]["embedding_dim"]), np.float32), []
 
-    on_disk, identities = index_files.find_images(folders, identity_from_folder, header.get("identities"))
+    on_disk, identities = index_files.find_images(
+        folders, identity_from_folder, header.get("identities"), exclude=index_dir
+    )
     header["identities"] = identities
     known = {entry.path: (row, entry) for row, entry in enumerate(entries)}
     current_paths = {image.path for image in on_disk}
@@ -239,6 +269,11 @@ class Searcher:
             )
         run = self.index.header["run"]
         self.metric, self.flip_test = run["metric"], run["flip_test"]
+        if threshold is None and run["checkpoint"] != "last":
+            raise ReIDError(
+                f"the run's threshold.json was fitted for last.keras and this index uses {run['checkpoint']}.keras: "
+                "give --threshold"
+            )
         self.threshold = threshold if threshold is not None else run_threshold(run["dir"])
         if self.threshold is None:
             raise ReIDError(f"run '{run['dir']}' has no threshold.json: give --threshold")
@@ -277,16 +312,18 @@ class Searcher:
         image never stops the others."""
         if top_k < 1:
             raise ReIDError(f"--top-k must be at least 1, got {top_k}")
+        import tensorflow as tf
+        from PIL import Image
+
         answers, errors = [], {}
         with tempfile.TemporaryDirectory() as conversions:  # a query never writes into the index
             for path in query_paths:
                 try:
                     check_image(path)
-                except (OSError, ValueError) as error:
+                    usable, _ = scan_samples([Sample(str(Path(path).resolve()), 0, 0)], conversions)
+                    answers.append(self.answer(path, self.embed([usable[0].path])[0], top_k))
+                except (OSError, ValueError, Image.DecompressionBombError, tf.errors.OpError) as error:
                     errors[str(path)] = f"cannot read image '{path}': {error}".replace("\n", " ")
-                    continue
-                usable, _ = scan_samples([Sample(str(Path(path).resolve()), 0, 0)], conversions)
-                answers.append(self.answer(path, self.embed([usable[0].path])[0], top_k))
         return answers, errors
 
 

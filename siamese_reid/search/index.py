@@ -86,30 +86,37 @@ def model_fingerprint(tower):
     return digest.hexdigest()
 
 
-def find_images(folders, identity_from_folder=False, identities=None):
+def find_images(folders, identity_from_folder=False, identities=None, exclude=None):
     """Every image file under `folders`, recursively, in sorted order.
 
     Identity and camera come from Market-1501-style names; otherwise both are None, or with
     `identity_from_folder` the parent folder's name is the identity (numbered through
-    `identities`, a dict name -> pid that this call extends).
+    `identities`, a dict name -> pid that this call extends). Files under `exclude` (the index
+    folder itself, with its converted copies) are left out, and a file reached twice (through
+    overlapping folders or links) is listed once.
 
     Returns:
       (list of ImageFile, identities dict).
     """
     identities = dict(identities or {})
-    found = []
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    found, seen = [], set()
     for folder in folders:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise ReIDError(f"image folder '{folder}' does not exist or is not a folder")
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         for path in files:
+            resolved = path.resolve()
+            if resolved in seen or (excluded is not None and resolved.is_relative_to(excluded)):
+                continue
+            seen.add(resolved)
             parsed = parse_market_name(path.name)
             pid, camid = parsed if parsed else (None, None)
             if identity_from_folder:
                 pid = identities.setdefault(path.parent.name, len(identities) + 1)
             stat = path.stat()
-            found.append(ImageFile(str(path.resolve()), stat.st_size, stat.st_mtime_ns, pid, camid))
+            found.append(ImageFile(str(resolved), stat.st_size, stat.st_mtime_ns, pid, camid))
     if not found:
         raise ReIDError(f"no image files under {', '.join(str(f) for f in folders)}")
     return found, identities
@@ -151,6 +158,12 @@ def load_index(folder):
     """The whole index of `folder`, features concatenated in shard order."""
     folder = Path(folder)
     header = read_header(folder)
+    missing = [shard for shard in header["shards"] if not (folder / shard).is_file()]
+    if missing:
+        raise ReIDError(
+            f"index '{folder}' lists {missing[0]}, which is gone (another update running at the same time?): "
+            "run search.py index on it again"
+        )
     shards = [_read_shard(folder / shard) for shard in header["shards"]]
     if not shards:
         empty = _shard_arrays(np.zeros((0, header["model"]["embedding_dim"]), np.float32), [])
