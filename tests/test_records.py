@@ -81,6 +81,12 @@ def test_pgm_is_converted_for_tensorflow(tmp_path):
     usable, skipped = scan_samples(read_market_folder(tmp_path)[0], tmp_path / "cache")
     assert not skipped
     assert usable[0].path.endswith(".png") and (usable[0].pid, usable[0].camid) == (1, 1)
+    # what a person is shown is their own file, and it survives the embeddings file
+    assert usable[0].display_path == str((tmp_path / "0001_c1s1_000001_01.pgm").resolve())
+    from siamese_reid.evaluation.embeddings import load_embeddings, save_embeddings
+
+    save_embeddings(tmp_path / "e.npz", np.zeros((1, 2), np.float32), usable)
+    assert load_embeddings(tmp_path / "e.npz")[1] == usable
 
 
 def test_identity_folders_share_identity_numbers_across_splits(tmp_path):

@@ -64,7 +64,7 @@ def test_embeddings_round_trip_without_pickle(tmp_path):
     np.testing.assert_array_equal(loaded_features, features)
     assert loaded_samples == samples
     with np.load(tmp_path / "e.npz", allow_pickle=False) as data:
-        assert set(data.files) == {"features", "pids", "camids", "paths"}
+        assert set(data.files) == {"features", "pids", "camids", "paths", "sources"}
     with pytest.raises(ReIDError, match="does not exist"):
         load_embeddings(tmp_path / "missing.npz")
 

@@ -21,9 +21,15 @@ _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
 class Sample(NamedTuple):
-    path: str
+    path: str  # the file the pipeline reads
     pid: int
     camid: int
+    source: str | None = None  # the user's original file, when `path` is a converted copy
+
+    @property
+    def display_path(self):
+        """The file to show a person: the original, not a converted copy."""
+        return self.source or self.path
 
 
 def parse_market_name(file_name):

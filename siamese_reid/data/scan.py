@@ -70,5 +70,5 @@ def scan_samples(samples, cache_dir):
             with Image.open(sample.path) as image:
                 rgb = image.convert("RGB")
             write_atomically(target, functools.partial(rgb.save, format="PNG"))
-        usable.append(Sample(str(target), sample.pid, sample.camid))
+        usable.append(Sample(str(target), sample.pid, sample.camid, source=sample.display_path))
     return usable, skipped

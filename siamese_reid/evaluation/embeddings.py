@@ -56,6 +56,7 @@ def _write_embeddings(path, features, samples):
             pids=np.array([s.pid for s in samples], dtype=np.int64),
             camids=np.array([s.camid for s in samples], dtype=np.int64),
             paths=np.array([s.path for s in samples], dtype=str),
+            sources=np.array([s.source or "" for s in samples], dtype=str),
         )
 
 
@@ -66,7 +67,13 @@ def load_embeddings(path):
         raise ReIDError(f"embedding file '{path}' does not exist")
     with np.load(path, allow_pickle=False) as data:
         samples = [
-            Sample(str(p), int(pid), int(cam))
-            for p, pid, cam in zip(data["paths"], data["pids"], data["camids"], strict=True)
+            Sample(str(p), int(pid), int(cam), str(source) or None)
+            for p, pid, cam, source in zip(
+                data["paths"],
+                data["pids"],
+                data["camids"],
+                data["sources"] if "sources" in data.files else [""] * len(data["paths"]),
+                strict=True,
+            )
         ]
         return data["features"], samples
