@@ -12,9 +12,9 @@ import numpy as np
 import yaml
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.evaluation.distances import QueryGalleryDistances
 from siamese_reid.evaluation.embeddings import load_embeddings
-from siamese_reid.evaluation.evaluator import RERANKED, scoring_distances
-from siamese_reid.evaluation.rerank import rerank_distances
+from siamese_reid.evaluation.evaluator import RERANKED, scoring_distance_rows
 from siamese_reid.reporting import read_history
 
 
@@ -75,23 +75,24 @@ def _identity_names(path):
 
 def run_distances(run):
     """The query x gallery distances the run's metrics were scored on, recomputed from its
-    saved embeddings: re-ranked ones when the evaluation re-ranked, so the retrieval browser,
-    the failure cases and the threshold show the ranking that was scored."""
+    saved embeddings a query at a time (`rows[query_index]`, never the whole matrix):
+    re-ranked ones when the evaluation re-ranked, so the retrieval browser and the failure
+    cases show the ranking that was scored."""
     distance = run.metrics.get("protocol", {}).get("distance")
     if distance is None:
         raise ReIDError(f"'{run.path}' was evaluated by an older version: re-run python evaluate.py --run on it")
     if distance["name"] != RERANKED:
-        return scoring_distances(run.query_features, run.gallery_features, distance["name"], rerank=False)
+        return scoring_distance_rows(run.query_features, run.gallery_features, distance["name"], rerank=False)
     parameters = {key: distance[key] for key in ("k1", "k2", "lambda_value")}
-    return rerank_distances(run.query_features, run.gallery_features, **parameters)
+    return scoring_distance_rows(run.query_features, run.gallery_features, None, True, parameters)
 
 
 def search_distances(run):
-    """Query x gallery distances in the plain metric a search uses (never re-ranked: re-ranking
-    needs the whole query set, a single search has one query)."""
+    """Query x gallery distances in the plain metric a search uses, as rows computed on demand
+    (never re-ranked: re-ranking needs the whole query set, a single search has one query)."""
     distance = run.metrics.get("protocol", {}).get("distance", {"name": "euclidean"})
     metric = "euclidean" if distance["name"] == RERANKED else distance["name"]
-    return scoring_distances(run.query_features, run.gallery_features, metric, rerank=False)
+    return QueryGalleryDistances(run.query_features, run.gallery_features, metric)
 
 
 def worst_queries(query_average_precisions, count):
@@ -99,6 +100,14 @@ def worst_queries(query_average_precisions, count):
     scored = np.flatnonzero(np.isfinite(query_average_precisions))
     order = np.argsort(query_average_precisions[scored], kind="stable")
     return scored[order[:count]]
+
+
+def sample_indices(count, maximum, seed=0):
+    """Up to `maximum` of range(count), drawn uniformly without replacement, in order: what a
+    plot of a large set shows (a scatter of millions of points shows nothing more)."""
+    if count <= maximum:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, maximum, replace=False))
 
 
 def project_2d(features):

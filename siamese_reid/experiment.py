@@ -418,11 +418,11 @@ def fit_search_threshold(evaluation, query, gallery, settings, split_name, outpu
 
     Returns the threshold record, or None when the split has no positive or negative pair.
     """
-    from siamese_reid.evaluation.distances import compute_distances
+    from siamese_reid.evaluation.distances import QueryGalleryDistances
     from siamese_reid.evaluation.threshold import fit_threshold, pair_distances
 
-    distances = compute_distances(evaluation.query_features, evaluation.gallery_features, settings.metric)
-    positive, negative = pair_distances(distances, query, gallery)
+    rows = QueryGalleryDistances(evaluation.query_features, evaluation.gallery_features, settings.metric)
+    positive, negative = pair_distances(rows, query, gallery)
     if len(positive) == 0 or len(negative) == 0:
         print(f"note: no threshold fitted: the {split_name} split has no positive or no negative pair")
         return None
@@ -560,7 +560,8 @@ def evaluate_saved_model(model_path, config, parent):
     if size != image_size(config):
         print(f"note: the model expects {size[0]}x{size[1]} images; resizing to that")
     print(f"evaluating {model_path} on {len(data.query)} queries x {len(data.gallery)} gallery images")
-    evaluation = evaluate_model(tower, data.query, data.gallery, size, config.evaluation, verbose=1)
+    # Embeddings go to disk batch by batch: a gallery of millions is never gathered in memory.
+    evaluation = evaluate_model(tower, data.query, data.gallery, size, config.evaluation, 1, output_dir)
     fit_search_threshold(evaluation, data.query, data.gallery, config.evaluation, "query/gallery", output_dir)
     metrics = reporting.write_report(
         evaluation, data.query, data.gallery, config.evaluation, output_dir, identity_names=data.identity_names

@@ -127,8 +127,9 @@ def _framed(path, color, size, width=4):
 def plot_retrieval_examples(query_indices, query_samples, gallery_samples, distances, top_k=5, identity_names=None):
     """Query -> top-k gallery images; correct matches framed green, wrong ones red.
 
-    `distances` must be the ones the ranking was scored on (`Evaluation.distances`, or
-    `analysis.run_distances` for a saved run): re-ranked ones when re-ranking was on. Gallery
+    `distances` gives a query's row of distances as `distances[query_index]`: a matrix, or the
+    rows the ranking was scored on (`Evaluation.rows`, or `analysis.run_distances` for a saved
+    run; re-ranked ones when re-ranking was on), computed only for the queries shown. Gallery
     images the protocol ignores for a query (same identity and camera, junk) are not shown, so
     the figure shows exactly the ranking that was scored. Identities are labelled with their
     folder names when `identity_names` (pid -> name) gives them. Returns the Figure.
@@ -142,7 +143,8 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
     for row, query_index in enumerate(query_indices):
         query = query_samples[query_index]
         keep = protocol_gallery_mask(query.pid, query.camid, gallery_pids, gallery_camids)
-        ranked = top_k_gallery(distances[query_index], keep, top_k)
+        query_distances = distances[query_index]
+        ranked = top_k_gallery(query_distances, keep, top_k)
         axes[row, 0].imshow(_framed(query.path, None, size))
         axes[row, 0].set_title(f"query\nid {identity_names.get(query.pid, query.pid)} cam {query.camid}", fontsize=8)
         for column in range(top_k):
@@ -151,7 +153,7 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
                 match = gallery_samples[ranked[column]]
                 color = "green" if match.pid == query.pid else "red"
                 axis.imshow(_framed(match.path, color, size))
-                distance = distances[query_index, ranked[column]]
+                distance = query_distances[ranked[column]]
                 name = identity_names.get(match.pid, match.pid)
                 axis.set_title(f"{column + 1}: id {name}\nd={distance:.3f}", fontsize=7)
         for axis in axes[row]:
@@ -344,7 +346,7 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None, i
         rng = np.random.default_rng(0)
         chosen = rng.choice(len(query), min(settings.num_examples, len(query)), replace=False)
         figure = plot_retrieval_examples(
-            sorted(chosen.tolist()), query, gallery, evaluation.distances, identity_names=identity_names
+            sorted(chosen.tolist()), query, gallery, evaluation.rows, identity_names=identity_names
         )
         save_figure(figure, output_dir / "retrieval_examples.png", dpi=110)
     save_embeddings(output_dir / "query_embeddings.npz", evaluation.query_features, query)

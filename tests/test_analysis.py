@@ -61,8 +61,9 @@ def test_a_reranked_run_records_and_shows_the_distances_it_was_scored_on(tmp_pat
     gallery = [Sample(f"g{i}", int(p), 2) for i, p in enumerate(gallery_pids)]
     settings = EvaluationConfig(rerank=True, metric="cosine")
     evaluation = evaluate_features(query_features, gallery_features, query, gallery, settings)
-    np.testing.assert_allclose(evaluation.distances, rerank_distances(query_features, gallery_features))
-    assert not np.allclose(evaluation.distances, compute_distances(query_features, gallery_features, "cosine"))
+    scored = evaluation.rows.distances(0, 12)
+    np.testing.assert_allclose(scored, rerank_distances(query_features, gallery_features))
+    assert not np.allclose(scored, compute_distances(query_features, gallery_features, "cosine"))
     metrics = ranking_metrics(evaluation.ranking, 12, 24, protocol_record(settings, evaluation.distance))
     assert metrics["protocol"]["distance"]["name"] == "k-reciprocal re-ranking"
     assert metrics["protocol"]["distance"]["base"] == "squared euclidean"
@@ -79,7 +80,39 @@ def test_a_reranked_run_records_and_shows_the_distances_it_was_scored_on(tmp_pat
         gallery_samples=gallery,
         query_average_precisions=evaluation.ranking.query_average_precisions,
     )
-    shown = analysis.run_distances(run)
-    np.testing.assert_array_equal(shown, evaluation.distances)
+    shown = np.stack([analysis.run_distances(run)[query_index] for query_index in range(12)])
+    np.testing.assert_array_equal(shown, scored)
     again = evaluate_ranking(shown, query_pids, gallery_pids, np.ones(12, int), np.full(24, 2))
     np.testing.assert_allclose(again.query_average_precisions, run.query_average_precisions)
+
+
+def test_negative_pairs_are_a_uniform_sample_and_positives_all_kept():
+    from siamese_reid.evaluation import QueryGalleryDistances
+
+    rng = np.random.default_rng(0)
+    query_pids, gallery_pids = rng.integers(1, 30, 200), rng.integers(-1, 30, 3000)
+    query = [Sample(f"q{i}", int(p), 1) for i, p in enumerate(query_pids)]
+    gallery = [Sample(f"g{i}", int(p), 2) for i, p in enumerate(gallery_pids)]
+    rows = QueryGalleryDistances(rng.normal(size=(200, 4)), rng.normal(size=(3000, 4)))
+    all_positive, all_negative = pair_distances(rows, query, gallery, max_negative_pairs=None)
+    # the reference, from the definition: every cross-camera pair of non-junk images
+    matrix = np.stack([rows[q] for q in range(200)])
+    same = query_pids[:, None] == gallery_pids[None, :]
+    scored = gallery_pids[None, :] != -1
+    np.testing.assert_array_equal(np.sort(all_positive), np.sort(matrix[same & scored]))
+    np.testing.assert_array_equal(np.sort(all_negative), np.sort(matrix[~same & scored]))
+    positive, negative = pair_distances(rows, query, gallery, max_negative_pairs=20_000)
+    np.testing.assert_array_equal(positive, all_positive)
+    assert abs(len(negative) - 20_000) < 600  # binomial spread, about 4 standard deviations
+    # a uniform sample: its quantiles are those of all pairs
+    np.testing.assert_allclose(
+        np.quantile(negative, [0.01, 0.5, 0.99]), np.quantile(all_negative, [0.01, 0.5, 0.99]), rtol=0.03
+    )
+
+
+def test_sample_indices_draws_each_index_once_in_order():
+    from siamese_reid.analysis import sample_indices
+
+    np.testing.assert_array_equal(sample_indices(5, 10), np.arange(5))
+    drawn = sample_indices(1000, 100, seed=3)
+    assert len(np.unique(drawn)) == 100 and np.all(np.diff(drawn) > 0) and drawn.max() < 1000

@@ -217,3 +217,102 @@ def test_an_image_in_both_query_and_gallery_never_matches_itself(tmp_path):
     expected = [int(np.argmin(distances[q]) in np.flatnonzero(pids == pids[q])) for q in range(6)]
     assert result.cmc[0] == pytest.approx(np.mean(expected))
     assert result.cmc[0] < 1.0
+
+
+def _clustered_case(rng, num_query, num_gallery, num_ids, num_cams, dim=8):
+    centers = rng.normal(size=(num_ids + 1, dim))
+    query_pids = rng.integers(1, num_ids + 1, num_query)
+    gallery_pids = rng.integers(-1, num_ids + 1, num_gallery)
+    query_features = centers[query_pids] + rng.normal(scale=0.8, size=(num_query, dim))
+    gallery_features = centers[np.maximum(gallery_pids, 0)] + rng.normal(scale=0.8, size=(num_gallery, dim))
+    return (
+        query_features.astype(np.float32),
+        gallery_features.astype(np.float32),
+        query_pids,
+        gallery_pids,
+        rng.integers(1, num_cams + 1, num_query),
+        rng.integers(1, num_cams + 1, num_gallery),
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_evaluate_embeddings_equals_ranking_the_whole_matrix(seed, metric):
+    from siamese_reid.evaluation import evaluate_embeddings
+
+    rng = np.random.default_rng(seed)
+    case = _clustered_case(rng, int(rng.integers(20, 200)), int(rng.integers(50, 3000)), 12, 3)
+    query_features, gallery_features, *labels = case
+    ap_definition = ["torchreid", "market_official"][seed % 2]
+    expected = evaluate_ranking(
+        compute_distances(query_features, gallery_features, metric), *labels, max_rank=20, ap_definition=ap_definition
+    )
+    # A 1 MiB budget splits even these small problems into several blocks and gallery slices.
+    for budget in (None, 2**20):
+        got = evaluate_embeddings(
+            *case, metric=metric, max_rank=20, ap_definition=ap_definition, memory_budget_bytes=budget
+        )
+        np.testing.assert_array_equal(got.query_first_match_ranks, expected.query_first_match_ranks)
+        np.testing.assert_array_equal(got.query_average_precisions, expected.query_average_precisions)
+        np.testing.assert_array_equal(got.cmc, expected.cmc)
+        assert (got.mean_ap, got.mean_inp, got.num_valid_queries) == (
+            expected.mean_ap,
+            expected.mean_inp,
+            expected.num_valid_queries,
+        )
+
+
+def test_evaluate_embeddings_keeps_ties_in_gallery_order():
+    from siamese_reid.evaluation import evaluate_embeddings
+
+    # Every gallery image at the same distance: each match ranks by its gallery index.
+    gallery_features = np.zeros((6, 2), np.float32)
+    gallery_pids = np.array([2, 1, 2, 1, 2, 1])
+    result = evaluate_embeddings(
+        np.ones((1, 2), np.float32), gallery_features, np.array([1]), gallery_pids, np.array([1]), np.full(6, 2)
+    )
+    reference = reference_ranking(
+        np.ones((1, 6)), np.array([1]), gallery_pids, np.array([1]), np.full(6, 2), 50, official=False
+    )
+    assert result.query_first_match_ranks[0] == 1
+    assert result.mean_ap == pytest.approx(reference[1], abs=1e-15)
+    assert result.mean_inp == pytest.approx(3 / 6)
+
+
+def _traced_peak(function):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = function()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_evaluate_embeddings_stays_within_its_memory_budget():
+    from siamese_reid.evaluation import evaluate_embeddings
+
+    rng = np.random.default_rng(0)
+    # 400 x 40,000: the float32 matrix alone would be 61 MiB.
+    case = _clustered_case(rng, 400, 40_000, 500, 4, dim=16)
+    budget = 4 * 2**20
+    _, peak = _traced_peak(lambda: evaluate_embeddings(*case, memory_budget_bytes=budget))
+    # The budget plus O(gallery) index arrays (a few int64 arrays of 40,000).
+    assert peak < budget + 3 * 2**20, peak / 2**20
+
+
+def test_a_query_with_thousands_of_matches_stays_within_budget():
+    from siamese_reid.evaluation import evaluate_embeddings
+
+    rng = np.random.default_rng(1)
+    num_gallery = 60_000
+    gallery_pids = np.where(rng.random(num_gallery) < 0.5, 1, rng.integers(2, 100, num_gallery))  # ~30,000 matches
+    gallery_features = rng.normal(size=(num_gallery, 8)).astype(np.float32)
+    query_features = rng.normal(size=(2, 8)).astype(np.float32)
+    labels = (np.array([1, 1]), gallery_pids, np.array([1, 1]), np.full(num_gallery, 2))
+    result, peak = _traced_peak(lambda: evaluate_embeddings(query_features, gallery_features, *labels))
+    # matches x gallery booleans would be 1.7 GB; the ranking needs O(gallery).
+    assert peak < 16 * 2**20, peak / 2**20
+    expected = evaluate_ranking(compute_distances(query_features, gallery_features), *labels)
+    np.testing.assert_array_equal(result.query_average_precisions, expected.query_average_precisions)

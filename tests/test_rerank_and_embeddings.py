@@ -70,7 +70,7 @@ def test_embeddings_round_trip_without_pickle(tmp_path):
 
 
 @pytest.mark.parametrize("batch_size", [2, 3, 64])
-def test_flip_test_embedding_is_the_normalised_mean_of_image_and_mirror(tiny_demo, batch_size):
+def test_flip_test_embedding_is_the_normalised_mean_of_image_and_mirror(tiny_demo, batch_size, tmp_path):
     from siamese_reid.config import ModelConfig
     from siamese_reid.data.images import decode_image
     from siamese_reid.data.records import read_market_folder
@@ -86,3 +86,10 @@ def test_flip_test_embedding_is_the_normalised_mean_of_image_and_mirror(tiny_dem
     np.testing.assert_allclose(got, expected, atol=1e-5)
     plain = extract_embeddings(model, paths, (32, 32), batch_size=batch_size)
     np.testing.assert_allclose(plain, model.predict(images, verbose=0), atol=1e-5)
+    # Written to disk batch by batch: the same embeddings, in a .npy file the caller can open.
+    on_disk = extract_embeddings(
+        model, paths, (32, 32), batch_size=batch_size, flip_test=True, output_path=tmp_path / "features.npy"
+    )
+    assert isinstance(on_disk, np.memmap)
+    np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), got)
+    assert [p.name for p in tmp_path.iterdir()] == ["features.npy"]  # no temporary file left

@@ -4,19 +4,21 @@ The ranking code is pure numpy and imports no TensorFlow; `evaluate_model`,
 `extract_embeddings` and the embedding files need TensorFlow and are imported on first use.
 """
 
-from siamese_reid.evaluation.distances import compute_distances
+from siamese_reid.evaluation.distances import MatrixRows, QueryGalleryDistances, compute_distances
 from siamese_reid.evaluation.evaluator import (
     Evaluation,
     describe_distance,
     evaluate_features,
     evaluate_model,
-    scoring_distances,
+    scoring_distance_rows,
 )
 from siamese_reid.evaluation.ranking import (
     AP_DEFINITIONS,
     RankingResult,
+    evaluate_embeddings,
     evaluate_ranking,
     protocol_gallery_mask,
+    rank_distance_rows,
     top_k_gallery,
 )
 from siamese_reid.evaluation.rerank import rerank_distances
@@ -27,14 +29,18 @@ __all__ = [
     "AP_DEFINITIONS",
     "Evaluation",
     "RankingResult",
+    "MatrixRows",
+    "QueryGalleryDistances",
     "compute_distances",
     "describe_distance",
+    "evaluate_embeddings",
     "evaluate_features",
     "evaluate_model",
     "evaluate_ranking",
     "protocol_gallery_mask",
+    "rank_distance_rows",
     "rerank_distances",
-    "scoring_distances",
+    "scoring_distance_rows",
     "top_k_gallery",
     *sorted(_NEEDS_TENSORFLOW),
 ]

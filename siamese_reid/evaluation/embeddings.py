@@ -1,7 +1,9 @@
 """Embedding extraction through tf.data, and the `.npz` embedding file format."""
 
+import weakref
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -11,8 +13,13 @@ from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_atomically
 
 
-def extract_embeddings(model, paths, image_size, batch_size=64, flip_test=False, verbose=0):
+def extract_embeddings(model, paths, image_size, batch_size=64, flip_test=False, verbose=0, output_path=None):
     """Embeds images in batches; returns float32 [len(paths), embedding_dim].
+
+    Each batch's embeddings go straight into the result as they are computed: an array in
+    memory, or, with `output_path`, a `.npy` file on disk (written under a temporary name and
+    renamed once complete, then returned memory-mapped read-only), so a gallery of millions
+    is never held twice nor, with a file, in memory at all. `verbose` shows a progress bar.
 
     With `flip_test` each embedding is the mean of the image's and its mirror image's
     embeddings, re-normalised to unit length (the model's outputs are unit vectors). Each image
@@ -21,16 +28,49 @@ def extract_embeddings(model, paths, image_size, batch_size=64, flip_test=False,
     if len(paths) == 0:
         raise ReIDError("no images to embed")
     dataset = inference_dataset(list(paths), image_size, batch_size)
-    if not flip_test:
-        return np.asarray(model.predict(dataset, verbose=verbose), dtype=np.float32)
-    with_mirror = dataset.map(lambda images: tf.concat([images, images[:, :, ::-1, :]], axis=0))
-    outputs = model.predict(with_mirror, verbose=verbose)
-    # predict concatenates [batch, mirrored batch] per batch: undo that batch by batch.
-    sizes = [min(batch_size, len(paths) - start) for start in range(0, len(paths), batch_size)]
-    blocks = np.split(outputs, np.cumsum([2 * size for size in sizes])[:-1])
-    embeddings = np.concatenate([block[: len(block) // 2] + block[len(block) // 2 :] for block in blocks])
-    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    return embeddings.astype(np.float32)
+    if flip_test:
+        dataset = dataset.map(lambda images: tf.concat([images, images[:, :, ::-1, :]], axis=0))
+    shape = (len(paths), int(model.output_shape[-1]))
+    if output_path is None:
+        return _embed_into(np.empty(shape, np.float32), model, dataset, flip_test, verbose)
+
+    def write(temporary):
+        output = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
+        _embed_into(output, model, dataset, flip_test, verbose)
+        output.flush()
+        del output
+
+    write_atomically(output_path, write, suffix=".npy")
+    return np.load(output_path, mmap_mode="r")
+
+
+# model -> its inference step, traced once per model (periodic evaluation calls it every time).
+_INFERENCE_STEPS = weakref.WeakKeyDictionary()
+
+
+def _inference_step(model):
+    # A plain tf.function on the default device rather than model.predict_on_batch, which
+    # under a tf.distribute strategy splits and re-joins the batch across replicas.
+    if model not in _INFERENCE_STEPS:
+        _INFERENCE_STEPS[model] = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    return _INFERENCE_STEPS[model]
+
+
+def _embed_into(output, model, dataset, flip_test, verbose):
+    progress = keras.utils.Progbar(len(output), unit_name="image") if verbose else None
+    step = _inference_step(model)
+    position = 0
+    for images in dataset:
+        embeddings = np.asarray(step(images), dtype=np.float32)
+        if flip_test:  # [batch, mirrored batch] -> the normalised mean of each pair
+            half = len(embeddings) // 2
+            embeddings = embeddings[:half] + embeddings[half:]
+            embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        output[position : position + len(embeddings)] = embeddings
+        position += len(embeddings)
+        if progress is not None:
+            progress.update(position)
+    return output
 
 
 def embedding_input_size(model):

@@ -1,12 +1,13 @@
 """CMC, mAP and mINP under the Market-1501 protocol. Pure numpy.
 
 Speed and memory: no argsort of the distance matrix. For each query only the ranks of its
-true matches matter, and the rank of a match is the number of valid gallery images that come
+true matches matter, and the rank of a match is the number of scored gallery images that come
 before it: those with a smaller distance, plus those with an equal distance and a smaller
-gallery index (ties keep gallery order, as a stable sort would). Counting that is one pass of
-comparisons over the gallery per match, and queries are processed in chunks, so memory is
-O(chunk_size x gallery) whatever the size of the problem, and the distance matrix is read in its
-own dtype (a float32 matrix is never copied to float64).
+gallery index (ties keep gallery order, as a stable sort would). Only images no farther than
+the query's farthest match can come before one, and their count below each match follows from
+one histogram against the sorted match distances. Rows of distances are consumed block by
+block: `evaluate_ranking` reads a given matrix, `evaluate_embeddings` computes the rows from
+the features and never holds the matrix.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ import dataclasses
 import numpy as np
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.evaluation.distances import QueryGalleryDistances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +36,12 @@ class RankingResult:
     query_first_match_ranks: np.ndarray
 
 
-def _check_inputs(distances, query_pids, gallery_pids, query_camids, gallery_camids):
-    if distances.ndim != 2:
-        raise ReIDError(f"distances must be a 2-D [queries, gallery] array, got shape {distances.shape}")
-    num_query, num_gallery = distances.shape
+def _check_inputs(shape, ndim, query_pids, gallery_pids, query_camids, gallery_camids):
+    if ndim != 2:
+        raise ReIDError(f"distances must be a 2-D [queries, gallery] array, got shape {shape}")
+    num_query, num_gallery = shape
     if num_query == 0 or num_gallery == 0:
-        raise ReIDError(f"empty query or gallery set (distances of shape {distances.shape})")
+        raise ReIDError(f"empty query or gallery set (distances of shape {shape})")
     for name, array, expected in (
         ("query_pids", query_pids, num_query),
         ("query_camids", query_camids, num_query),
@@ -87,16 +89,150 @@ AP_DEFINITIONS = {
 }
 
 
-def _match_ranks(query_distances, valid, matches):
-    """0-based ranks among valid gallery images of the true matches, in increasing order."""
-    match_columns = np.flatnonzero(matches)
-    valid_distances = query_distances[valid]
-    valid_columns = np.flatnonzero(valid)
-    match_distances = query_distances[match_columns][:, None]
-    before = valid_distances[None, :] < match_distances
-    # Equal distance: the gallery image with the smaller index comes first (stable order).
-    tied = (valid_distances[None, :] == match_distances) & (valid_columns[None, :] < match_columns[:, None])
-    return np.sort(np.count_nonzero(before | tied, axis=1))
+class _Gallery:
+    """The gallery side of the protocol, indexed once: which columns share an identity, which
+    are junk, and which are the same image file as a query. O(gallery) memory."""
+
+    def __init__(self, gallery_pids, gallery_camids, num_query, same_image_pairs):
+        self.pids, self.camids = gallery_pids, gallery_camids
+        self.by_pid = np.argsort(gallery_pids, kind="stable")  # columns grouped by identity, in order
+        self.sorted_pids = gallery_pids[self.by_pid]
+        pairs = np.zeros((0, 2), np.int64) if same_image_pairs is None else np.asarray(same_image_pairs, np.int64)
+        pairs = pairs.reshape(-1, 2)
+        pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+        self.same_image_columns = pairs[:, 1]
+        self.same_image_bounds = np.searchsorted(pairs[:, 0], np.arange(num_query + 1))
+
+    def same_image(self, query_index):
+        start, stop = self.same_image_bounds[query_index], self.same_image_bounds[query_index + 1]
+        return self.same_image_columns[start:stop]
+
+    def true_matches(self, query_index, query_pid, query_camid):
+        """Columns of the query's identity from another camera, itself excluded, in order."""
+        if query_pid == -1:  # a junk query has only junk "matches", which the protocol ignores
+            return np.zeros(0, np.int64)
+        start, stop = np.searchsorted(self.sorted_pids, [query_pid, query_pid + 1])
+        columns = self.by_pid[start:stop]
+        columns = columns[self.camids[columns] != query_camid]
+        itself = self.same_image(query_index)
+        return columns[~np.isin(columns, itself)] if len(itself) else columns
+
+    def scored(self, columns, query_index, query_pid, query_camid):
+        """Which of `columns` the protocol keeps for this query (bool)."""
+        pids = self.pids[columns]
+        keep = (pids != -1) & ~((pids == query_pid) & (self.camids[columns] == query_camid))
+        itself = self.same_image(query_index)
+        return keep & ~np.isin(columns, itself) if len(itself) else keep
+
+
+def _sorted_matches(match_distances, match_columns):
+    """The matches in ranking order: by distance, ties by gallery column (columns ascend)."""
+    order = np.argsort(match_distances, kind="stable")
+    return match_distances[order], match_columns[order]
+
+
+def _count_before(sorted_match_distances, sorted_match_columns, distances, columns):
+    """How many of the scored non-match gallery images (`distances`, `columns`) come before
+    each match, for matches in ranking order. Additive over any split of the gallery.
+
+    An image comes before a match when it is nearer, or as near with a smaller column. Counted
+    with a histogram against the sorted match distances: O(images x log matches) time and
+    O(images + matches) memory, however many matches a query has.
+    """
+    num_matches = len(sorted_match_distances)
+    # bins[i] = number of matches at distance <= d_i: image i is strictly nearer than the k-th
+    # match exactly when bins[i] <= k.
+    bins = np.searchsorted(sorted_match_distances, distances, side="right")
+    before = np.cumsum(np.bincount(bins, minlength=num_matches + 1))[:num_matches]
+    tied = bins > np.searchsorted(sorted_match_distances, distances, side="left")
+    if tied.any():
+        before += _ties_before(sorted_match_distances, sorted_match_columns, distances[tied], columns[tied])
+    return before
+
+
+def _ties_before(sorted_match_distances, sorted_match_columns, tied_distances, tied_columns):
+    """For each match, the tied images (at exactly its distance) with a smaller column."""
+    values = np.unique(sorted_match_distances)
+    stride = int(max(sorted_match_columns.max(), tied_columns.max())) + 1
+    tied_keys = np.sort(np.searchsorted(values, tied_distances) * stride + tied_columns)
+    group = np.searchsorted(values, sorted_match_distances) * stride
+    return np.searchsorted(tied_keys, group + sorted_match_columns) - np.searchsorted(tied_keys, group)
+
+
+def _is_member(columns, sorted_columns):
+    """Whether each of `columns` is in the ascending array `sorted_columns` (bool)."""
+    positions = np.minimum(np.searchsorted(sorted_columns, columns), len(sorted_columns) - 1)
+    return sorted_columns[positions] == columns
+
+
+def _scored_non_matches(columns, matches, gallery, query_index, query_pid, query_camid):
+    keep = gallery.scored(columns, query_index, query_pid, query_camid) & ~_is_member(columns, matches)
+    return columns[keep]
+
+
+class _RankingAccumulator:
+    """Collects per-query results as distances arrive: whole rows, or gallery slices."""
+
+    def __init__(self, query_pids, query_camids, gallery, max_rank, ap_definition):
+        self.query_pids, self.query_camids, self.gallery = query_pids, query_camids, gallery
+        self.max_rank = max_rank
+        self.average_precision = AP_DEFINITIONS[ap_definition]
+        self.first_match_counts = np.zeros(max_rank + 1, dtype=np.int64)
+        self.average_precisions = np.full(len(query_pids), np.nan)
+        self.first_match_ranks = np.full(len(query_pids), -1, dtype=np.int64)
+        self.inverse_negative_penalties = []
+
+    def matches(self, query_index):
+        return self.gallery.true_matches(query_index, self.query_pids[query_index], self.query_camids[query_index])
+
+    def non_matches(self, columns, matches, query_index):
+        """The scored gallery images among `columns` that are not true matches."""
+        pid, camid = self.query_pids[query_index], self.query_camids[query_index]
+        return _scored_non_matches(columns, matches, self.gallery, query_index, pid, camid)
+
+    def add_rows(self, start, rows):
+        """Scores queries start, start + 1, ... from their whole rows of distances."""
+        _check_finite(rows, start)
+        for offset, query_distances in enumerate(rows):
+            index = start + offset
+            matches = self.matches(index)
+            if len(matches) == 0:
+                continue
+            sorted_distances, sorted_columns = _sorted_matches(query_distances[matches], matches)
+            nearer = np.flatnonzero(query_distances <= sorted_distances[-1])
+            others = self.non_matches(nearer, matches, index)
+            before = _count_before(sorted_distances, sorted_columns, query_distances[others], others)
+            self.add_ranks(index, np.arange(len(matches)) + before)
+
+    def add_ranks(self, index, ranks):
+        """Records a query from the increasing 0-based ranks of its true matches."""
+        self.first_match_counts[min(ranks[0], self.max_rank)] += 1
+        self.first_match_ranks[index] = ranks[0]
+        self.average_precisions[index] = self.average_precision(ranks)
+        self.inverse_negative_penalties.append(len(ranks) / (ranks[-1] + 1))
+
+    def result(self):
+        num_valid = len(self.inverse_negative_penalties)
+        if num_valid == 0:
+            raise ReIDError("no query has a valid match in the gallery (all matches filtered out)")
+        return RankingResult(
+            cmc=np.cumsum(self.first_match_counts[: self.max_rank]) / num_valid,
+            mean_ap=float(np.nanmean(self.average_precisions)),
+            mean_inp=float(np.mean(self.inverse_negative_penalties)),
+            num_valid_queries=num_valid,
+            num_skipped_queries=len(self.query_pids) - num_valid,
+            query_average_precisions=self.average_precisions,
+            query_first_match_ranks=self.first_match_ranks,
+        )
+
+
+def _accumulator(query_pids, gallery_pids, query_camids, gallery_camids, max_rank, ap_definition, pairs):
+    if ap_definition not in AP_DEFINITIONS:
+        raise ReIDError(f"ap_definition must be one of {list(AP_DEFINITIONS)}, got {ap_definition!r}")
+    if max_rank < 1:
+        raise ReIDError(f"max_rank must be >= 1, got {max_rank}")
+    gallery = _Gallery(gallery_pids, gallery_camids, len(query_pids), pairs)
+    return _RankingAccumulator(query_pids, query_camids, gallery, max_rank, ap_definition)
 
 
 def evaluate_ranking(
@@ -129,8 +265,7 @@ def evaluate_ranking(
       max_rank: length of the CMC curve (may exceed the gallery size).
       ap_definition: a key of `AP_DEFINITIONS`: "torchreid" (mean precision at each match)
         or "market_official" (the official Market-1501 code's trapezoid rule).
-      chunk_size: queries processed together; by default as many as keep each of the chunk's
-        boolean masks under 32 MiB (2^25 elements), whatever the gallery size.
+      chunk_size: queries checked for NaN together (bounds that check's temporary).
       same_image_pairs: optional int array [n, 2] of (query index, gallery index) pairs that
         are the same image file (a folder used as both query and gallery): each is ignored for
         its query, so no image ever counts as its own match.
@@ -145,53 +280,88 @@ def evaluate_ranking(
     distances = np.asarray(distances)
     query_pids, gallery_pids = np.asarray(query_pids), np.asarray(gallery_pids)
     query_camids, gallery_camids = np.asarray(query_camids), np.asarray(gallery_camids)
-    _check_inputs(distances, query_pids, gallery_pids, query_camids, gallery_camids)
-    if ap_definition not in AP_DEFINITIONS:
-        raise ReIDError(f"ap_definition must be one of {list(AP_DEFINITIONS)}, got {ap_definition!r}")
-    average_precision = AP_DEFINITIONS[ap_definition]
-    if max_rank < 1:
-        raise ReIDError(f"max_rank must be >= 1, got {max_rank}")
-
-    if chunk_size is None:
-        chunk_size = max(1, 2**25 // distances.shape[1])
-    first_match_counts = np.zeros(max_rank + 1, dtype=np.int64)
-    average_precisions = np.full(len(query_pids), np.nan)
-    first_match_ranks = np.full(len(query_pids), -1, dtype=np.int64)
-    inverse_negative_penalties = []
-    gallery_is_junk = gallery_pids == -1
-    same_image_pairs = np.zeros((0, 2), np.int64) if same_image_pairs is None else np.asarray(same_image_pairs)
-    for start in range(0, len(query_pids), chunk_size):
-        stop = start + chunk_size
-        chunk = distances[start:stop]
-        _check_finite(chunk, start)
-        same_pid = query_pids[start:stop, None] == gallery_pids[None, :]
-        same_camera = query_camids[start:stop, None] == gallery_camids[None, :]
-        valid = ~(same_pid & same_camera) & ~gallery_is_junk[None, :]
-        in_chunk = (same_image_pairs[:, 0] >= start) & (same_image_pairs[:, 0] < stop)
-        valid[same_image_pairs[in_chunk, 0] - start, same_image_pairs[in_chunk, 1]] = False
-        matches = same_pid & valid
-        for row in range(len(chunk)):
-            if not matches[row].any():
-                continue
-            ranks = _match_ranks(chunk[row], valid[row], matches[row])
-            first_match_counts[min(ranks[0], max_rank)] += 1
-            first_match_ranks[start + row] = ranks[0]
-            average_precisions[start + row] = average_precision(ranks)
-            inverse_negative_penalties.append(len(ranks) / (ranks[-1] + 1))
-
-    num_valid = len(inverse_negative_penalties)
-    if num_valid == 0:
-        raise ReIDError("no query has a valid match in the gallery (all matches filtered out)")
-    cmc = np.cumsum(first_match_counts[:max_rank]) / num_valid
-    return RankingResult(
-        cmc=cmc,
-        mean_ap=float(np.nanmean(average_precisions)),
-        mean_inp=float(np.mean(inverse_negative_penalties)),
-        num_valid_queries=num_valid,
-        num_skipped_queries=len(query_pids) - num_valid,
-        query_average_precisions=average_precisions,
-        query_first_match_ranks=first_match_ranks,
+    _check_inputs(distances.shape, distances.ndim, query_pids, gallery_pids, query_camids, gallery_camids)
+    accumulator = _accumulator(
+        query_pids, gallery_pids, query_camids, gallery_camids, max_rank, ap_definition, same_image_pairs
     )
+    chunk_size = chunk_size or max(1, 2**25 // distances.shape[1])
+    for start in range(0, len(query_pids), chunk_size):
+        accumulator.add_rows(start, distances[start : start + chunk_size])
+    return accumulator.result()
+
+
+def evaluate_embeddings(
+    query_features,
+    gallery_features,
+    query_pids,
+    gallery_pids,
+    query_camids,
+    gallery_camids,
+    metric="euclidean",
+    max_rank=50,
+    ap_definition="torchreid",
+    memory_budget_bytes=None,
+    same_image_pairs=None,
+):
+    """`evaluate_ranking(compute_distances(...))` without the query x gallery matrix.
+
+    Distances are computed a block of queries at a time (`QueryGalleryDistances`) and each
+    block is ranked and dropped, so memory beyond the features stays within
+    `memory_budget_bytes` (default 256 MiB) plus O(gallery) per query, whatever the number of
+    queries, and however many true matches a query has. Returns the same `RankingResult`:
+    identical ranks, ties in gallery order.
+
+    Args: as `evaluate_ranking`, with the features [num_query, dim] and [num_gallery, dim] in
+      place of the matrix and `metric` ("euclidean" or "cosine") to compare them with.
+    """
+    distances = QueryGalleryDistances(query_features, gallery_features, metric, memory_budget_bytes)
+    query_pids, gallery_pids = np.asarray(query_pids), np.asarray(gallery_pids)
+    query_camids, gallery_camids = np.asarray(query_camids), np.asarray(gallery_camids)
+    _check_inputs(distances.shape, 2, query_pids, gallery_pids, query_camids, gallery_camids)
+    accumulator = _accumulator(
+        query_pids, gallery_pids, query_camids, gallery_camids, max_rank, ap_definition, same_image_pairs
+    )
+    for query_start, query_stop in distances.query_blocks():
+        _rank_query_block(distances, accumulator, query_start, query_stop)
+    return accumulator.result()
+
+
+def _rank_query_block(distances, accumulator, query_start, query_stop):
+    """Scores queries [query_start, query_stop) from tiles of their distances: their matches
+    first (O(matches of the block)), then each gallery slice adds what it holds to the counts
+    of the matches it can precede."""
+    indices = range(query_start, query_stop)
+    all_matches = {index: accumulator.matches(index) for index in indices}
+    sorted_matches = {
+        index: _sorted_matches(distances.pairs(index, matches), matches)
+        for index, matches in all_matches.items()
+        if len(matches)
+    }
+    before = {index: np.zeros(len(matches[0]), np.int64) for index, matches in sorted_matches.items()}
+    for gallery_start, tile in distances.gallery_tiles(query_start, query_stop):
+        _check_finite(tile, query_start)
+        for index in before:
+            tile_row = tile[index - query_start]
+            nearer = np.flatnonzero(tile_row <= sorted_matches[index][0][-1])
+            others = accumulator.non_matches(nearer + gallery_start, all_matches[index], index)
+            before[index] += _count_before(*sorted_matches[index], tile_row[others - gallery_start], others)
+    for index, counts in before.items():
+        accumulator.add_ranks(index, np.arange(len(counts)) + counts)
+
+
+def rank_distance_rows(
+    rows, query_pids, gallery_pids, query_camids, gallery_camids, max_rank=50, ap_definition="torchreid", pairs=None
+):
+    """Ranks distances that `rows` computes block by block: any object with `shape`,
+    `rows_per_block` and `distances(start, stop)`, such as `QueryGalleryDistances` or a
+    re-ranker. Args and result as `evaluate_ranking`."""
+    query_pids, gallery_pids = np.asarray(query_pids), np.asarray(gallery_pids)
+    query_camids, gallery_camids = np.asarray(query_camids), np.asarray(gallery_camids)
+    _check_inputs(rows.shape, 2, query_pids, gallery_pids, query_camids, gallery_camids)
+    accumulator = _accumulator(query_pids, gallery_pids, query_camids, gallery_camids, max_rank, ap_definition, pairs)
+    for start in range(0, rows.shape[0], rows.rows_per_block):
+        accumulator.add_rows(start, rows.distances(start, start + rows.rows_per_block))
+    return accumulator.result()
 
 
 def protocol_gallery_mask(query_pid, query_camid, gallery_pids, gallery_camids):
