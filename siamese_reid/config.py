@@ -45,7 +45,9 @@ class DataConfig:
     train_dir: str | None = _field(None)
     query_dir: str | None = _field(None)
     gallery_dir: str | None = _field(None)
-    layout: str = _field("market", choices="siamese_reid.data.records:LAYOUTS")
+    layout: str = _field("market", choices="siamese_reid.data.datasets:LAYOUTS")
+    cuhk03_subset: str = _field("detected", choices="siamese_reid.data.benchmarks:CUHK03_SUBSETS")
+    msmt17_val: str = _field("unused", choices="siamese_reid.data.benchmarks:MSMT17_VAL")
     test_fraction: float = _field(0.5, minimum=0.05, maximum=0.95)
     # keras.applications backbones need at least 32x32 inputs.
     image_height: int = _field(64, minimum=32, maximum=1024)

@@ -41,8 +41,9 @@ import numpy as np
 
 from siamese_reid import reporting
 from siamese_reid.config import config_to_dict, load_config, replace, save_config
+from siamese_reid.data.datasets import read_dataset
 from siamese_reid.data.demo import ensure_demo_dataset
-from siamese_reid.data.records import read_dataset, summarize_split
+from siamese_reid.data.records import summarize_split
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.data.splits import person_samples, split_validation
 from siamese_reid.errors import ReIDError
@@ -77,10 +78,14 @@ class PreparedData:
 
 
 def resolve_dataset(config):
-    """Generates the demo dataset when no dataset is configured; returns the config to use."""
+    """Generates the demo dataset when no dataset is configured; returns the config to use. The
+    demo stands in for a missing data.root only with the default layout: asking for MSMT17
+    without saying where it is must not train on the demo."""
     data = config.data
     if data.root or data.train_dir or data.query_dir or data.gallery_dir:
         return config
+    if data.layout != "market":
+        raise ReIDError(f"data.layout {data.layout} needs data.root, the dataset's folder")
     if ensure_demo_dataset(config.demo):
         print(f"generated the demo dataset in {config.demo.dir}", flush=True)
     return replace(config, data=replace(data, root=str(Path(config.demo.dir).expanduser()), layout="market"))

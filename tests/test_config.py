@@ -88,6 +88,20 @@ def test_typo_in_config_file(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.layout=msmt", "did you mean 'msmt17'?"),
+        ("data.cuhk03_subset=label", "config key 'data.cuhk03_subset' must be one of ['detected', 'labeled']"),
+        ("data.msmt17_val=validation", "config key 'data.msmt17_val' must be one of ['unused', 'train']"),
+    ],
+)
+def test_bad_data_keys_name_the_key(override, message):
+    with pytest.raises(ReIDError) as caught:
+        load_config(None, [override])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_invalid_yaml_and_missing_file(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("training: [\n")
