@@ -5,7 +5,7 @@ pipeline and image ops need TensorFlow and are imported on first use.
 """
 
 from siamese_reid.data.benchmarks import read_cuhk03_np, read_msmt17
-from siamese_reid.data.datasets import LAYOUTS, read_dataset
+from siamese_reid.data.datasets import LAYOUTS, read_dataset, read_extra_training
 from siamese_reid.data.demo import ensure_demo_dataset, generate_demo_dataset
 from siamese_reid.data.records import (
     DatasetSplits,
@@ -40,6 +40,7 @@ __all__ = [
     "pk_batches",
     "read_cuhk03_np",
     "read_dataset",
+    "read_extra_training",
     "read_identity_folders",
     "read_market_folder",
     "read_msmt17",
