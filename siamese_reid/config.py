@@ -40,12 +40,23 @@ def valid_names(reference):
 
 
 @dataclasses.dataclass(frozen=True)
+class ExtraTrainingSet:
+    """One entry of data.extra_train: a dataset whose training split joins the main one's."""
+
+    root: str = _field(dataclasses.MISSING)
+    layout: str = _field("market", choices="siamese_reid.data.datasets:LAYOUTS")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     root: str | None = _field(None)
     train_dir: str | None = _field(None)
     query_dir: str | None = _field(None)
     gallery_dir: str | None = _field(None)
-    layout: str = _field("market", choices="siamese_reid.data.records:LAYOUTS")
+    layout: str = _field("market", choices="siamese_reid.data.datasets:LAYOUTS")
+    cuhk03_subset: str = _field("detected", choices="siamese_reid.data.benchmarks:CUHK03_SUBSETS")
+    msmt17_val: str = _field("unused", choices="siamese_reid.data.benchmarks:MSMT17_VAL")
+    extra_train: tuple[ExtraTrainingSet, ...] = _field(())
     test_fraction: float = _field(0.5, minimum=0.05, maximum=0.95)
     # keras.applications backbones need at least 32x32 inputs.
     image_height: int = _field(64, minimum=32, maximum=1024)
@@ -156,8 +167,30 @@ def _closest(name, valid_names):
     return f" (did you mean '{matches[0]}'?)" if matches else ""
 
 
+def _coerce_entries(key, value, entry_class):
+    """A list of mappings (such as data.extra_train) -> a tuple of frozen `entry_class`."""
+    keys = ", ".join(f.name for f in dataclasses.fields(entry_class))
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise ReIDError(f"config key '{key}' must be a list of mappings with keys {keys}, got {value!r}")
+    entries = []
+    for index, entry in enumerate(value):
+        entry_key = f"{key}[{index}]"
+        if not isinstance(entry, dict):
+            raise ReIDError(f"config key '{entry_key}' must be a mapping with keys {keys}, got {entry!r}")
+        required = [f.name for f in dataclasses.fields(entry_class) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if entry.get(name) is None]
+        if missing:
+            raise ReIDError(f"config key '{entry_key}.{missing[0]}' is required")
+        entries.append(_build_section(entry_key, entry_class, entry))
+    return tuple(entries)
+
+
 def _coerce(key, value, annotation, field):
     """Checks `value` against the field's type and rule; returns it converted."""
+    if typing.get_origin(annotation) is tuple:
+        return _coerce_entries(key, value, typing.get_args(annotation)[0])
     allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
     if value is None:
         if type(None) in allowed:
@@ -280,8 +313,16 @@ def replace(config, **sections):
     return dataclasses.replace(config, **sections)
 
 
+def _plain(value):
+    # tuples of entries (data.extra_train) are lists in YAML
+    return [_plain(item) for item in value] if isinstance(value, tuple) else value
+
+
 def config_to_dict(config):
-    return dataclasses.asdict(config)
+    return {
+        section: {key: _plain(value) for key, value in values.items()}
+        for section, values in dataclasses.asdict(config).items()
+    }
 
 
 def save_config(config, path):

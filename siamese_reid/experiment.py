@@ -41,8 +41,9 @@ import numpy as np
 
 from siamese_reid import reporting
 from siamese_reid.config import config_to_dict, load_config, replace, save_config
+from siamese_reid.data.datasets import dataset_name, read_dataset, read_extra_training
 from siamese_reid.data.demo import ensure_demo_dataset
-from siamese_reid.data.records import read_dataset, summarize_split
+from siamese_reid.data.records import summarize_split
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.data.splits import person_samples, split_validation
 from siamese_reid.errors import ReIDError
@@ -77,10 +78,14 @@ class PreparedData:
 
 
 def resolve_dataset(config):
-    """Generates the demo dataset when no dataset is configured; returns the config to use."""
+    """Generates the demo dataset when no dataset is configured; returns the config to use. The
+    demo stands in for a missing data.root only with the default layout: asking for MSMT17
+    without saying where it is must not train on the demo."""
     data = config.data
     if data.root or data.train_dir or data.query_dir or data.gallery_dir:
         return config
+    if data.layout != "market":
+        raise ReIDError(f"data.layout {data.layout} needs data.root, the dataset's folder")
     if ensure_demo_dataset(config.demo):
         print(f"generated the demo dataset in {config.demo.dir}", flush=True)
     return replace(config, data=replace(data, root=str(Path(config.demo.dir).expanduser()), layout="market"))
@@ -95,6 +100,7 @@ def check_before_start(config):
     config = resolve_dataset(config)
     resolve_weights(config.model.weights)
     splits = read_dataset(config.data)
+    read_extra_training(config.data, splits)
     _check_queries_have_matches(splits.query, splits.gallery)
     return config
 
@@ -103,7 +109,9 @@ def prepare_data(config, output_dir, need_train=True):
     """Reads, checks and summarises the splits; records the summary and warnings in output_dir.
 
     Junk and distractor images are dropped from training (and counted), and a validation split
-    is held out of the training identities when `data.validation_fraction` asks for one.
+    is held out of the training identities when `data.validation_fraction` asks for one. The
+    training splits of `data.extra_train` then join training (identities kept apart), each
+    counted in the summary as "train: <folder name>"; validation stays on the main dataset.
 
     Returns:
       (the config actually used, with the demo dataset resolved; `PreparedData`).
@@ -111,23 +119,28 @@ def prepare_data(config, output_dir, need_train=True):
     config = resolve_dataset(config)
     data = config.data
     splits = read_dataset(data, need_train=need_train)
-    warnings = list(splits.warnings)
+    extra = read_extra_training(data, splits) if need_train else []
+    warnings = list(splits.warnings) + [line for training_set in extra for line in training_set.warnings]
+    cache = Path(output_dir) / "converted_images"
     usable = {}
     for name in ("train", "query", "gallery"):
-        samples, skipped = scan_samples(getattr(splits, name), Path(output_dir) / "converted_images")
-        warnings += [f"skipped '{path}': {reason}" for path, reason in skipped]
-        usable[name] = samples
+        usable[name] = _scan(getattr(splits, name), cache, warnings)
     train, excluded = person_samples(usable["train"])
+    validation_query, validation_gallery = [], []
+    if need_train and data.validation_fraction > 0:
+        train, validation_query, validation_gallery = split_validation(train, data.validation_fraction, data.split_seed)
+    per_dataset = [(dataset_name(data), train)]
+    for training_set in extra:
+        people, dropped = person_samples(_scan(training_set.samples, cache, warnings))
+        per_dataset.append((training_set.name, people))
+        excluded = {kind: excluded[kind] + dropped[kind] for kind in excluded}
     if excluded["junk"] or excluded["distractors"]:
         warnings.append(
             f"excluded from training: {excluded['junk']} junk (identity -1) and "
             f"{excluded['distractors']} distractor (identity 0) images, which are not people to learn"
         )
-    validation_query, validation_gallery = [], []
-    if need_train and data.validation_fraction > 0:
-        train, validation_query, validation_gallery = split_validation(train, data.validation_fraction, data.split_seed)
     prepared = {
-        "train": train,
+        "train": [sample for _, samples in per_dataset for sample in samples],
         "query": usable["query"],
         "gallery": usable["gallery"],
         "validation_query": validation_query,
@@ -135,13 +148,27 @@ def prepare_data(config, output_dir, need_train=True):
     }
     summary = {name: summarize_split(samples) for name, samples in prepared.items() if samples}
     if need_train:
-        summary.setdefault("train", summarize_split(train))
+        summary.setdefault("train", summarize_split(prepared["train"]))
+    if extra:  # per-dataset rows right after the combined one
+        rows = {}
+        for number, (name, samples) in enumerate(per_dataset, start=1):
+            row = f"train: {name}" if f"train: {name}" not in rows else f"train: {name} ({number})"
+            rows[row] = summarize_split(samples)
+        summary = {"train": summary.pop("train"), **rows, **summary}
     warnings += _check_splits(prepared, summary, need_train)
     _record_data(summary, warnings, output_dir)
     identity_names = splits.identity_names or {}
     if identity_names:
         reporting.write_json(Path(output_dir) / "identity_names.json", identity_names)
     return config, PreparedData(**prepared, summary=summary, warnings=warnings, identity_names=identity_names)
+
+
+def _scan(samples, cache, warnings):
+    """The samples whose images decode (converted where TensorFlow needs it); the others are
+    added to `warnings`."""
+    usable, skipped = scan_samples(samples, cache)
+    warnings += [f"skipped '{path}': {reason}" for path, reason in skipped]
+    return usable
 
 
 def _check_splits(prepared, summary, need_train):

@@ -5,14 +5,14 @@ import sys
 import pytest
 import yaml
 
-from siamese_reid.config import Config, load_config
+from siamese_reid.config import Config, ExtraTrainingSet, config_to_dict, load_config, save_config
 from siamese_reid.errors import ReIDError
 from tests.conftest import PROJECT_ROOT
 
 
 def test_shipped_config_lists_every_key_with_its_default():
     shipped = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
-    defaults = dataclasses.asdict(Config())
+    defaults = config_to_dict(Config())
     assert shipped == defaults
 
 
@@ -86,6 +86,41 @@ def test_typo_in_config_file(tmp_path):
     path.write_text("training:\n  learning_rat: 0.1\n")
     with pytest.raises(ReIDError, match="did you mean 'learning_rate'"):
         load_config(path)
+
+
+def test_extra_train_entries_are_typed_and_survive_a_saved_run(tmp_path):
+    entries = "[{root: /data/MSMT17_V2, layout: msmt17}, {root: /data/Market-1501}]"
+    config = load_config(None, [f"data.extra_train={entries}", "data.cuhk03_subset=labeled"])
+    assert config.data.extra_train == (
+        ExtraTrainingSet("/data/MSMT17_V2", "msmt17"),
+        ExtraTrainingSet("/data/Market-1501", "market"),
+    )
+    save_config(config, tmp_path / "config.yaml")  # what a run folder keeps and --resume compares
+    assert load_config(tmp_path / "config.yaml") == config
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["data"]["extra_train"][0] == {
+        "root": "/data/MSMT17_V2",
+        "layout": "msmt17",
+    }
+    hash(config)  # frozen all the way down
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.extra_train=/data/x", "config key 'data.extra_train' must be a list of mappings with keys root, layout"),
+        ("data.extra_train=[/data/x]", "config key 'data.extra_train[0]' must be a mapping with keys root, layout"),
+        ("data.extra_train=[{layout: msmt17}]", "config key 'data.extra_train[0].root' is required"),
+        ("data.extra_train=[{root: /x, layout: msmt}]", "'data.extra_train[0].layout' must be one of"),
+        ("data.extra_train=[{root: /x, rot: /y}]", "config key 'data.extra_train[0].rot' (did you mean 'root'?)"),
+        ("data.layout=msmt", "did you mean 'msmt17'?"),
+        ("data.cuhk03_subset=label", "config key 'data.cuhk03_subset' must be one of ['detected', 'labeled']"),
+        ("data.msmt17_val=validation", "config key 'data.msmt17_val' must be one of ['unused', 'train']"),
+    ],
+)
+def test_bad_data_keys_name_the_key(override, message):
+    with pytest.raises(ReIDError) as caught:
+        load_config(None, [override])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):

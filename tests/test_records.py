@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from siamese_reid.config import DataConfig
+from siamese_reid.data.datasets import read_dataset
 from siamese_reid.data.records import (
     Sample,
     parse_market_name,
-    read_dataset,
     read_market_folder,
     split_identity_folders,
     summarize_split,

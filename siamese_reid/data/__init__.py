@@ -4,13 +4,13 @@ Readers, splits, samplers and the demo dataset are pure Python and numpy; the tf
 pipeline and image ops need TensorFlow and are imported on first use.
 """
 
+from siamese_reid.data.benchmarks import read_cuhk03_np, read_msmt17
+from siamese_reid.data.datasets import LAYOUTS, read_dataset, read_extra_training
 from siamese_reid.data.demo import ensure_demo_dataset, generate_demo_dataset
 from siamese_reid.data.records import (
-    LAYOUTS,
     DatasetSplits,
     Sample,
     parse_market_name,
-    read_dataset,
     read_identity_folders,
     read_market_folder,
     summarize_split,
@@ -38,9 +38,12 @@ __all__ = [
     "parse_market_name",
     "person_samples",
     "pk_batches",
+    "read_cuhk03_np",
     "read_dataset",
+    "read_extra_training",
     "read_identity_folders",
     "read_market_folder",
+    "read_msmt17",
     "sample_triplets",
     "scan_samples",
     "split_validation",

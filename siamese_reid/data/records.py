@@ -3,7 +3,8 @@
 Identity conventions follow Market-1501: pid -1 marks junk boxes (ignored by the evaluator),
 pid 0 marks distractors (kept in the gallery as negatives). camid is 1-based as in the file
 names. Folder-per-identity datasets have no camera ids; see `assign_split_cameras`.
-No TensorFlow and no image decoding: readers only list and parse files.
+No TensorFlow and no image decoding: readers only list and parse files. `datasets.LAYOUTS`
+chooses the reader for data.layout.
 """
 
 import re
@@ -171,7 +172,8 @@ class DatasetSplits(NamedTuple):
     identity_names: dict | None = None  # pid -> folder name, for folder-per-identity datasets
 
 
-def _read_market_dataset(data, need_train):
+def read_market_dataset(data, need_train):
+    """Layout market: root/bounding_box_train, query, bounding_box_test (or the data.*_dir folders)."""
     base = Path(data.root) if data.root else None
     folders = {
         "train": data.train_dir or (base / "bounding_box_train" if base else None),
@@ -190,7 +192,9 @@ def _read_market_dataset(data, need_train):
     return DatasetSplits(splits.get("train", []), splits["query"], splits["gallery"], warnings)
 
 
-def _read_folders_dataset(data, need_train):
+def read_folders_dataset(data, need_train):
+    """Layout folders: root/<identity>/<images>, split by `split_identity_folders` unless all three
+    data.*_dir folders are given (identities matched across them by folder name)."""
     if data.train_dir or data.query_dir or data.gallery_dir:
         if not (data.train_dir and data.query_dir and data.gallery_dir):
             raise ReIDError("with layout folders give all of train_dir, query_dir, gallery_dir")
@@ -214,27 +218,6 @@ def _read_folders_dataset(data, need_train):
     train, query, gallery = split_identity_folders(samples, data.test_fraction, data.split_seed)
     names = dict(enumerate(_identity_names(_require_folder(data.root, "dataset")), start=1))
     return DatasetSplits(train, query, gallery, warnings, names)
-
-
-# data.layout -> reader(data section, need_train) -> DatasetSplits
-LAYOUTS = {"market": _read_market_dataset, "folders": _read_folders_dataset}
-
-
-def read_dataset(data, need_train=True):
-    """Reads the three splits of a dataset; explicit *_dir settings override `root`.
-
-    Args:
-      data: the `DataConfig` section. With layout "market", root holds bounding_box_train/,
-        query/ and bounding_box_test/; with "folders", one folder per identity, split by
-        `split_identity_folders` (test_fraction, split_seed) unless all three *_dir are given.
-      need_train: when False (evaluation), a missing train split is not an error.
-
-    Returns:
-      `DatasetSplits`, whose `warnings` list the files skipped while reading.
-    """
-    if data.layout not in LAYOUTS:
-        raise ReIDError(f"unknown data.layout {data.layout!r}; valid names: {list(LAYOUTS)}")
-    return LAYOUTS[data.layout](data, need_train)
 
 
 def summarize_split(samples):
