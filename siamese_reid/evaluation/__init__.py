@@ -21,13 +21,14 @@ from siamese_reid.evaluation.ranking import (
     rank_distance_rows,
     top_k_gallery,
 )
-from siamese_reid.evaluation.rerank import rerank_distances
+from siamese_reid.evaluation.rerank import KReciprocalReranker, rerank_distances
 
 _NEEDS_TENSORFLOW = {"extract_embeddings", "save_embeddings", "load_embeddings", "embedding_input_size"}
 
 __all__ = [
     "AP_DEFINITIONS",
     "Evaluation",
+    "KReciprocalReranker",
     "RankingResult",
     "MatrixRows",
     "QueryGalleryDistances",
