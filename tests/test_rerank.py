@@ -11,6 +11,7 @@ import pytest
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation import evaluate_ranking, rerank_distances
+from siamese_reid.evaluation.ranking import rank_distance_rows
 from siamese_reid.evaluation.rerank import KReciprocalReranker, _nearest_neighbours
 
 
@@ -139,17 +140,26 @@ def test_query_chunks_concatenate_to_the_full_matrix():
     np.testing.assert_allclose(np.concatenate(chunks), full, atol=1e-5)
     # Equal up to float rounding: BLAS may block a product differently for different row counts.
     np.testing.assert_allclose(reranker.distances(20, 30), reranker.distances(0, 37)[20:30], atol=1e-6)
+    # The row interface of QueryGalleryDistances: a stop past the end is cut, as in slicing.
+    np.testing.assert_allclose(reranker.distances(30, 64), full[30:], atol=1e-5)
+    np.testing.assert_allclose(reranker[36], full[36], atol=1e-5)
+    assert reranker.shape == (37, 140) and len(reranker) == 37
 
 
 def test_ranking_metrics_on_reranked_distances_equal_the_dense_algorithms():
     query, gallery, query_pids, gallery_pids, camids = clustered_case(10, 60, 240, num_identities=12)
     query_camids, gallery_camids = camids[:60], camids[60:]
     labels = (query_pids, gallery_pids, query_camids, gallery_camids)
-    got = evaluate_ranking(rerank_distances(query, gallery), *labels, max_rank=20)
     expected = evaluate_ranking(dense_rerank(query, gallery, 20, 6, 0.3), *labels, max_rank=20)
-    np.testing.assert_array_equal(got.cmc, expected.cmc)
-    np.testing.assert_allclose([got.mean_ap, got.mean_inp], [expected.mean_ap, expected.mean_inp], atol=1e-12)
-    np.testing.assert_array_equal(got.query_first_match_ranks, expected.query_first_match_ranks)
+    reranker = KReciprocalReranker(query, gallery)
+    reranker.rows_per_block = 7  # streamed in blocks that do not divide the 60 queries
+    for got in (
+        evaluate_ranking(rerank_distances(query, gallery), *labels, max_rank=20),
+        rank_distance_rows(reranker, *labels, max_rank=20),
+    ):
+        np.testing.assert_array_equal(got.cmc, expected.cmc)
+        np.testing.assert_allclose([got.mean_ap, got.mean_inp], [expected.mean_ap, expected.mean_inp], atol=1e-12)
+        np.testing.assert_array_equal(got.query_first_match_ranks, expected.query_first_match_ranks)
     # Re-ranking helps on clustered identities (as the paper reports): a check that it re-ranks at all.
     plain = np.square(query[:, None, :] - gallery[None, :, :]).sum(axis=2)
     assert got.mean_ap > evaluate_ranking(plain, *labels, max_rank=20).mean_ap
@@ -201,4 +211,6 @@ def test_a_query_range_outside_the_queries_is_refused():
     query, gallery, *_ = clustered_case(12, 5, 30, k=4)
     reranker = KReciprocalReranker(query, gallery, k1=4, k2=2)
     with pytest.raises(ReIDError, match="outside"):
-        reranker.distances(3, 6)
+        reranker.distances(-1, 2)
+    with pytest.raises(IndexError, match="outside"):
+        reranker[5]

@@ -176,7 +176,9 @@ class KReciprocalReranker:
 
     The constructor does the work shared by all queries (neighbour graph, normalisers, sparse
     encodings with local query expansion); `distances(start, stop)` then gives the re-ranked
-    distances of queries [start, stop) to the whole gallery.
+    distances of queries [start, stop) to the whole gallery. It has the row interface of
+    `QueryGalleryDistances` (`shape`, `rows_per_block`, `distances`, `rows[query_index]`), so
+    `rank_distance_rows` ranks it block by block without a Q x G matrix.
 
     As in the authors' code: distances are squared euclidean, each image's row of the
     (Q + G) x (Q + G) matrix is divided by its maximum, ranks come from those distances with the
@@ -203,6 +205,7 @@ class KReciprocalReranker:
         features = np.ascontiguousarray(np.concatenate([query_features, gallery_features]), dtype=np.float32)
         self.num_query, self.num_gallery = len(query_features), len(gallery_features)
         self.k1, self.k2, self.lambda_value = k1, k2, lambda_value
+        self.rows_per_block = max(1, _BLOCK_ELEMENTS // self.num_gallery)  # 64 MB float32 blocks
         started = time.perf_counter()
         self._features = features
         self._squared_norms = np.square(features).sum(axis=1)
@@ -231,13 +234,28 @@ class KReciprocalReranker:
         arrays += [*self._query_encodings, *self._gallery_index]
         return sum(array.nbytes for array in arrays)
 
+    @property
+    def shape(self):
+        return self.num_query, self.num_gallery
+
+    def __len__(self):
+        return self.num_query
+
+    def __getitem__(self, query_index):
+        """The re-ranked distances of one query to the whole gallery, float32 [num_gallery]."""
+        if not 0 <= query_index < self.num_query:
+            raise IndexError(f"query {query_index} is outside [0, {self.num_query})")
+        return self.distances(query_index, query_index + 1)[0]
+
     def distances(self, start, stop):
-        """Re-ranked distances of queries [start, stop) to every gallery image.
+        """Re-ranked distances of queries [start, stop) to every gallery image; a `stop` past
+        the last query is cut there, as in slicing.
 
         Returns:
           float32 array [stop - start, num_gallery]. Extra memory is O((stop - start) x num_gallery).
         """
-        if not 0 <= start <= stop <= self.num_query:
+        stop = min(stop, self.num_query)
+        if not 0 <= start <= stop:
             raise ReIDError(f"query range [{start}, {stop}) is outside [0, {self.num_query})")
         result = np.empty((stop - start, self.num_gallery), dtype=np.float32)
         gallery = slice(self.num_query, None)
@@ -294,7 +312,6 @@ def rerank_distances(query_features, gallery_features, k1=20, k2=6, lambda_value
     """
     reranker = KReciprocalReranker(query_features, gallery_features, k1, k2, lambda_value, verbose)
     result = np.empty((reranker.num_query, reranker.num_gallery), dtype=np.float32)
-    rows = max(1, _BLOCK_ELEMENTS // reranker.num_gallery)
-    for start, stop in _chunks(reranker.num_query, rows, verbose, "re-ranked queries"):
+    for start, stop in _chunks(reranker.num_query, reranker.rows_per_block, verbose, "re-ranked queries"):
         result[start:stop] = reranker.distances(start, stop)
     return result
