@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese_reid.evaluation.distances import MatrixRows, QueryGalleryDistances
+from siamese_reid.evaluation.distances import QueryGalleryDistances
 from siamese_reid.evaluation.ranking import RankingResult, evaluate_embeddings, rank_distance_rows
-from siamese_reid.evaluation.rerank import RERANK_PARAMETERS, rerank_distances
+from siamese_reid.evaluation.rerank import RERANK_PARAMETERS, KReciprocalReranker
 
 RERANKED = "k-reciprocal re-ranking"
 
@@ -41,12 +41,13 @@ def describe_distance(metric, rerank):
     return {"name": metric}
 
 
-def scoring_distance_rows(query_features, gallery_features, metric, rerank, rerank_parameters=None):
+def scoring_distance_rows(query_features, gallery_features, metric, rerank, rerank_parameters=None, verbose=False):
     """The query x gallery distances an evaluation ranks, as rows computed on demand:
-    `metric`, or re-ranked ones (with `rerank_parameters`, by default the authors')."""
+    `metric`, or re-ranked ones (with `rerank_parameters`, by default the authors'; their
+    preparation prints progress with `verbose`)."""
     if rerank:
         parameters = rerank_parameters or RERANK_PARAMETERS
-        return MatrixRows(rerank_distances(query_features, gallery_features, **parameters))
+        return KReciprocalReranker(query_features, gallery_features, verbose=verbose, **parameters)
     return QueryGalleryDistances(query_features, gallery_features, metric)
 
 
@@ -64,7 +65,7 @@ def same_image_pairs(query_samples, gallery_samples):
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
-def evaluate_features(query_features, gallery_features, query_samples, gallery_samples, settings):
+def evaluate_features(query_features, gallery_features, query_samples, gallery_samples, settings, verbose=False):
     """Scores precomputed features; `settings` is an `EvaluationConfig`.
 
     The plain metric is ranked by `evaluate_embeddings`, tile by tile, without the query x
@@ -77,7 +78,7 @@ def evaluate_features(query_features, gallery_features, query_samples, gallery_s
         np.array([s.camid for s in gallery_samples]),
     )
     pairs = same_image_pairs(query_samples, gallery_samples)
-    rows = scoring_distance_rows(query_features, gallery_features, settings.metric, settings.rerank)
+    rows = scoring_distance_rows(query_features, gallery_features, settings.metric, settings.rerank, verbose=verbose)
     if settings.rerank:
         ranking = rank_distance_rows(rows, *labels, settings.max_rank, settings.ap_definition, pairs)
     else:
@@ -115,4 +116,4 @@ def evaluate_model(model, query_samples, gallery_samples, image_size, settings, 
         )
 
     query_features, gallery_features = embed(query_samples, "query"), embed(gallery_samples, "gallery")
-    return evaluate_features(query_features, gallery_features, query_samples, gallery_samples, settings)
+    return evaluate_features(query_features, gallery_features, query_samples, gallery_samples, settings, verbose)

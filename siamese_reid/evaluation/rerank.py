@@ -209,6 +209,7 @@ class KReciprocalReranker:
         started = time.perf_counter()
         self._features = features
         self._squared_norms = np.square(features).sum(axis=1)
+        self._gallery64 = None  # the gallery in float64, made on the first call of distances()
         self._row_maxima = _row_maxima(features, self._squared_norms, verbose)
         ranks = _nearest_neighbours(features, min(max(k1 + 1, k2), len(features)), verbose)
         encodings = _encodings(features, ranks, self._row_maxima, k1, verbose)
@@ -262,15 +263,22 @@ class KReciprocalReranker:
         for first, last in self._batches(start, stop):
             shared = self._shared_mass(first, last)
             jaccard = 1.0 - shared / (2.0 - shared)
+            # float64 products: a float32 product rounds differently with the number of rows in
+            # the call, and a query's row must not depend on which block computed it.
             original = _squared_distances(
-                self._features[first:last],
+                self._features[first:last].astype(np.float64),
                 self._squared_norms[first:last],
-                self._features[gallery],
+                self._gallery_features64(),
                 self._squared_norms[gallery],
-            )
+            ).astype(np.float32)
             original /= self._row_maxima[first:last, None]
             result[first - start : last - start] = (1 - self.lambda_value) * jaccard + self.lambda_value * original
         return result
+
+    def _gallery_features64(self):
+        if self._gallery64 is None:
+            self._gallery64 = self._features[self.num_query :].astype(np.float64)
+        return self._gallery64
 
     def _batches(self, start, stop):
         """Query ranges whose Jaccard step stays within the working-set budget (one query at least)."""
