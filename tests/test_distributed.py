@@ -126,6 +126,19 @@ def test_batches_that_replicas_cannot_share_equally_are_refused():
         check_batch_split(triplets, 2)
 
 
+def test_cpu_replicas_after_tensorflow_started_is_a_clear_error():
+    script = (
+        "import tensorflow as tf\n"
+        "tf.constant(1.0) + 1.0  # TensorFlow has started: its devices are fixed\n"
+        "from siamese_reid.distribution import configure_cpu_replicas\n"
+        "configure_cpu_replicas(1)  # what the process already has: accepted\n"
+        "configure_cpu_replicas(2)\n"
+    )
+    result = run_python(["-c", script])
+    assert result.returncode == 1 and "ReIDError: training.cpu_replicas=2 could not be applied" in result.stderr
+    assert "restart the kernel" in result.stderr
+
+
 def test_every_batch_norm_layer_is_synchronised_while_training_and_saved_plain():
     from siamese_reid.distribution import batch_norm_unsynchronized, synchronize_batch_norm
     from siamese_reid.model.embedding import build_embedding_model
@@ -170,13 +183,10 @@ def free_ports(count):
     return ports
 
 
-def test_two_workers_train_one_run_that_only_the_chief_writes(tmp_path, tiny_demo):
+def run_two_workers(tmp_path, arguments, timeout=300):
+    """Runs `python ARGUMENTS` as worker 0 (the chief) and worker 1 of a cluster on
+    127.0.0.1, each with its own TMPDIR; returns [(returncode, stdout, stderr)] and the TMPDIRs."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    runs = tmp_path / "runs"
-    # No output.run_name: the folder is named by the chief's clock, and the other worker must
-    # learn that name from the chief.
-    command = ["train.py", "--output_dir", runs, *with_settings(TWO_STEPS + ["training.strategy=multi_worker"])]
-    command += ["--set", f"data.root={tiny_demo}"]
     processes, scratch = [], []
     for index in range(2):
         scratch.append(tmp_path / f"tmp{index}")
@@ -185,7 +195,7 @@ def test_two_workers_train_one_run_that_only_the_chief_writes(tmp_path, tiny_dem
         environment = dict(os.environ, TF_CONFIG=json.dumps(cluster), TMPDIR=str(scratch[-1]))
         processes.append(
             subprocess.Popen(
-                [sys.executable, *map(str, command)],
+                [sys.executable, *map(str, arguments)],
                 cwd=PROJECT_ROOT,
                 env=environment,
                 stdout=subprocess.PIPE,
@@ -194,17 +204,36 @@ def test_two_workers_train_one_run_that_only_the_chief_writes(tmp_path, tiny_dem
             )
         )
     try:
-        outputs = [process.communicate(timeout=300) for process in processes]
+        outputs = [process.communicate(timeout=timeout) for process in processes]
     finally:
         for process in processes:
             process.kill()
-    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return [(process.returncode, *output) for process, output in zip(processes, outputs, strict=True)], scratch
+
+
+def test_two_workers_train_one_run_that_only_the_chief_writes(tmp_path, tiny_demo):
+    runs = tmp_path / "runs"
+    # No output.run_name: the folder is named by the chief's clock, and the other worker must
+    # learn that name from the chief.
+    settings = TWO_STEPS + ["training.strategy=multi_worker", f"data.root={tiny_demo}"]
+    results, scratch = run_two_workers(tmp_path, ["train.py", "--output_dir", runs, *with_settings(settings)])
+    for returncode, stdout, stderr in results:
+        assert returncode == 0, stdout[-3000:] + stderr[-3000:]
     (run_dir,) = runs.iterdir()  # one run folder, the chief's
-    chief, other = (stdout for stdout, _ in outputs)
+    chief, other = (stdout for _, stdout, _ in results)
     assert f"run folder: {run_dir}" in chief and f"run folder: {run_dir}" in other
     assert f"results written to {run_dir}" in chief
     assert f"done; the chief writes the results to {run_dir}" in other
     assert (run_dir / "metrics.json").is_file() and (run_dir / "last.keras").is_file()
     assert len(history(run_dir)["loss"]) == 2
     assert not any(scratch[1].iterdir())  # the other worker's scratch folder is gone
+
+
+def test_a_run_folder_the_chief_cannot_create_stops_every_worker(tmp_path, tiny_demo):
+    (tmp_path / "taken").mkdir()
+    settings = TWO_STEPS + ["training.strategy=multi_worker", f"data.root={tiny_demo}", "output.run_name=taken"]
+    results, _ = run_two_workers(tmp_path, ["train.py", "--output_dir", tmp_path, *with_settings(settings)])
+    (chief_code, _, chief_error), (other_code, _, other_error) = results
+    assert chief_code == 2 and "'" + str(tmp_path / "taken") + "' already exists" in chief_error
+    assert other_code == 2 and "the chief could not create the run folder" in other_error
+    assert not any((tmp_path / "taken").iterdir())
