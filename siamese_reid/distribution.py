@@ -253,9 +253,3 @@ def worker_output_dir(run_dir, strategy, resuming):
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def single_device_view(model):
-    """`model`'s layers and weights in a model bound to no strategy: it predicts on this
-    process's default device, with no collective, so one worker can use it alone."""
-    return keras.Model(model.inputs, model.outputs, name=model.name)

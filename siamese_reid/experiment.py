@@ -435,7 +435,7 @@ def _train(config, run_dir, strategy, resuming):
     import keras
 
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
-    from siamese_reid.distribution import is_chief, is_multi_worker, single_device_view, split_by_data, worker_name
+    from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
 
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.training.seed)
@@ -456,12 +456,12 @@ def _train(config, run_dir, strategy, resuming):
         print(f"{worker_name(strategy)}: training beside the chief, which writes the run folder and scores the model")
     start_epoch = _start_epoch(run_dir, config.training.epochs)
     dataset = split_by_data(training_dataset(data.train, config.training, config.augment, size, start_epoch, steps))
-    # Scored on one device, outside the strategy: no collective, so the other workers never wait on it.
-    scoring_model = single_device_view(tower)
+    # Only the chief scores: evaluation embeds on its default device, outside the strategy, with
+    # no collective, so the other workers never wait on it.
     scorer = None
     if chief:
         scorer = _PeriodicScorer(
-            scoring_model,
+            tower,
             data.validation_query if data.has_validation else data.query,
             data.validation_gallery if data.has_validation else data.gallery,
             monitored,
@@ -476,7 +476,7 @@ def _train(config, run_dir, strategy, resuming):
     print(f"training took {elapsed:.0f} s")
     if not chief:
         return None
-    return _final_report(scoring_model, data, config, run_dir, {"training_seconds": elapsed}, scorer.latest)
+    return _final_report(tower, data, config, run_dir, {"training_seconds": elapsed}, scorer.latest)
 
 
 def _final_report(tower, data, config, run_dir, extra, last_periodic=None):
