@@ -128,7 +128,9 @@ class TrainingConfig:
     seed: int = _field(0, minimum=0, maximum=2**32 - 1)
     precision: str = _field("float32", choices="siamese_reid.training:PRECISIONS")
     xla: bool = _field(False)
-    strategy: str = _field("default", choices="siamese_reid.training:STRATEGIES")
+    strategy: str = _field("default", choices="siamese_reid.distribution:STRATEGIES")
+    # Logical CPU devices for the mirrored strategy (0 = use the GPUs, or the one CPU).
+    cpu_replicas: int = _field(0, minimum=0, maximum=256)
 
 
 @dataclasses.dataclass(frozen=True)

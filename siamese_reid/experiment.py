@@ -19,6 +19,7 @@ __all__ = [
     "build_training_model",
     "check_before_start",
     "create_evaluation_dir",
+    "create_new_run_dir",
     "create_run_dir",
     "evaluate_saved_model",
     "fit_search_threshold",
@@ -27,6 +28,7 @@ __all__ = [
     "resolve_dataset",
     "resume",
     "run_model_path",
+    "start_distribution",
     "train",
     "train_new_run",
 ]
@@ -244,6 +246,10 @@ def build_training_model(config, steps, strategy):
     loss_name = "triplet" if training.sampler == "triplet" else loss.name
     with strategy.scope():
         tower = build_tower(config)
+        if strategy.num_replicas_in_sync > 1:
+            from siamese_reid.distribution import synchronize_batch_norm
+
+            synchronize_batch_norm(tower)
         model = build_siamese_model(tower, config.model.branches) if training.sampler == "triplet" else tower
         model.compile(
             optimizer=make_optimizer(
@@ -289,13 +295,17 @@ def _report_sampling(train, training):
 
 
 def _callbacks(tower, run_dir, evaluate, config, resuming):
+    """The callbacks of `fit`; without periodic evaluation when `evaluate` is None (a worker
+    other than the chief: every worker runs the others, which read the same variables)."""
     import keras
 
     from siamese_reid.training import EmbeddingCheckpoint, HistoryLogger, PeriodicEvaluation, StopOnNonFiniteLoss
 
+    periods = (config.evaluation.every_n_epochs, config.training.epochs)
+    evaluation = [] if evaluate is None else [PeriodicEvaluation(evaluate, *periods)]
     return [
         StopOnNonFiniteLoss(),
-        PeriodicEvaluation(evaluate, config.evaluation.every_n_epochs, config.training.epochs),
+        *evaluation,
         EmbeddingCheckpoint(tower, run_dir, monitor="val_mAP"),
         keras.callbacks.BackupAndRestore(str(Path(run_dir) / "backup")),
         HistoryLogger(str(Path(run_dir) / "history.csv"), append=resuming),
@@ -365,6 +375,43 @@ def _start_epoch(run_dir, epochs):
     return start_epoch
 
 
+def start_distribution(training):
+    """The run's tf.distribute strategy, once each replica is known to get an equal share of
+    every batch. Created once per process, before TensorFlow does anything else: it fixes the
+    devices TensorFlow starts with and, for multi-worker training, joins the cluster."""
+    from siamese_reid.distribution import check_batch_split, make_strategy
+
+    strategy = make_strategy(training.strategy, training.cpu_replicas)
+    check_batch_split(training, strategy.num_replicas_in_sync)
+    return strategy
+
+
+def create_new_run_dir(config, output_dir=None):
+    """A new run folder: `output_dir` (else output.dir) / output.run_name, else a timestamp.
+
+    Under multi-worker training the chief creates it and every other worker receives its path,
+    so all of them name the same run (they write nothing into it: see `train`).
+    """
+    from siamese_reid.distribution import broadcast_from_chief, is_chief, is_multi_worker
+
+    strategy = start_distribution(config.training)
+    parent = output_dir or config.output.dir
+    if not is_multi_worker(strategy):
+        return create_run_dir(parent, config.output.run_name)
+    run_dir, failure = "", None
+    if is_chief(strategy):
+        try:
+            run_dir = str(create_run_dir(parent, config.output.run_name))
+        except ReIDError as error:
+            failure = error  # raised once the other workers know, so that none waits for a folder
+    agreed = broadcast_from_chief(strategy, run_dir)
+    if failure is not None:
+        raise failure
+    if not agreed:
+        raise ReIDError("the chief could not create the run folder (its error says why)")
+    return Path(agreed)
+
+
 def train(config, run_dir, resuming=False):
     """Trains, evaluates and reports into `run_dir`; returns the final metrics.
 
@@ -372,13 +419,25 @@ def train(config, run_dir, resuming=False):
     query/gallery. The reported numbers are always the last epoch's model on query/gallery,
     scored once: with a validation split, a separate final evaluation; without one, the last
     epoch's periodic evaluation (always run), which is the same computation.
+
+    Under multi-worker training every worker calls this with the same `run_dir`: the chief
+    trains, scores and writes there; the others train beside it, write only into a temporary
+    folder, and return None.
     """
+    from siamese_reid.distribution import worker_output_dir
+
+    strategy = start_distribution(config.training)
+    with worker_output_dir(run_dir, strategy, resuming) as output_dir:
+        return _train(config, output_dir, strategy, resuming)
+
+
+def _train(config, run_dir, strategy, resuming):
     import keras
 
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
-    from siamese_reid.training import make_strategy
+    from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
 
-    run_dir = Path(run_dir)
+    chief = is_chief(strategy)
     keras.utils.set_random_seed(config.training.seed)
     keras.mixed_precision.set_global_policy(config.training.precision)
     config, data = prepare_data(config, run_dir)
@@ -386,7 +445,6 @@ def train(config, run_dir, resuming=False):
     _report_sampling(data.train, config.training)
     size = image_size(config)
     steps = steps_per_epoch(config.training, len(data.train))
-    strategy = make_strategy(config.training.strategy)
     tower, model, initialisation = build_training_model(config, steps, strategy)
     monitored = "validation" if data.has_validation else "query / gallery (test)"
     reporting.write_json(run_dir / "run_info.json", {"initialisation": initialisation, "monitored_split": monitored})
@@ -394,22 +452,30 @@ def train(config, run_dir, resuming=False):
         f"model: {config.model.backbone} ({initialisation['weights']} weights), "
         f"{initialisation['parameters']:,} parameters, {strategy.num_replicas_in_sync} replica(s)"
     )
+    if is_multi_worker(strategy) and not chief:
+        print(f"{worker_name(strategy)}: training beside the chief, which writes the run folder and scores the model")
     start_epoch = _start_epoch(run_dir, config.training.epochs)
-    dataset = training_dataset(data.train, config.training, config.augment, size, start_epoch, steps)
-    scorer = _PeriodicScorer(
-        tower,
-        data.validation_query if data.has_validation else data.query,
-        data.validation_gallery if data.has_validation else data.gallery,
-        monitored,
-        size,
-        config.evaluation,
-    )
+    dataset = split_by_data(training_dataset(data.train, config.training, config.augment, size, start_epoch, steps))
+    # Only the chief scores: evaluation embeds on its default device, outside the strategy, with
+    # no collective, so the other workers never wait on it.
+    scorer = None
+    if chief:
+        scorer = _PeriodicScorer(
+            tower,
+            data.validation_query if data.has_validation else data.query,
+            data.validation_gallery if data.has_validation else data.gallery,
+            monitored,
+            size,
+            config.evaluation,
+        )
     print(f"training {config.training.epochs} epochs of {steps} batches ({config.training.sampler} sampler)")
     started = time.time()
     callbacks = _callbacks(tower, run_dir, scorer, config, resuming)
     _fit(model, dataset, steps, config.training.epochs, callbacks, run_dir)
     elapsed = time.time() - started
     print(f"training took {elapsed:.0f} s")
+    if not chief:
+        return None
     return _final_report(tower, data, config, run_dir, {"training_seconds": elapsed}, scorer.latest)
 
 
@@ -536,7 +602,11 @@ def resume(config, run_dir):
         raise ReIDError(f"cannot resume: run '{run_dir}' already finished (see its metrics.json)")
     _check_resume_changes(run_dir, config)
     if _trained_but_unreported(run_dir, config.training.epochs):
+        from siamese_reid.distribution import is_chief
         from siamese_reid.model.embedding import load_embedding_model
+
+        if not is_chief(start_distribution(config.training)):
+            return None  # the chief writes the report; there is nothing left to train
 
         print("training had finished; evaluating the saved model and writing the report")
         config, data = prepare_data(config, run_dir)
@@ -549,9 +619,14 @@ def train_new_run(config, run_dir):
 
     A run that fails before its first epoch is saved (an unusable split, a loss that is NaN
     from the start, out of memory) leaves no folder behind, so the same command can be run
-    again once the cause is fixed.
+    again once the cause is fixed. A multi-worker run's folder is the chief's: the other
+    workers neither check nor remove it.
     """
+    from siamese_reid.distribution import is_chief
+
     run_dir = Path(run_dir)
+    if not is_chief(start_distribution(config.training)):
+        return train(config, run_dir)
     if not run_dir.is_dir() or any(run_dir.iterdir()):
         raise ReIDError(f"'{run_dir}' is not a new, empty run folder: create one with create_run_dir")
     try:

@@ -14,6 +14,9 @@ deliberately differ (tests pin each case):
 * Distances and losses are computed in float32 (as tensorflow-addons does for float16 and
   bfloat16), and the soft margin uses a stable softplus instead of log1p(exp(x)), which is
   infinite once x > 88.
+* Under a `tf.distribute` strategy with several replicas, the loss classes mine in the global
+  batch (the embeddings of every replica), not in each replica's share (tfa mines per replica:
+  tensorflow/tensorflow#47344), and the loss and its gradient are those of one device.
 
 Reference: Schroff et al., FaceNet (semi-hard), https://arxiv.org/abs/1503.03832;
 Hermans et al., In Defense of the Triplet Loss (batch hard), https://arxiv.org/abs/1703.07737.
@@ -197,6 +200,61 @@ def _triplet_distances(y_pred, distance_metric):
     return metric.paired(anchor, positive), metric.paired(anchor, negative)
 
 
+def _replicas_in_sync():
+    """The replica context of a `tf.distribute` step with more than one replica, else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
+
+
+def _all_gather(context, values):
+    """The rows of `values` of every replica, in replica order.
+
+    An all-reduce (sum) of zero-padded copies, each replica's rows at its own offset, rather
+    than `ReplicaContext.all_gather`, which fails inside `fit` under MultiWorkerMirroredStrategy
+    ("destinations can not be empty": its merge_call needs tensors placed on a device). The
+    gradient is the one all_gather has: the sum of every replica's gradient, of which each
+    replica keeps the rows of its own input. Exact: every sum adds zeros to one value.
+    """
+    import tensorflow as tf
+
+    dtype, values = values.dtype, tf.cast(values, "float32")  # labels too: exact below 2**24
+    replica, num_replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
+    size = tf.cast(tf.shape(values)[0], "float32")
+    sizes = tf.cast(context.all_reduce("sum", tf.one_hot(replica, num_replicas) * size), "int32")
+    before, after = tf.reduce_sum(sizes[:replica]), tf.reduce_sum(sizes[replica + 1 :])
+    padding = tf.concat([[[before, after]], tf.zeros([tf.rank(values) - 1, 2], "int32")], axis=0)
+    return tf.cast(context.all_reduce("sum", tf.pad(values, padding)), dtype)
+
+
+def _global_batch(y_true, y_pred):
+    """Every replica's labels and embeddings, in replica order (the batch itself on one device)."""
+    context = _replicas_in_sync()
+    if context is None:
+        return y_true, y_pred
+    return _all_gather(context, y_true), _all_gather(context, y_pred)
+
+
+def _loss_on_global_batch(loss_function, y_true, y_pred, **arguments):
+    """`loss_function` of the global batch, as this replica's share of the loss to minimise.
+
+    Every replica computes the same loss L of the gathered batch and returns L / N (N replicas).
+    The gradient of `all_gather` sums the incoming gradients of all replicas and gives each
+    replica the rows of its own embeddings, so each replica's gradient is that of L through its
+    own images, and their sum (the optimizer all-reduces gradients by SUM) is the gradient one
+    device computes on the whole batch. Keras itself divides a loss by N only when it reduces
+    per-example values (`scale_loss_for_distribution`); it leaves a scalar as it is, yet
+    multiplies the logged loss by N (`unscale_loss_for_distribution`), so without this division
+    the step and the logged loss were N times too large. With it the logged loss is L.
+    """
+    context = _replicas_in_sync()
+    loss = loss_function(*_global_batch(y_true, y_pred), **arguments)
+    return loss if context is None else loss / context.num_replicas_in_sync
+
+
 class _TripletLoss(keras.losses.Loss):
     """Shared plumbing of the loss classes, in the Keras recipe: one attribute per constructor
     argument, `get_config` chained to `super()`. Every loss function already reduces the batch
@@ -212,8 +270,8 @@ class _TripletLoss(keras.losses.Loss):
         self.distance_metric = distance_metric
 
     def call(self, y_true, y_pred):
-        return self.loss_function(
-            y_true, y_pred, margin=self.margin, soft=self.soft, distance_metric=self.distance_metric
+        return _loss_on_global_batch(
+            self.loss_function, y_true, y_pred, margin=self.margin, soft=self.soft, distance_metric=self.distance_metric
         )
 
     def get_config(self):
@@ -248,7 +306,9 @@ class TripletSemiHardLoss(keras.losses.Loss):
         self.distance_metric = distance_metric
 
     def call(self, y_true, y_pred):
-        return triplet_semihard_loss(y_true, y_pred, margin=self.margin, distance_metric=self.distance_metric)
+        return _loss_on_global_batch(
+            triplet_semihard_loss, y_true, y_pred, margin=self.margin, distance_metric=self.distance_metric
+        )
 
     def get_config(self):
         return {
@@ -298,6 +358,7 @@ def _batch_distance_stats(y_true, y_pred, distance_metric):
     if len(y_pred.shape) == 3:  # explicit triplets
         d_ap, d_an = _triplet_distances(y_pred, distance_metric)
         return d_ap, d_an, ops.ones_like(d_ap, dtype="bool"), ops.ones_like(d_an, dtype="bool")
+    y_true, y_pred = _global_batch(y_true, y_pred)  # the pairs of the whole batch, as the loss mines
     distances = pairwise_distances(y_pred, distance_metric)
     positives, negatives = _label_masks(y_true)
     return distances, distances, positives, negatives

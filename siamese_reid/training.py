@@ -9,8 +9,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from siamese_reid.distribution import batch_norm_unsynchronized
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_atomically, write_json
 
@@ -54,29 +54,8 @@ def make_optimizer(name, learning_rate, weight_decay, warmup_steps, total_steps,
     return OPTIMIZERS[name](make_schedule(schedule, learning_rate, warmup_steps, total_steps), weight_decay)
 
 
-def _mirrored():
-    # Every local GPU, or every logical CPU device when there is none (how the tests run it).
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = gpus or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
-
-
-# training.strategy -> tf.distribute strategy factory
-STRATEGIES = {
-    "default": tf.distribute.get_strategy,
-    "mirrored": _mirrored,
-    "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,  # the cluster comes from TF_CONFIG
-}
-
 # training.precision: the Keras mixed-precision policies offered
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-
-
-def make_strategy(name):
-    """The tf.distribute strategy for `name`, a key of `STRATEGIES`."""
-    if name not in STRATEGIES:
-        raise ReIDError(f"unknown strategy {name!r}; valid names: {list(STRATEGIES)}")
-    return STRATEGIES[name]()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -193,7 +172,8 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
             write_json(self.state_path, self.best)
 
     def _save(self, name):
-        write_atomically(self.output_dir / name, self.saved_view.save, suffix=".keras")
+        with batch_norm_unsynchronized(self.saved_view):
+            write_atomically(self.output_dir / name, self.saved_view.save, suffix=".keras")
 
 
 def resume_epoch(backup_dir):

@@ -271,19 +271,6 @@ SMALL_RUN = [
 ]
 
 
-def test_mirrored_strategy_on_two_logical_cpus(tmp_path, tiny_demo):
-    preamble = (
-        "import tensorflow as tf\n"
-        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
-        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)"
-    )
-    settings = FAST + demo_settings(tiny_demo) + SMALL_RUN + ["training.strategy=mirrored"]
-    result = _train_in_subprocess(tmp_path, "mirrored", settings, preamble)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "2 replica(s)" in result.stdout
-    assert (tmp_path / "mirrored" / "metrics.json").is_file()
-
-
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_and_xla_switches_train_on_cpu(tmp_path, tiny_demo, precision):
     settings = (

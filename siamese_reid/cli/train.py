@@ -28,17 +28,20 @@ def main(argv=None):
     else:
         # everything that can fail without training fails before a run folder exists
         config = experiment.check_before_start(config_from_arguments(arguments))
-        run_dir = experiment.create_run_dir(arguments.output_dir or config.output.dir, config.output.run_name)
+        run_dir = experiment.create_new_run_dir(config, arguments.output_dir)
     print(f"run folder: {run_dir}")
     try:
         if arguments.resume:
-            experiment.resume(config, run_dir)
+            metrics = experiment.resume(config, run_dir)
         else:
-            experiment.train_new_run(config, run_dir)
+            metrics = experiment.train_new_run(config, run_dir)
     except KeyboardInterrupt:
         if (run_dir / "backup").exists():
             print(f"interrupted; continue with: python train.py --resume {run_dir}", file=sys.stderr)
             return 130
         raise
+    if metrics is None:  # a multi-worker run's other workers: they train beside the chief
+        print(f"done; the chief writes the results to {run_dir}")
+        return 0
     print(f"results written to {run_dir}")
     return 0
