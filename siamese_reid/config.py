@@ -108,6 +108,7 @@ class AugmentConfig:
     pad: int = _field(4, minimum=0)
     random_erasing: bool = _field(False)
     erasing_probability: float = _field(0.5, minimum=0.0, maximum=1.0)
+    erasing_fill: str = _field("random", choices="siamese_reid.data.images:ERASING_FILLS")
     color_jitter: bool = _field(True)
     jitter_strength: float = _field(0.2, minimum=0.0, maximum=1.0)
 

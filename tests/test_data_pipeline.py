@@ -92,6 +92,76 @@ def test_random_erasing_changes_a_rectangle_only():
     assert changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].mean() > 0.9
 
 
+def erased_rectangle(original, erased):
+    """(top, left, height, width) of the changed pixels, checked to form one full rectangle."""
+    changed = np.any(erased != original, axis=2)
+    if not changed.any():
+        return None
+    rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+    assert changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+    assert changed.sum() == len(rows) * len(cols)
+    return rows.min(), cols.min(), len(rows), len(cols)
+
+
+def test_random_erasing_with_the_mean_fills_the_imagenet_mean_pixel_eagerly_and_in_dataset_map():
+    # a non-integer noise image: no original pixel equals the mean by chance
+    image = tf.constant(np.random.default_rng(1).uniform(0.5, 254.5, (64, 32, 3)), tf.float32)
+    seeds = tf.stack([tf.constant([9, i], tf.int64) for i in range(12)])
+    eager = [images.random_erasing(image, seed, 1.0, fill="mean").numpy() for seed in seeds]
+    mapped = list(tf.data.Dataset.from_tensor_slices(seeds).map(lambda s: images.random_erasing(image, s, 1.0, "mean")))
+    mean = np.array([0.485, 0.456, 0.406], np.float32) * 255  # the reference code's PIXEL_MEAN
+    for erased, from_map in zip(eager, mapped, strict=True):
+        np.testing.assert_array_equal(from_map.numpy(), erased)
+        top, left, height, width = erased_rectangle(image.numpy(), erased)
+        region = erased[top : top + height, left : left + width]
+        np.testing.assert_allclose(region, np.broadcast_to(mean, region.shape), rtol=1e-6)
+    assert len({erased_rectangle(image.numpy(), e) for e in eager}) > 6  # rectangles vary with the seed
+
+
+def reference_erasing_rectangles(height, width, draws, seed, probability=0.5):
+    """The strong baseline's RandomErasing, as its definition reads: with `probability`, up to
+    100 attempts of area ~ U(0.02, 0.4) x image area, aspect ~ U(0.3, 1/0.3), h = round(sqrt(
+    area x aspect)), w = round(sqrt(area / aspect)), kept when h < height and w < width."""
+    rng = np.random.default_rng(seed)
+    rectangles = []
+    for _ in range(draws):
+        if rng.uniform() >= probability:
+            rectangles.append(None)
+            continue
+        for _attempt in range(100):
+            area = rng.uniform(0.02, 0.4) * height * width
+            aspect = rng.uniform(0.3, 1 / 0.3)
+            h, w = round(np.sqrt(area * aspect)), round(np.sqrt(area / aspect))
+            if h < height and w < width:
+                rectangles.append((h, w))
+                break
+        else:
+            rectangles.append(None)
+    return rectangles
+
+
+def test_random_erasing_rectangles_follow_the_reference_distribution():
+    from scipy.stats import ks_2samp
+
+    height, width = 24, 12  # tall and small: the "fits strictly inside" rule rejects draws
+    image = tf.constant(np.random.default_rng(2).uniform(0.5, 254.5, (height, width, 3)), tf.float32)
+    seeds = tf.stack([tf.constant([4, i], tf.int64) for i in range(600)])
+    erased = tf.data.Dataset.from_tensor_slices(seeds).map(lambda s: images.random_erasing(image, s, 0.5, "mean"))
+    ours = [erased_rectangle(image.numpy(), e.numpy()) for e in erased]
+    reference = reference_erasing_rectangles(height, width, 20_000, seed=0)
+    assert np.mean([r is not None for r in ours]) == pytest.approx(0.5, abs=0.07)  # 600 draws: sd 0.02
+    ours = [r for r in ours if r is not None]
+    reference = [r for r in reference if r is not None]
+    assert all(h < height and w < width for _, _, h, w in ours)
+    assert all(top + h <= height and left + w <= width for top, left, h, w in ours)
+    for statistic in (lambda h, w: h * w, lambda h, w: h / w):
+        ours_values = [statistic(h, w) for _, _, h, w in ours]
+        reference_values = [statistic(h, w) for h, w in reference]
+        assert ks_2samp(ours_values, reference_values).pvalue > 0.01
+    # corners are uniform over where the rectangle fits: both extremes occur
+    assert min(top for top, _, _, _ in ours) == 0 and any(top + h == height for top, _, h, _ in ours)
+
+
 @pytest.mark.parametrize(
     ("name", "mode", "image_format"),
     [("a.jpg", "RGB", "JPEG"), ("b.png", "RGBA", "PNG"), ("c.bmp", "RGB", "BMP"), ("d.png", "L", "PNG")],

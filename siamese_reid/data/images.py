@@ -43,28 +43,67 @@ def color_jitter(image, seed, strength):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def random_erasing(image, seed, probability, area=(0.02, 0.4), aspect=(0.3, 3.3)):
-    """Replaces a random rectangle with noise (Zhong et al., AAAI 2020).
+# ImageNet's mean pixel in [0, 255] RGB: (0.485, 0.456, 0.406) x 255, the PIXEL_MEAN of the
+# strong baseline's reference code. That code erases after normalising the image, writing the
+# values 0.485, 0.456, 0.406 into the normalised tensor, i.e. pixels of mean x (1 + std), about
+# (152, 142, 127); its RandomErasing's own default, (0.4914, 0.4822, 0.4465), is CIFAR-10's mean
+# and is not used for re-ID. We deviate on purpose and write the mean pixel itself (Zhong et
+# al.'s "RE-M" fill), which the model's mean subtraction turns into about 0.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 
-    Reference: Random Erasing Data Augmentation, https://arxiv.org/abs/1708.04896
+
+def _noise_fill(image, seed):
+    return tf.random.stateless_uniform(image.shape, seed, 0.0, 255.0)
+
+
+def _mean_fill(image, seed):
+    return tf.broadcast_to(tf.constant(IMAGENET_MEAN_RGB, image.dtype), image.shape)
+
+
+# augment.erasing_fill -> what fills the erased rectangle: uniform noise in [0, 255] (Zhong
+# et al.'s RE-R) or the ImageNet mean pixel (their RE-M, which Luo et al.'s strong baseline uses).
+ERASING_FILLS = {"random": _noise_fill, "mean": _mean_fill}
+
+
+def random_erasing(image, seed, probability, fill="random", area=(0.02, 0.4), min_aspect=0.3, attempts=100):
+    """With `probability`, replaces a random rectangle of the image with `fill`.
+
+    The rectangle follows the definition (and the strong baseline's reference code): a target
+    area uniform in `area` x the image area, an aspect ratio (height / width) uniform in
+    [min_aspect, 1 / min_aspect], height and width rounded; a draw that does not fit strictly
+    inside the image is redrawn, up to `attempts` times (then the image is left unchanged); the
+    top-left corner is uniform over the positions where it fits. The attempts are drawn at once
+    and the first that fits is used, so the op stays a pure function of `seed`.
+
+    Args:
+      image: float tensor of shape [height, width, 3] in [0, 255].
+      seed: int tensor of shape [2] (stateless random ops).
+      probability: chance that the image is erased at all.
+      fill: a key of `ERASING_FILLS`.
+
+    Reference: Zhong et al., Random Erasing Data Augmentation, https://arxiv.org/abs/1708.04896
+    (Algorithm 1); Luo et al., Bag of Tricks, https://arxiv.org/abs/1903.07071
     """
     height, width = image.shape[0], image.shape[1]
-    seeds = tf.random.experimental.stateless_split(seed, 5)
-    apply = tf.random.stateless_uniform([], seeds[0]) < probability
-    erase_area = tf.random.stateless_uniform([], seeds[1], *area) * height * width
-    log_aspect = tf.random.stateless_uniform([], seeds[2], tf.math.log(aspect[0]), tf.math.log(aspect[1]))
-    ratio = tf.exp(log_aspect)
-    erase_height = tf.clip_by_value(tf.cast(tf.sqrt(erase_area * ratio), tf.int32), 1, height)
-    erase_width = tf.clip_by_value(tf.cast(tf.sqrt(erase_area / ratio), tf.int32), 1, width)
-    offsets = tf.random.stateless_uniform([2], seeds[3])
-    top = tf.cast(offsets[0] * tf.cast(height - erase_height + 1, tf.float32), tf.int32)
-    left = tf.cast(offsets[1] * tf.cast(width - erase_width + 1, tf.float32), tf.int32)
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    target_area = tf.random.stateless_uniform([attempts], seeds[1], *area) * height * width
+    aspect = tf.random.stateless_uniform([attempts], seeds[2], min_aspect, 1.0 / min_aspect)
+    # tf.round rounds half to even, as Python's round in the reference does.
+    erase_heights = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+    erase_widths = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+    fits = (erase_heights < height) & (erase_widths < width)
+    first = tf.argmax(tf.cast(fits, tf.int32))
+    erase_height, erase_width = erase_heights[first], erase_widths[first]
+    apply = (tf.random.stateless_uniform([], seeds[0]) < probability) & tf.reduce_any(fits)
+    corner = tf.random.stateless_uniform([2], seeds[3])
+    # An integer uniform over 0..(size - erased size), both ends included (random.randint).
+    top = tf.cast(corner[0] * tf.cast(height - erase_height + 1, tf.float32), tf.int32)
+    left = tf.cast(corner[1] * tf.cast(width - erase_width + 1, tf.float32), tf.int32)
     rows = tf.range(height)[:, None]
     cols = tf.range(width)[None, :]
     inside = (rows >= top) & (rows < top + erase_height) & (cols >= left) & (cols < left + erase_width)
-    noise = tf.random.stateless_uniform(image.shape, seeds[4], 0.0, 255.0)
     mask = tf.logical_and(inside, apply)[..., None]
-    return tf.where(mask, noise, image)
+    return tf.where(mask, ERASING_FILLS[fill](image, seeds[4]), image)
 
 
 def augment(image, seed, settings):
@@ -77,5 +116,5 @@ def augment(image, seed, settings):
     if settings.color_jitter and settings.jitter_strength > 0:
         image = color_jitter(image, seeds[2], settings.jitter_strength)
     if settings.random_erasing:
-        image = random_erasing(image, seeds[3], settings.erasing_probability)
+        image = random_erasing(image, seeds[3], settings.erasing_probability, settings.erasing_fill)
     return image
