@@ -86,6 +86,7 @@ class ModelConfig:
     backbone: str = _field("vgg16", choices="siamese_reid.model.embedding:BACKBONES")
     weights: str = _field("none")
     vgg_blocks: int = _field(3, minimum=1, maximum=5)
+    last_stride: int = _field(2, minimum=1, maximum=2)
     freeze_blocks: int = _field(0, minimum=0, maximum=5)
     pooling: str = _field("avg", choices="siamese_reid.model.embedding:POOLINGS")
     embedding_dim: int = _field(128, minimum=2)
@@ -99,6 +100,12 @@ class LossConfig:
     margin: float = _field(0.3, minimum=0.0)
     soft: bool = _field(False)
     distance_metric: str = _field("L2", choices="siamese_reid.losses:DISTANCE_METRICS")
+    triplet_weight: float = _field(1.0, minimum=0.0)
+    triplet_feature: str = _field("embedding", choices="siamese_reid.model.training_model:TRIPLET_FEATURES")
+    id_weight: float = _field(0.0, minimum=0.0)
+    label_smoothing: float = _field(0.1, minimum=0.0, maximum=1.0)
+    center_weight: float = _field(0.0, minimum=0.0)
+    center_learning_rate: float = _field(0.5, minimum=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +130,14 @@ class TrainingConfig:
     epochs: int = _field(100, minimum=1)
     optimizer: str = _field("adam", choices="siamese_reid.training:OPTIMIZERS")
     learning_rate: float = _field(3.0e-4, minimum=0.0)
-    weight_decay: float = _field(5.0e-4, minimum=0.0)
+    weight_decay: float = _field(0.0, minimum=0.0)
     warmup_epochs: int = _field(2, minimum=0)
     schedule: str = _field("cosine", choices="siamese_reid.training:SCHEDULES")
+    # Epochs after which the multistep schedule multiplies the rate by lr_gamma.
+    lr_milestones: tuple[int, ...] = _field((40, 70), minimum=1)
+    lr_gamma: float = _field(0.1, minimum=0.0, maximum=1.0)
     seed: int = _field(0, minimum=0, maximum=2**32 - 1)
-    precision: str = _field("float32", choices="siamese_reid.training:PRECISIONS")
+    precision: str = _field("float32", choices="siamese_reid.precision:PRECISIONS")
     xla: bool = _field(False)
     strategy: str = _field("default", choices="siamese_reid.distribution:STRATEGIES")
     # Logical CPU devices for the mirrored strategy (0 = use the GPUs, or the one CPU).
@@ -190,10 +200,20 @@ def _coerce_entries(key, value, entry_class):
     return tuple(entries)
 
 
+def _coerce_tuple(key, value, annotation, field):
+    """A YAML list (or a single value) as a tuple, each item checked against the field's rule."""
+    item_type = typing.get_args(annotation)[0]
+    items = value if isinstance(value, list | tuple) else [value]
+    return tuple(_coerce(f"{key}[{index}]", item, item_type, field) for index, item in enumerate(items))
+
+
 def _coerce(key, value, annotation, field):
     """Checks `value` against the field's type and rule; returns it converted."""
     if typing.get_origin(annotation) is tuple:
-        return _coerce_entries(key, value, typing.get_args(annotation)[0])
+        item_type = typing.get_args(annotation)[0]
+        if dataclasses.is_dataclass(item_type):
+            return _coerce_entries(key, value, item_type)
+        return _coerce_tuple(key, value, annotation, field)
     allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
     if value is None:
         if type(None) in allowed:
@@ -266,6 +286,33 @@ def _check_consistency(config):
             f"config key 'model.freeze_blocks' ({config.model.freeze_blocks}) cannot exceed "
             f"'model.vgg_blocks' ({config.model.vgg_blocks})"
         )
+    _check_recipe(config.model, config.loss, config.training)
+
+
+def _check_recipe(model, loss, training):
+    """The strong-baseline switches: what each needs from the others."""
+    if training.sampler == "triplet":
+        for key, used in (
+            ("loss.triplet_weight", loss.triplet_weight != 1),
+            ("loss.id_weight", loss.id_weight > 0),
+            ("loss.center_weight", loss.center_weight > 0),
+            ("loss.triplet_feature", loss.triplet_feature != "embedding"),
+        ):
+            if used:
+                raise ReIDError(
+                    f"config key '{key}' needs 'training.sampler: pk': the triplet sampler trains the triplet "
+                    "loss on the embedding only"
+                )
+    if loss.triplet_weight == 0 and loss.id_weight == 0:
+        raise ReIDError("config keys 'loss.triplet_weight' and 'loss.id_weight' are both 0: set one of them above 0")
+    if loss.triplet_feature == "pre_bnneck" and not model.bnneck:
+        raise ReIDError("config key 'loss.triplet_feature' 'pre_bnneck' needs 'model.bnneck: true'")
+    strided = valid_names("siamese_reid.model.embedding:LAST_STAGE_STRIDED_LAYERS")
+    if model.last_stride == 1 and model.backbone not in strided:
+        raise ReIDError(f"config key 'model.last_stride' 1 is implemented for model.backbone {strided} only")
+    milestones = training.lr_milestones
+    if any(later <= earlier for earlier, later in zip(milestones, milestones[1:], strict=False)):
+        raise ReIDError(f"config key 'training.lr_milestones' must be increasing epochs, got {list(milestones)}")
 
 
 def parse_override(text):
@@ -317,11 +364,12 @@ def replace(config, **sections):
 
 
 def _plain(value):
-    # tuples of entries (data.extra_train) are lists in YAML
+    # tuples (data.extra_train entries, training.lr_milestones) are lists in YAML
     return [_plain(item) for item in value] if isinstance(value, tuple) else value
 
 
 def config_to_dict(config):
+    """Nested dicts of plain YAML values (tuples as lists)."""
     return {
         section: {key: _plain(value) for key, value in values.items()}
         for section, values in dataclasses.asdict(config).items()

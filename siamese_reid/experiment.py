@@ -230,38 +230,60 @@ def build_tower(config):
     return build_embedding_model(config.model, image_size(config))
 
 
-def build_training_model(config, steps, strategy):
+def _model_to_fit(tower, config, num_identities):
+    """The model `fit` trains around `tower`, and the loss section to compile it with."""
+    from siamese_reid.model.siamese import build_siamese_model
+    from siamese_reid.model.training_model import build_pk_training_model, needs_training_model
+
+    loss = config.loss
+    if config.training.sampler == "triplet":
+        return build_siamese_model(tower, config.model.branches), dataclasses.replace(loss, name="triplet")
+    if not needs_training_model(loss):
+        return tower, loss
+    if not num_identities:
+        raise ValueError("the P x K training model needs num_identities (the training identities)")
+    model = build_pk_training_model(
+        tower, num_identities, loss.triplet_feature, id_loss=loss.id_weight > 0, center_loss=loss.center_weight > 0
+    )
+    return model, loss
+
+
+def build_training_model(config, steps, strategy, num_identities=None):
     """Tower, the compiled model `fit` trains, and the record of how it was initialised.
 
     In triplet mode the trained model is the Siamese model around the tower; in P x K mode it is
-    the tower itself. Either way the tower's weights are the ones trained.
+    the tower itself, or, when the loss section asks for an ID loss, a center loss or the
+    feature before the BNNeck, the training model of `build_pk_training_model` around it (feed it
+    `fit_batches` of the P x K stream). Either way the tower's weights are the ones trained, and
+    the tower is what checkpoints save.
+
+    Args:
+      num_identities: training identities (labels 0..N-1); needed by the training model only.
     """
     import keras
 
-    from siamese_reid.losses import build_loss, make_triplet_metrics
-    from siamese_reid.model.siamese import build_siamese_model
-    from siamese_reid.training import make_optimizer
+    from siamese_reid.model.training_model import compile_arguments
+    from siamese_reid.training import make_optimizer, make_schedule
 
-    training, loss = config.training, config.loss
-    loss_name = "triplet" if training.sampler == "triplet" else loss.name
+    training = config.training
+    schedule = make_schedule(
+        training.schedule,
+        training.learning_rate,
+        training.warmup_epochs * steps,
+        training.epochs * steps,
+        [milestone * steps for milestone in training.lr_milestones],
+        training.lr_gamma,
+    )
     with strategy.scope():
         tower = build_tower(config)
         if strategy.num_replicas_in_sync > 1:
             from siamese_reid.distribution import synchronize_batch_norm
 
             synchronize_batch_norm(tower)
-        model = build_siamese_model(tower, config.model.branches) if training.sampler == "triplet" else tower
+        model, loss = _model_to_fit(tower, config, num_identities)
         model.compile(
-            optimizer=make_optimizer(
-                training.optimizer,
-                training.learning_rate,
-                training.weight_decay,
-                training.warmup_epochs * steps,
-                training.epochs * steps,
-                training.schedule,
-            ),
-            loss=build_loss(loss_name, loss.margin, loss.soft, loss.distance_metric),
-            metrics=make_triplet_metrics(loss.distance_metric, loss.margin),
+            optimizer=make_optimizer(training.optimizer, schedule, training.weight_decay),
+            **compile_arguments(loss, model),
             jit_compile=training.xla,
         )
     initialisation = {
@@ -436,26 +458,35 @@ def _train(config, run_dir, strategy, resuming):
 
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
     from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
+    from siamese_reid.model.training_model import fit_batches
+    from siamese_reid.precision import resolve_precision
 
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.training.seed)
-    keras.mixed_precision.set_global_policy(config.training.precision)
+    precision = resolve_precision(config.training.precision)
+    keras.mixed_precision.set_global_policy(precision.policy)
     config, data = prepare_data(config, run_dir)
     save_config(config, run_dir / "config.yaml")
     _report_sampling(data.train, config.training)
     size = image_size(config)
     steps = steps_per_epoch(config.training, len(data.train))
-    tower, model, initialisation = build_training_model(config, steps, strategy)
+    num_identities = len({sample.pid for sample in data.train})
+    tower, model, initialisation = build_training_model(config, steps, strategy, num_identities)
     monitored = "validation" if data.has_validation else "query / gallery (test)"
-    reporting.write_json(run_dir / "run_info.json", {"initialisation": initialisation, "monitored_split": monitored})
+    reporting.write_json(
+        run_dir / "run_info.json",
+        {"initialisation": initialisation, "monitored_split": monitored, "precision": precision._asdict()},
+    )
     print(
         f"model: {config.model.backbone} ({initialisation['weights']} weights), "
-        f"{initialisation['parameters']:,} parameters, {strategy.num_replicas_in_sync} replica(s)"
+        f"{initialisation['parameters']:,} parameters, {strategy.num_replicas_in_sync} replica(s), "
+        f"precision {precision.policy} ({precision.reason})"
     )
     if is_multi_worker(strategy) and not chief:
         print(f"{worker_name(strategy)}: training beside the chief, which writes the run folder and scores the model")
     start_epoch = _start_epoch(run_dir, config.training.epochs)
-    dataset = split_by_data(training_dataset(data.train, config.training, config.augment, size, start_epoch, steps))
+    dataset = training_dataset(data.train, config.training, config.augment, size, start_epoch, steps)
+    dataset = split_by_data(fit_batches(dataset, model))
     # Only the chief scores: evaluation embeds on its default device, outside the strategy, with
     # no collective, so the other workers never wait on it.
     scorer = None

@@ -180,3 +180,64 @@ def test_startup_noise_is_filtered_but_errors_are_kept():
     assert console.is_startup_noise(cuda, has_nvidia_driver=False)  # no driver: CUDA failing is expected
     assert not console.is_startup_noise(cuda, has_nvidia_driver=True)  # a driver: a broken GPU set-up, shown
     assert not console.is_startup_noise(real, has_nvidia_driver=False)
+
+
+def test_learning_rate_milestones_are_a_list_of_epochs(tmp_path):
+    config = load_config(None, ["training.schedule=multistep", "training.lr_milestones=[30, 60]"])
+    assert config.training.lr_milestones == (30, 60)
+    assert load_config(None, ["training.lr_milestones=50"]).training.lr_milestones == (50,)
+    assert load_config(None, ["training.lr_milestones=[]"]).training.lr_milestones == ()
+    save_config(config, tmp_path / "saved.yaml")  # what a run folder keeps, and --resume reads
+    assert "lr_milestones:\n  - 30\n  - 60\n" in (tmp_path / "saved.yaml").read_text()
+    assert load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["training.lr_milestones=[60, 30]"], "'training.lr_milestones' must be increasing epochs, got [60, 30]"),
+        (["training.lr_milestones=[0, 30]"], "config key 'training.lr_milestones[0]' must be >= 1"),
+        (["training.lr_milestones=[forty]"], "config key 'training.lr_milestones[0]' must be of type int"),
+        (
+            ["training.sampler=triplet", "loss.name=triplet", "loss.id_weight=1"],
+            "'loss.id_weight' needs 'training.sampler: pk'",
+        ),
+        (
+            ["training.sampler=triplet", "loss.name=triplet", "loss.center_weight=0.0005"],
+            "'loss.center_weight' needs 'training.sampler: pk'",
+        ),
+        (
+            ["training.sampler=triplet", "loss.name=triplet", "loss.triplet_feature=pre_bnneck"],
+            "'loss.triplet_feature' needs 'training.sampler: pk'",
+        ),
+        (["loss.triplet_weight=0"], "'loss.triplet_weight' and 'loss.id_weight' are both 0"),
+        (["loss.triplet_feature=pre_bnneck", "model.bnneck=false"], "'pre_bnneck' needs 'model.bnneck: true'"),
+        (["model.last_stride=1"], "'model.last_stride' 1 is implemented for model.backbone ['resnet50'] only"),
+        (["model.last_stride=3"], "config key 'model.last_stride' must be <= 2"),
+        (["augment.erasing_fill=zero"], "must be one of ['random', 'mean']"),
+        (["loss.triplet_feature=pre_bn"], "did you mean 'pre_bnneck'?"),
+        (["training.precision=bf16"], "must be one of ['float32', 'mixed_float16', 'mixed_bfloat16', 'auto']"),
+    ],
+)
+def test_strong_baseline_switches_that_cannot_work_are_named(overrides, message):
+    with pytest.raises(ReIDError) as caught:
+        load_config(None, overrides)
+    assert message in str(caught.value)
+
+
+def test_the_strong_baseline_switches_load_together():
+    config = load_config(
+        PROJECT_ROOT / "config.yaml",
+        [
+            "model.backbone=resnet50",
+            "model.last_stride=1",
+            "loss.triplet_feature=pre_bnneck",
+            "loss.id_weight=1",
+            "loss.center_weight=0.0005",
+            "loss.triplet_weight=0",
+            "augment.erasing_fill=mean",
+            "training.schedule=multistep",
+            "training.precision=auto",
+        ],
+    )
+    assert (config.loss.id_weight, config.loss.label_smoothing, config.loss.center_learning_rate) == (1.0, 0.1, 0.5)

@@ -188,3 +188,196 @@ def test_a_keras_model_that_is_not_an_embedding_tower_is_refused(tmp_path):
             load_embedding_model(tmp_path / f"{name}.keras")
     classifier.save(tmp_path / "classifier.keras")  # images -> [batch, 10]: usable as a tower
     assert load_embedding_model(tmp_path / "classifier.keras").output_shape == (None, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Last stride 1 (ResNet-50)
+
+
+@pytest.fixture(scope="module")
+def resnet50_weights_file(tmp_path_factory):
+    """A local no-top ResNet-50 weights file (random, as ImageNet weights cannot be downloaded)."""
+    keras.utils.set_random_seed(7)
+    path = tmp_path_factory.mktemp("weights") / "resnet50_notop.weights.h5"
+    source = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(256, 128, 3))
+    source.save_weights(path)
+    return path, {w.path: w.numpy() for w in source.weights}
+
+
+def test_last_stride_one_doubles_the_feature_map_with_the_same_weights(resnet50_weights_file):
+    from siamese_reid.model.embedding import build_backbone
+
+    path, source_weights = resnet50_weights_file
+    strided = build_backbone("resnet50", str(path), (256, 128, 3))
+    unstrided = build_backbone("resnet50", str(path), (256, 128, 3), last_stride=1)
+    assert strided.output.shape[1:3] == (8, 4)
+    assert unstrided.output.shape[1:3] == (16, 8)
+    assert [w.shape for w in unstrided.weights] == [w.shape for w in strided.weights]
+    for weight in unstrided.weights:  # every weight is the file's
+        np.testing.assert_array_equal(weight.numpy(), source_weights[weight.path])
+    # The last stage's first 1x1 convolution now computes on every position instead of every
+    # second one: the stride-2 output is the stride-1 output subsampled.
+    batch = images(0, 1, (256, 128))
+
+    def last_stage_input(model):
+        return keras.Model(model.input, model.get_layer("conv5_block1_1_conv").output).predict(batch, verbose=0)
+
+    dense, strided_output = last_stage_input(unstrided), last_stage_input(strided)
+    assert dense.shape[1:3] == (16, 8) and strided_output.shape[1:3] == (8, 4)
+    np.testing.assert_allclose(dense[:, ::2, ::2], strided_output, rtol=1e-4, atol=1e-4)
+
+
+def test_last_stride_one_is_refused_for_other_backbones():
+    with pytest.raises(ReIDError, match="last_stride 1 is implemented for \\['resnet50'\\] only"):
+        tower_of(last_stride=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# BNNeck, ID classifier and identity centres: the P x K training model around the tower
+
+
+def bnneck_tower():
+    """A small tower whose BNNeck has non-trivial scale and moving statistics."""
+    keras.utils.set_random_seed(3)
+    tower = build_embedding_model(SMALL, SIZE)
+    rng = np.random.default_rng(4)
+    bnneck = tower.get_layer("bnneck")
+    gamma, mean, variance = (w.numpy() for w in bnneck.weights)
+    bnneck.set_weights(
+        [rng.uniform(0.5, 2.0, gamma.shape), rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)]
+    )
+    return tower
+
+
+def numpy_bnneck(tower, features):
+    gamma, mean, variance = (w.numpy() for w in tower.get_layer("bnneck").weights)
+    return (features - mean) / np.sqrt(variance + tower.get_layer("bnneck").epsilon) * gamma
+
+
+def projection_of(tower, batch):
+    return keras.Model(tower.input, tower.get_layer("projection").output).predict(batch, verbose=0)
+
+
+def test_bnneck_triplet_sees_the_pre_bn_feature_id_the_post_bn_feature_inference_the_normalised_one():
+    from siamese_reid.model.training_model import build_pk_training_model
+
+    tower = bnneck_tower()
+    model = build_pk_training_model(tower, 5, "pre_bnneck", id_loss=True)
+    batch = images(5)
+    outputs = model.predict(batch, verbose=0)
+    projection = projection_of(tower, batch)
+    after_bn = numpy_bnneck(tower, projection)
+    np.testing.assert_allclose(outputs["triplet"], projection, rtol=1e-5, atol=1e-5)
+    classifier = model.get_layer("classifier")
+    assert len(classifier.weights) == 1  # no bias, as in the reference code
+    np.testing.assert_allclose(outputs["id"], after_bn @ classifier.kernel.numpy(), rtol=1e-4, atol=1e-6)
+    expected = after_bn / np.linalg.norm(after_bn, axis=1, keepdims=True)
+    np.testing.assert_allclose(tower.predict(batch, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    assert tower.get_layer("bnneck").center is False  # no learned shift (the reference freezes it at 0)
+
+
+def test_the_triplet_loss_is_computed_on_the_pre_bn_feature():
+    from siamese_reid.losses import TripletHardLoss, triplet_hard_loss
+    from siamese_reid.model.training_model import build_pk_training_model
+
+    tower = bnneck_tower()
+    model = build_pk_training_model(tower, 5, "pre_bnneck", id_loss=True)
+    model.compile(loss={"triplet": TripletHardLoss(margin=0.3), "id": "sparse_categorical_crossentropy"})
+    batch, labels = images(6), np.array([0, 0, 1, 1])
+    losses = model.evaluate(batch, {"triplet": labels, "id": labels}, verbose=0, return_dict=True)
+    on_projection = float(triplet_hard_loss(labels, projection_of(tower, batch), margin=0.3))
+    on_embedding = float(triplet_hard_loss(labels, tower.predict(batch, verbose=0), margin=0.3))
+    assert losses["triplet_loss"] == pytest.approx(on_projection, rel=1e-4)
+    assert losses["triplet_loss"] != pytest.approx(on_embedding, rel=1e-2)
+
+
+def test_identity_centres_move_by_one_sgd_step_per_batch_as_defined():
+    from siamese_reid.identity_losses import CenterLoss
+    from siamese_reid.model.training_model import build_pk_training_model
+
+    tower = bnneck_tower()
+    model = build_pk_training_model(tower, 4, "pre_bnneck", id_loss=False, center_loss=True)
+    # learning rate 0: the tower stays, so the features of the step are known in advance
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss={"triplet": "mse", "center": CenterLoss()})
+    centers = model.get_layer("identity_centers").centers
+    before = centers.numpy().copy()
+    batch, labels = images(7), np.array([2, 2, 0, 2])
+    features = projection_of(tower, batch).astype(np.float64)
+    logs = model.train_on_batch((batch, labels), {"triplet": features, "center": labels}, return_dict=True)
+    expected_loss = np.mean([np.sum((features[i] - before[labels[i]]) ** 2) for i in range(4)])
+    assert logs["center_loss"] == pytest.approx(expected_loss, rel=1e-4)
+    expected = before.astype(np.float64).copy()
+    for identity in range(4):  # c_j <- c_j + 0.5 x (2 / batch) x sum over its samples of (x_i - c_j)
+        members = features[labels == identity]
+        expected[identity] += 0.5 * 2 / 4 * np.sum(members - before[identity], axis=0)
+    np.testing.assert_allclose(centers.numpy(), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(centers.numpy()[[1, 3]], before[[1, 3]])  # absent identities stay
+
+
+def test_the_saved_tower_holds_no_classifier_or_centres_and_loads_with_plain_keras(tmp_path):
+    from siamese_reid.identity_losses import CenterLoss, LabelSmoothedCrossEntropy
+    from siamese_reid.losses import TripletHardLoss
+    from siamese_reid.model.training_model import build_pk_training_model, fit_batches
+    from siamese_reid.training import EmbeddingCheckpoint
+
+    tower = bnneck_tower()
+    model = build_pk_training_model(tower, 3, "pre_bnneck", id_loss=True, center_loss=True)
+    model.compile(
+        optimizer="adam",
+        loss={"triplet": TripletHardLoss(0.3), "id": LabelSmoothedCrossEntropy(0.1), "center": CenterLoss()},
+    )
+    import tensorflow as tf
+
+    labels = np.array([0, 0, 1, 1, 2, 2], np.int32)
+    dataset = fit_batches(tf.data.Dataset.from_tensors((images(8, 6), labels)).repeat(2), model)
+    checkpoint = EmbeddingCheckpoint(tower, tmp_path)
+    model.fit(dataset, epochs=1, steps_per_epoch=2, callbacks=[checkpoint], verbose=0, shuffle=False)
+    saved = keras.saving.load_model(tmp_path / "last.keras")
+    names = [w.path for w in saved.weights]
+    assert not [name for name in names if "classifier" in name or "centers" in name]
+    assert len(saved.weights) == len(tower.weights)
+    assert {w.path for w in model.weights} - {w.path for w in tower.weights} == {
+        "classifier/kernel",
+        "identity_centers/centers",
+    }
+    batch = images(9)
+    np.testing.assert_allclose(saved.predict(batch, verbose=0), tower.predict(batch, verbose=0), atol=1e-6)
+
+
+def test_identity_centres_take_the_global_batch_step_across_replicas(tmp_path):
+    # Two replicas each see half of the batch; the "mean" aggregation of the centres must give
+    # the step on the whole batch. In a fresh process: logical devices are set before TF starts.
+    script = """
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import dataclasses, keras
+from siamese_reid.config import ModelConfig
+from siamese_reid.identity_losses import CenterLoss, center_update
+from siamese_reid.model import build_embedding_model
+from siamese_reid.model.training_model import build_pk_training_model
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    tower = build_embedding_model(ModelConfig(vgg_blocks=2, embedding_dim=8), (32, 32))
+    model = build_pk_training_model(tower, 4, "pre_bnneck", id_loss=False, center_loss=True)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss={"triplet": "mse", "center": CenterLoss()})
+centers = model.get_layer("identity_centers").centers
+before = np.array(centers.numpy())
+images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+labels = np.array([0, 0, 1, 1, 2, 2, 3, 3], "int32")
+features = keras.Model(tower.input, tower.get_layer("projection").output).predict(images, verbose=0)
+dataset = tf.data.Dataset.from_tensors((images, labels)).map(
+    lambda x, y: ((x, y), {"triplet": tf.zeros((8, 8)), "center": y}))
+model.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)
+expected = keras.ops.convert_to_numpy(center_update(labels, features, before, 0.5))
+np.testing.assert_allclose(np.array(centers.numpy()), expected, rtol=1e-4, atol=1e-5)
+assert np.abs(expected - before).max() > 0.1
+print("global step")
+"""
+    from tests.conftest import PROJECT_ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "global step" in result.stdout

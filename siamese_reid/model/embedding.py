@@ -142,13 +142,24 @@ def resolve_weights(weights):
     return str(path)
 
 
-def build_backbone(backbone_name, weights, input_shape, vgg_blocks=5):
-    """Returns the keras.applications backbone; explains a failed ImageNet download."""
+def build_backbone(backbone_name, weights, input_shape, vgg_blocks=5, last_stride=2):
+    """Returns the keras.applications backbone; explains a failed ImageNet download.
+
+    `last_stride=1` (ResNet-50 only) rebuilds its last stage without downsampling: see
+    `with_last_stride_one`.
+    """
     if backbone_name not in BACKBONES:
         raise ReIDError(f"unknown backbone {backbone_name!r}; valid names: {list(BACKBONES)}")
+    if last_stride not in (1, 2):
+        raise ReIDError(f"last_stride must be 1 or 2, got {last_stride!r}")
+    if last_stride == 1 and backbone_name not in LAST_STAGE_STRIDED_LAYERS:
+        raise ReIDError(
+            f"last_stride 1 is implemented for {list(LAST_STAGE_STRIDED_LAYERS)} only, not {backbone_name}: "
+            "set model.last_stride to 2"
+        )
     weights = resolve_weights(weights)
     try:
-        return BACKBONES[backbone_name].build(input_shape, weights, vgg_blocks)
+        backbone = BACKBONES[backbone_name].build(input_shape, weights, vgg_blocks)
     except Exception as error:  # keras raises bare Exception types for failed downloads
         if weights == "imagenet" and _looks_like_download_failure(error):
             raise ReIDError(
@@ -160,6 +171,37 @@ def build_backbone(backbone_name, weights, input_shape, vgg_blocks=5):
         if weights not in (None, "imagenet"):
             raise ReIDError(f"could not load weights file '{weights}': {error}") from None
         raise
+    return with_last_stride_one(backbone, backbone_name) if last_stride == 1 else backbone
+
+
+# The convolutions that downsample at the entry of the last stage (conv5_block1's main path and
+# its shortcut; keras.applications puts ResNet v1's stride on the 1x1 convolutions).
+LAST_STAGE_STRIDED_LAYERS = {"resnet50": ("conv5_block1_1_conv", "conv5_block1_0_conv")}
+
+
+def with_last_stride_one(backbone, backbone_name):
+    """The same backbone with stride 1 in its last stage: a feature map twice as tall and wide
+    (16x8 instead of 8x4 at 256x128) for the same weights.
+
+    keras.applications fixes the stride, so the network is cloned with those layers' strides set
+    to 1, and the weights copied over: a stride changes no weight shape. The clone is made of
+    the same stock layers, so a saved tower still loads without this package.
+
+    Reference: Luo et al., Bag of Tricks and A Strong Baseline for Deep Person
+    Re-identification, https://arxiv.org/abs/1903.07071 (section "Last Stride").
+    """
+    strided = LAST_STAGE_STRIDED_LAYERS[backbone_name]
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if layer.name in strided:
+            config["strides"] = (1, 1)
+        return layer.__class__.from_config(config)
+
+    images = keras.Input(backbone.input_shape[1:], name=backbone.layers[0].name)
+    rebuilt = keras.models.clone_model(backbone, input_tensors=images, clone_function=clone_layer)
+    rebuilt.set_weights(backbone.get_weights())
+    return rebuilt
 
 
 def _looks_like_download_failure(error):
@@ -190,15 +232,15 @@ def build_embedding_model(model, image_size):
     """Builds the embedding tower.
 
     Args:
-      model: the `ModelConfig` section (backbone, weights, vgg_blocks, freeze_blocks, pooling,
-        embedding_dim, bnneck).
+      model: the `ModelConfig` section (backbone, weights, vgg_blocks, last_stride, freeze_blocks,
+        pooling, embedding_dim, bnneck).
       image_size: (height, width) of the input images.
 
     Returns:
       A functional `keras.Model` named "embedding_tower".
     """
     input_shape = (*image_size, 3)
-    backbone = build_backbone(model.backbone, model.weights, input_shape, model.vgg_blocks)
+    backbone = build_backbone(model.backbone, model.weights, input_shape, model.vgg_blocks, model.last_stride)
     freeze_blocks(backbone, model.backbone, model.freeze_blocks)
     images = keras.Input(input_shape, name="images")
     features = backbone(BACKBONES[model.backbone].preprocess(images))

@@ -1,0 +1,168 @@
+"""The model `fit` trains in P x K mode when the recipe needs more than the tower's embedding.
+
+Luo et al.'s strong baseline trains three things the inference tower does not have: the
+feature before the BNNeck (for the triplet loss), an identity classifier behind the BNNeck
+(for the ID loss), and one centre per identity (for the center loss). This model is built on
+the tower's own layers and tensors, so training it trains the tower; the classifier and the
+centres exist only here. Checkpoints and exports save the tower alone, which holds neither.
+
+    tower:    images -> backbone -> pool -> projection -> bnneck -> l2_normalize -> embedding
+    training:                         projection ("pre_bnneck") -> triplet [, center]
+                                                     bnneck -> classifier -> id logits
+
+Reference: Luo et al., Bag of Tricks and A Strong Baseline for Deep Person Re-identification,
+https://arxiv.org/abs/1903.07071 (BNNeck: figure 5 and section 4.5).
+"""
+
+import keras
+from keras import ops
+
+from siamese_reid.identity_losses import CenterLoss, LabelSmoothedCrossEntropy, center_distances, center_update
+from siamese_reid.losses import build_loss, make_triplet_metrics
+
+
+def _embedding(tower):
+    return tower.output
+
+
+def _pre_bnneck(tower):
+    return tower.get_layer("projection").output
+
+
+# loss.triplet_feature -> the tower tensor the triplet (and center) loss sees: the L2-normalised
+# embedding (the TriNet recipe) or the projection before the BNNeck (the strong baseline).
+TRIPLET_FEATURES = {"embedding": _embedding, "pre_bnneck": _pre_bnneck}
+
+
+def classifier_input(tower):
+    """The feature after the BNNeck (the projection without one), before L2 normalisation."""
+    return tower.get_layer("l2_normalize").input
+
+
+class IdentityCenters(keras.layers.Layer):
+    """One centre per training identity; returns each feature's squared distance to its own.
+
+    The centres are not trained by the model's optimizer: in training, each call moves them by
+    one plain SGD step of `learning_rate` on the unweighted center loss (`center_update`), as the
+    strong baseline's reference code does with its separate optimizer. They start from a
+    standard normal draw, as there.
+
+    Args:
+      num_identities: N, the number of training identities (labels 0..N-1).
+      learning_rate: the centres' SGD learning rate (0.5 in the reference code).
+
+    Call arguments:
+      features: float tensor of shape [batch, dim].
+      labels: int tensor of shape [batch].
+
+    Returns:
+      float32 tensor of shape [batch].
+    """
+
+    def __init__(self, num_identities, learning_rate=0.5, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # whatever the precision policy: the distances feed a loss
+        super().__init__(**kwargs)
+        self.num_identities = num_identities
+        self.learning_rate = learning_rate
+
+    def build(self, features_shape, labels_shape):
+        # "mean" aggregation: under a multi-replica strategy each replica assigns the centres it
+        # computed from its share of the batch, and the replicas' values are averaged, which is
+        # the step on the global batch when the shares are equal.
+        self.centers = self.add_weight(
+            shape=(self.num_identities, features_shape[-1]),
+            initializer=keras.initializers.RandomNormal(stddev=1.0),
+            trainable=False,
+            aggregation="mean",
+            name="centers",
+        )
+
+    def call(self, features, labels, training=False):
+        distances = center_distances(labels, features, self.centers)
+        if training:
+            # Program order: the loss above reads the centres before this step moves them.
+            self.centers.assign(center_update(labels, ops.stop_gradient(features), self.centers, self.learning_rate))
+        return distances
+
+    def compute_output_shape(self, features_shape, labels_shape):
+        return (features_shape[0],)
+
+    def get_config(self):
+        return {**super().get_config(), "num_identities": self.num_identities, "learning_rate": self.learning_rate}
+
+
+def build_pk_training_model(tower, num_identities, triplet_feature="embedding", id_loss=True, center_loss=False):
+    """The functional model `fit` trains around `tower` (shared layers, shared weights).
+
+    Args:
+      tower: the embedding tower (`build_embedding_model`).
+      num_identities: training identities, labelled 0..N-1 (the classifier's and centres' size).
+      triplet_feature: a key of `TRIPLET_FEATURES`, the feature the triplet loss sees.
+      id_loss: whether to add the identity classifier ("id" output: logits [batch, N]), a dense
+        layer without bias initialised with standard deviation 0.001, as in the reference code.
+      center_loss: whether to add `IdentityCenters` on the triplet feature ("center" output:
+        [batch]); the model then takes (images, labels) as inputs.
+
+    Returns:
+      A `keras.Model` with dict outputs "triplet" [, "id"] [, "center"]; see `fit_batches` for
+      what it is fed.
+    """
+    if triplet_feature not in TRIPLET_FEATURES:
+        raise ValueError(f"triplet_feature must be one of {list(TRIPLET_FEATURES)}, got {triplet_feature!r}")
+    inputs = tower.input
+    outputs = {"triplet": TRIPLET_FEATURES[triplet_feature](tower)}
+    if id_loss:
+        classifier = keras.layers.Dense(
+            num_identities,
+            use_bias=False,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+            dtype="float32",  # logits in float32 under mixed precision: the softmax needs the range
+            name="classifier",
+        )
+        outputs["id"] = classifier(classifier_input(tower))
+    if center_loss:
+        labels = keras.Input((), dtype="int32", name="labels")
+        outputs["center"] = IdentityCenters(num_identities, name="identity_centers")(outputs["triplet"], labels)
+        inputs = [tower.input, labels]
+    return keras.Model(inputs, outputs, name="pk_training_model")
+
+
+def fit_batches(dataset, model):
+    """Maps P x K batches (images, labels) to what `model` takes in `fit`.
+
+    The tower (a single output) takes them as they are; a `build_pk_training_model` model gets
+    the labels as the target of every output, and as an input when it has identity centres.
+    """
+    if not isinstance(model.output, dict):
+        return dataset
+    names = list(model.output)
+    takes_labels = len(model.inputs) == 2
+
+    def to_inputs_and_targets(images, labels):
+        return ((images, labels) if takes_labels else images), {name: labels for name in names}
+
+    return dataset.map(to_inputs_and_targets)
+
+
+def needs_training_model(loss):
+    """Whether the `LossConfig` section needs `build_pk_training_model` rather than the tower:
+    an ID loss, a center loss, the feature before the BNNeck, or a weighted triplet loss."""
+    extra_losses = loss.id_weight > 0 or loss.center_weight > 0
+    return extra_losses or loss.triplet_feature != "embedding" or loss.triplet_weight != 1
+
+
+def compile_arguments(loss, model):
+    """The `loss`, `loss_weights` and `metrics` arguments of `model.compile` for the `LossConfig`
+    section: one triplet loss for the tower (or the Siamese model), one loss per output for a
+    `build_pk_training_model` model."""
+    triplet_loss = build_loss(loss.name, loss.margin, loss.soft, loss.distance_metric)
+    triplet_metrics = make_triplet_metrics(loss.distance_metric, loss.margin)
+    if not isinstance(model.output, dict):
+        return {"loss": triplet_loss, "metrics": triplet_metrics}
+    losses, weights, metrics = {"triplet": triplet_loss}, {"triplet": loss.triplet_weight}, {"triplet": triplet_metrics}
+    if "id" in model.output:
+        losses["id"], weights["id"] = LabelSmoothedCrossEntropy(loss.label_smoothing), loss.id_weight
+        metrics["id"] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if "center" in model.output:
+        losses["center"], weights["center"] = CenterLoss(), loss.center_weight
+    return {"loss": losses, "loss_weights": weights, "metrics": metrics}
