@@ -1,0 +1,211 @@
+"""Ablation of the strong-baseline tricks (Luo et al. 2019) on a validation split.
+
+Trains each named recipe variant (today's recipe, today's plus one trick, all tricks) with the
+library workflow train.py runs (`siamese_reid.experiment`) on one dataset, and records each
+variant's rank-1 / mAP on the VALIDATION split, identities held out of training
+(`data.validation_fraction`), which is what a recipe is chosen on, and its wall time. The
+test-split numbers are recorded only with --report-test (each run folder's metrics.json holds
+them, as every run scores the test split once at its end).
+
+    python benchmarks/ablation.py --data-root ../shared/data/market1501-sample
+    python benchmarks/ablation.py --data-root DATA --variants today,+id_loss --epochs 20
+    python benchmarks/ablation.py --epochs 1 --set demo.num_train_identities=12   # the built-in demo
+
+Writes benchmarks/results/ablation/<timestamp>/: one run folder per variant, and ablation.csv,
+ablation.md and ablation.json, rewritten after every variant so an interrupted ablation keeps
+what it finished.
+
+The "+multistep" milestones are at 40/120 and 70/120 of the run's epochs, the reference's
+proportions (epochs 40 and 70 of 120). AdamW is not a variant: the strong baseline decays
+weights with Adam's L2 penalty ("+weight_decay"), and decoupled decay 0.0005 at learning rate
+0.0003 shrinks the weights by 1.5e-7 per step, which changes nothing.
+"""
+
+import argparse
+import csv
+import io
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class Variant(NamedTuple):
+    description: str
+    overrides: tuple
+    default: bool = True  # run when --variants is not given
+
+
+# The multistep milestones depend on the run's epochs: filled in by `variant_overrides`.
+MULTISTEP = ("training.schedule=multistep", "training.lr_gamma=0.1", "MILESTONES")
+ID_LOSS = ("loss.id_weight=1.0", "loss.label_smoothing=0.1")
+BNNECK = (*ID_LOSS, "loss.triplet_feature=pre_bnneck")
+CENTER = ("loss.center_weight=0.0005", "loss.center_learning_rate=0.5")
+ERASING_MEAN = ("augment.random_erasing=true", "augment.erasing_probability=0.5", "augment.erasing_fill=mean")
+WEIGHT_DECAY = ("training.optimizer=adam", "training.weight_decay=0.0005")
+ALL_TRICKS = (*BNNECK, *CENTER, *ERASING_MEAN, *WEIGHT_DECAY, *MULTISTEP)
+RESNET50 = ("model.backbone=resnet50",)
+
+VARIANTS = {
+    "today": Variant("today's recipe (config.yaml)", ()),
+    "+id_loss": Variant("ID loss, label smoothing 0.1, on the feature after the BNNeck", ID_LOSS),
+    "+bnneck": Variant("+id_loss, triplet loss on the feature before the BNNeck (Luo et al.'s BNNeck)", BNNECK),
+    "+center": Variant("center loss, weight 0.0005 (centres: SGD, rate 0.5)", CENTER),
+    "+erasing_mean": Variant("random erasing, p 0.5, filled with the ImageNet mean pixel", ERASING_MEAN),
+    "+weight_decay": Variant("Adam with L2 weight decay 0.0005 (the reference's optimizer)", WEIGHT_DECAY),
+    "+multistep": Variant("multi-step rate: x0.1 at 40/120 and 70/120 of the epochs", MULTISTEP),
+    "strong_baseline": Variant("all of the above", ALL_TRICKS),
+    "resnet50": Variant("today's recipe on ResNet-50", RESNET50, default=False),
+    "resnet50+last_stride": Variant("ResNet-50, last stride 1", (*RESNET50, "model.last_stride=1"), default=False),
+    "resnet50+strong_baseline": Variant(
+        "ResNet-50, last stride 1, all of the above", (*RESNET50, "model.last_stride=1", *ALL_TRICKS), default=False
+    ),
+}
+
+
+def variant_overrides(variant, epochs):
+    """The variant's `section.key=value` overrides, its milestones set for `epochs`."""
+    milestones = sorted({max(1, round(epochs * fraction)) for fraction in (40 / 120, 70 / 120)})
+    return [f"training.lr_milestones={milestones}" if item == "MILESTONES" else item for item in variant.overrides]
+
+
+def parse_arguments():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", help="dataset root (default: the config's data.root, else the demo)")
+    parser.add_argument("--config", default="config.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value for all")
+    parser.add_argument("--variants", help=f"comma-separated names (default: the default ones of {list(VARIANTS)})")
+    parser.add_argument("--epochs", type=int, help="training.epochs of every variant (default: the config's)")
+    parser.add_argument("--validation-fraction", type=float, default=0.3, help="data.validation_fraction (> 0)")
+    parser.add_argument("--report-test", action="store_true", help="also record the test split's numbers")
+    parser.add_argument("--output_dir", default="benchmarks/results/ablation")
+    arguments = parser.parse_args()
+    if not 0 < arguments.validation_fraction <= 0.5:
+        parser.error("--validation-fraction must be in (0, 0.5]: variants are compared on the validation split")
+    names = arguments.variants.split(",") if arguments.variants else [n for n, v in VARIANTS.items() if v.default]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; valid names: {list(VARIANTS)}")
+    if arguments.epochs is not None and arguments.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    arguments.variants = names
+    return arguments
+
+
+def base_overrides(arguments):
+    """What every variant shares: the user's --set, the dataset, the split, the epochs."""
+    overrides = list(arguments.overrides)
+    if arguments.data_root:
+        overrides.append(f"data.root={arguments.data_root}")
+    overrides.append(f"data.validation_fraction={arguments.validation_fraction}")
+    if arguments.epochs is not None:
+        overrides.append(f"training.epochs={arguments.epochs}")
+    return overrides
+
+
+def train_variant(name, shared, own, arguments, output_dir):
+    """Trains one variant (the `shared` overrides, then its `own`) into output_dir/<name>;
+    returns its result row."""
+    import json
+
+    import keras
+
+    from siamese_reid import experiment
+    from siamese_reid.config import load_config
+    from siamese_reid.errors import ReIDError
+
+    row = {"variant": name, "description": VARIANTS[name].description, "overrides": " ".join(own)}
+    keras.backend.clear_session()  # each variant starts from a fresh graph and global state
+    started = time.time()
+    try:
+        config = load_config(arguments.config, shared + own)
+        run_dir = experiment.create_run_dir(output_dir, name.replace("+", "plus_"))
+        metrics = experiment.train_new_run(config, run_dir)
+    except ReIDError as error:
+        return {**row, "error": str(error)}
+    validation = metrics["validation"]
+    row |= {
+        "val_rank1": validation["rank1"],
+        "val_rank1_se": validation["standard_errors"]["rank1"],
+        "val_mAP": validation["mAP"],
+        "val_mAP_se": validation["standard_errors"]["mAP"],
+        "wall_seconds": round(time.time() - started, 1),
+        "precision": json.loads((run_dir / "run_info.json").read_text())["precision"]["policy"],
+        "run_dir": str(run_dir),
+    }
+    if arguments.report_test:
+        row |= {"test_rank1": metrics["rank1"], "test_mAP": metrics["mAP"]}
+    return row
+
+
+def markdown_table(rows, report_test):
+    from siamese_reid.reporting import percent, percent_with_error
+
+    columns = ["variant", "val rank-1", "val mAP", "wall time"] + (["test rank-1", "test mAP"] if report_test else [])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['variant']} | failed: {row['error']} |" + " |" * (len(columns) - 2))
+            continue
+        cells = [
+            row["variant"],
+            percent_with_error(row["val_rank1"], row["val_rank1_se"]),
+            percent_with_error(row["val_mAP"], row["val_mAP_se"]),
+            f"{row['wall_seconds']:.0f} s",
+        ]
+        if report_test:
+            cells += [percent(row["test_rank1"]), percent(row["test_mAP"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows, arguments, output_dir):
+    from siamese_reid.files import write_json, write_text
+
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(output_dir / "ablation.csv", table.getvalue())
+    write_text(output_dir / "ablation.md", markdown_table(rows, arguments.report_test))
+    record = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "shared_overrides": base_overrides(arguments),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "split_for_choosing": "validation",
+        "rows": rows,
+    }
+    write_json(output_dir / "ablation.json", record)
+
+
+def main():
+    arguments = parse_arguments()
+
+    from siamese_reid.config import load_config
+    from siamese_reid.errors import ReIDError
+    from siamese_reid.runs import create_run_dir
+
+    shared = base_overrides(arguments)
+    try:
+        epochs = load_config(arguments.config, shared).training.epochs  # a bad --set fails before any training
+    except ReIDError as error:
+        sys.exit(f"error: {error}")
+    output_dir = create_run_dir(arguments.output_dir)
+    rows = []
+    for name in arguments.variants:
+        own = variant_overrides(VARIANTS[name], epochs)
+        print(f"\n=== {name}: {VARIANTS[name].description}\n    {' '.join(own) or '(no overrides)'}", flush=True)
+        rows.append(train_variant(name, shared, own, arguments, output_dir))
+        write_results(rows, arguments, output_dir)
+    print(f"\nvalidation split ({arguments.validation_fraction:.0%} of the training identities held out):\n")
+    print(markdown_table(rows, arguments.report_test))
+    print(f"results in {output_dir}")
+
+
+if __name__ == "__main__":
+    main()

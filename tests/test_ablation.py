@@ -1,0 +1,53 @@
+"""benchmarks/ablation.py: every variant is a valid recipe, and test numbers stay out unless asked."""
+
+import importlib.util
+
+import pytest
+
+from siamese_reid.config import load_config
+from tests.conftest import PROJECT_ROOT
+
+
+def load_ablation():
+    spec = importlib.util.spec_from_file_location("ablation", PROJECT_ROOT / "benchmarks" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ablation = load_ablation()
+
+
+@pytest.mark.parametrize("name", list(ablation.VARIANTS))
+def test_every_variant_is_a_valid_recipe_that_changes_what_it_says(name):
+    overrides = ablation.variant_overrides(ablation.VARIANTS[name], epochs=120)
+    config = load_config(PROJECT_ROOT / "config.yaml", ["data.validation_fraction=0.3", *overrides])
+    today = load_config(PROJECT_ROOT / "config.yaml", ["data.validation_fraction=0.3"])
+    assert (config == today) == (name == "today")
+
+
+def test_multistep_milestones_keep_the_reference_proportions():
+    multistep = ablation.VARIANTS["+multistep"]
+    assert "training.lr_milestones=[40, 70]" in ablation.variant_overrides(multistep, epochs=120)
+    assert "training.lr_milestones=[33, 58]" in ablation.variant_overrides(multistep, epochs=100)
+    assert "training.lr_milestones=[1]" in ablation.variant_overrides(multistep, epochs=1)
+    config = load_config(None, ablation.variant_overrides(ablation.VARIANTS["strong_baseline"], epochs=100))
+    assert config.training.lr_milestones == (33, 58) and config.loss.triplet_feature == "pre_bnneck"
+
+
+def test_the_table_shows_test_numbers_only_when_asked():
+    row = {
+        "variant": "today",
+        "val_rank1": 0.5,
+        "val_rank1_se": 0.1,
+        "val_mAP": 0.4,
+        "val_mAP_se": 0.05,
+        "wall_seconds": 12.0,
+        "test_rank1": 0.9,
+        "test_mAP": 0.8,
+    }
+    hidden = ablation.markdown_table([row], report_test=False)
+    assert "50.0% ± 10.0" in hidden and "40.0% ± 5.0" in hidden and "90.0%" not in hidden and "test" not in hidden
+    assert "90.0%" in ablation.markdown_table([row], report_test=True)
+    failed = ablation.markdown_table([{"variant": "+center", "error": "out of memory"}], report_test=False)
+    assert "| +center | failed: out of memory |" in failed
