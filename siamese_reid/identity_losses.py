@@ -13,7 +13,7 @@ from keras import ops
 
 
 def label_smoothed_cross_entropy(y_true, y_pred, label_smoothing=0.1):
-    """Cross-entropy of identity logits against smoothed one-hot targets.
+    """Cross-entropy of each sample's identity logits against smoothed one-hot targets.
 
     The target of identity i is 1 - epsilon + epsilon / N for the true identity and
     epsilon / N for each other one (N identities), i.e. (1 - epsilon) one_hot + epsilon / N.
@@ -24,7 +24,8 @@ def label_smoothed_cross_entropy(y_true, y_pred, label_smoothing=0.1):
       label_smoothing: epsilon (0 = plain cross-entropy).
 
     Returns:
-      float32 scalar: the mean over the batch.
+      float32 tensor of shape [batch], one loss per sample (as Keras' own loss functions: the
+      class reduces it, which also divides it between replicas under tf.distribute).
 
     Reference: Szegedy et al., Rethinking the Inception Architecture, https://arxiv.org/abs/1512.00567
     (section 7); Luo et al. 2019 (epsilon = 0.1).
@@ -33,7 +34,7 @@ def label_smoothed_cross_entropy(y_true, y_pred, label_smoothing=0.1):
     labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")  # Keras hands labels over as float32
     num_identities = logits.shape[-1]
     targets = ops.one_hot(labels, num_identities) * (1.0 - label_smoothing) + label_smoothing / num_identities
-    return ops.mean(-ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
+    return -ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1)
 
 
 def center_distances(labels, features, centers):
@@ -90,7 +91,12 @@ def center_update(labels, features, centers, learning_rate):
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
 class LabelSmoothedCrossEntropy(keras.losses.Loss):
-    """Identity loss on logits with label smoothing (see `label_smoothed_cross_entropy`)."""
+    """Identity loss on logits with label smoothing (see `label_smoothed_cross_entropy`): the
+    mean over the batch with the default reduction.
+
+    `call` returns per-sample losses, not their mean: Keras divides a loss between replicas only
+    when it reduces per-sample values itself (a scalar passes unscaled, and each replica's
+    gradient would count N times)."""
 
     def __init__(self, label_smoothing=0.1, name=None, reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name or type(self).__name__, reduction=reduction, dtype=dtype)
@@ -108,7 +114,8 @@ class CenterLoss(keras.losses.Loss):
     """The center loss of a model whose output `y_pred` [batch] is already each sample's squared
     distance to its identity's centre (`center_distances`): the centres are model weights with
     their own update (see siamese_reid.model.training_model.IdentityCenters), so this loss only
-    averages over the batch. `y_true` is unused."""
+    averages over the batch (Keras' reduction, which also divides it between replicas).
+    `y_true` is unused."""
 
     def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name or type(self).__name__, reduction=reduction, dtype=dtype)

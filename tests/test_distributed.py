@@ -237,3 +237,32 @@ def test_a_run_folder_the_chief_cannot_create_stops_every_worker(tmp_path, tiny_
     assert chief_code == 2 and "'" + str(tmp_path / "taken") + "' already exists" in chief_error
     assert other_code == 2 and "the chief could not create the run folder" in other_error
     assert not any((tmp_path / "taken").iterdir())
+
+
+@pytest.fixture(scope="module")
+def strong_baseline_both_ways(tmp_path_factory, tiny_demo):
+    """The same two SGD steps with the ID loss, BNNeck and center loss on two replicas and on one."""
+    output_dir = tmp_path_factory.mktemp("strong_baseline_both_ways")
+    settings = TWO_STEPS + [
+        f"data.root={tiny_demo}",
+        "loss.triplet_feature=pre_bnneck",
+        "loss.id_weight=1.0",
+        "loss.center_weight=0.0005",
+    ]
+    result = run_python(["-c", TRAIN_BOTH_WAYS, json.dumps(settings), output_dir])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output_dir / "mirrored", output_dir / "default"
+
+
+def test_identity_losses_and_centres_on_two_replicas_take_the_steps_of_one_device(strong_baseline_both_ways):
+    # The ID and center losses return per-sample values, which Keras divides between replicas;
+    # the centres average the replicas' steps. A loss returned as a batch mean would be counted
+    # twice here.
+    two_replicas, one_device = map(history, strong_baseline_both_ways)
+    for name in ("loss", "triplet_loss", "id_loss", "center_loss", "id_accuracy"):
+        np.testing.assert_allclose(two_replicas[name], one_device[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert abs(one_device["center_loss"][1] - one_device["center_loss"][0]) > 1e-3  # the centres moved
+    replicated, single = map(saved_weights, strong_baseline_both_ways)
+    assert not [path for path in single if "classifier" in path or "centers" in path]
+    for path in single:
+        np.testing.assert_allclose(replicated[path], single[path], rtol=1e-5, atol=1e-5, err_msg=path)

@@ -10,7 +10,7 @@ from siamese_reid.identity_losses import center_distances, center_loss, center_u
 
 def reference_label_smoothed_cross_entropy(labels, logits, epsilon):
     """Szegedy et al.'s smoothed targets, one sample at a time: q_k = 1 - eps + eps / N for the
-    true class, eps / N for the others; loss = -sum_k q_k log softmax(z)_k, averaged."""
+    true class, eps / N for the others; loss = -sum_k q_k log softmax(z)_k."""
     losses = []
     for label, row in zip(labels, logits.astype(np.float64), strict=True):
         num_classes = len(row)
@@ -20,32 +20,35 @@ def reference_label_smoothed_cross_entropy(labels, logits, epsilon):
             target = (1 - epsilon + epsilon / num_classes) if k == label else epsilon / num_classes
             loss -= target * log_probabilities[k]
         losses.append(loss)
-    return float(np.mean(losses))
+    return np.array(losses)
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.5])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_label_smoothed_cross_entropy_matches_reference(epsilon, dtype):
+    from siamese_reid.identity_losses import LabelSmoothedCrossEntropy
+
     rng = np.random.default_rng(11)
     labels = rng.integers(0, 7, 10)
     logits = (3.0 * rng.normal(size=(10, 7))).astype(np.float32)
     cast = tf.cast(logits, dtype)
     expected = reference_label_smoothed_cross_entropy(labels, tf.cast(cast, "float32").numpy(), epsilon)
     got = label_smoothed_cross_entropy(labels, cast, label_smoothing=epsilon)
-    assert got.dtype == "float32"
-    assert float(got) == pytest.approx(expected, rel=1e-5)
-    # labels as Keras hands them to a loss (float32, shape [batch, 1]) give the same value
-    assert float(label_smoothed_cross_entropy(labels[:, None].astype(np.float32), cast, epsilon)) == pytest.approx(
-        float(got), rel=1e-6
-    )
+    assert got.dtype == "float32" and got.shape == (10,)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    # labels as Keras hands them to a loss (float32, shape [batch, 1]) give the same values
+    again = label_smoothed_cross_entropy(labels[:, None].astype(np.float32), cast, epsilon)
+    np.testing.assert_allclose(again.numpy(), got.numpy(), rtol=1e-6)
+    # the class averages over the batch
+    assert float(LabelSmoothedCrossEntropy(epsilon)(labels, cast)) == pytest.approx(float(np.mean(expected)), rel=1e-5)
 
 
 def test_label_smoothing_keeps_a_confident_classifier_from_reaching_zero_loss():
     # the point of smoothing: a one-hot-confident prediction is penalised
     labels = np.array([0, 1])
     confident = np.array([[50.0, 0.0, 0.0], [0.0, 50.0, 0.0]], np.float32)
-    assert float(label_smoothed_cross_entropy(labels, confident, 0.0)) == pytest.approx(0.0, abs=1e-6)
-    assert float(label_smoothed_cross_entropy(labels, confident, 0.1)) > 1.0
+    np.testing.assert_allclose(label_smoothed_cross_entropy(labels, confident, 0.0).numpy(), 0.0, atol=1e-6)
+    assert np.all(label_smoothed_cross_entropy(labels, confident, 0.1).numpy() > 1.0)
 
 
 def reference_center_loss(labels, features, centers):
