@@ -182,26 +182,41 @@ def _number(text):
         return np.nan
 
 
+# Loss columns of history.csv besides the total "loss": the per-output losses of the
+# strong-baseline training model (Keras names them after the model's outputs).
+_COMPONENT_LOSSES = {"triplet_loss": "triplet", "id_loss": "identity (cross-entropy)", "center_loss": "center"}
+_COLLAPSE_INDICATORS = {
+    "mean_positive_distance": "mean positive distance",
+    "mean_negative_distance": "mean negative distance",
+    "active_triplet_fraction": "active triplet fraction",
+}
+
+
 def plot_loss_curves(history):
-    """Training loss and the collapse indicators per epoch; None without a loss column."""
+    """Training loss (with its parts, when the model has several losses) and the collapse
+    indicators per epoch; None without a loss column."""
     if "loss" not in history:
         return None
     epochs = history["epoch"] + 1
     figure, axes = _subplots(1, 2, figsize=(10, 4))
     loss_axis, stats_axis = axes[0]
-    loss_axis.plot(epochs, history["loss"], marker="o", markersize=3)
-    loss_axis.set(xlabel="epoch", ylabel="triplet loss", title="Training loss")
+    components = {key: label for key, label in _COMPONENT_LOSSES.items() if key in history}
+    loss_axis.plot(epochs, history["loss"], marker="o", markersize=3, label="total" if components else None)
+    for key, label in components.items():
+        loss_axis.plot(epochs, history[key], marker="o", markersize=2, label=label)
+    loss_axis.set(xlabel="epoch", ylabel="loss", title="Training loss")
     loss_axis.grid(alpha=0.3)
-    for key, label in (
-        ("mean_positive_distance", "mean positive distance"),
-        ("mean_negative_distance", "mean negative distance"),
-        ("active_triplet_fraction", "active triplet fraction"),
-    ):
-        if key in history:
-            stats_axis.plot(epochs, history[key], marker="o", markersize=3, label=label)
+    if components:
+        loss_axis.legend(fontsize=8)
+    for key, label in _COLLAPSE_INDICATORS.items():
+        # a training model with several outputs prefixes the triplet output's metrics
+        column = key if key in history else f"triplet_{key}"
+        if column in history:
+            stats_axis.plot(epochs, history[column], marker="o", markersize=3, label=label)
     stats_axis.set(xlabel="epoch", title="Collapse indicators")
     stats_axis.grid(alpha=0.3)
-    stats_axis.legend(fontsize=8)
+    if stats_axis.get_legend_handles_labels()[0]:
+        stats_axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
 
