@@ -99,8 +99,10 @@ def pairwise_distances(embeddings, distance_metric="L2"):
 
 
 def _label_masks(y_true):
+    # a column against a row by broadcasting: transposing the integer labels would send them
+    # to oneDNN, which logs an "E0000 ... supports DT_INT32 only with AVX-512" line on most CPUs
     labels = ops.reshape(y_true, (-1, 1))
-    same = ops.equal(labels, ops.transpose(labels))
+    same = ops.equal(labels, ops.reshape(y_true, (1, -1)))
     batch_size = ops.shape(labels)[0]
     not_self = ops.logical_not(ops.cast(ops.eye(batch_size), "bool"))
     positives = ops.logical_and(same, not_self)
