@@ -3,12 +3,13 @@
 Each file is fully decoded with Pillow. Corrupt or truncated files are skipped and listed.
 What TensorFlow's decoders would read wrongly or not at all is converted once to PNG in a
 cache folder: PGM/PPM and TIFF, and BMPs other than uncompressed 24/32-bit colour (TensorFlow
-rejects 1-bit and RLE-compressed BMPs in the middle of training, and reads an 8-bit palette
-BMP as grey palette indices). So the tf.data hot path only sees files it decodes correctly.
+rejects 1-bit, 16-bit, RLE-compressed and padded BMPs in the middle of training, and reads an
+8-bit palette BMP as grey palette indices). So the tf.data hot path only sees files it decodes correctly.
 """
 
 import functools
 import hashlib
+import struct
 from pathlib import Path
 
 from PIL import Image
@@ -35,13 +36,26 @@ def check_image(path):
         return image.format
 
 
+def _bmp_tensorflow_reads(path):
+    """Whether TensorFlow's BMP decoder reads this file as Pillow does. It reads uncompressed
+    24/32-bit pixels only, ignores the compression field and the 12-byte OS/2 header, and
+    refuses a file with any byte after the pixel rows (some editors pad BMPs)."""
+    with open(path, "rb") as handle:
+        header = handle.read(34)
+    if len(header) < 34:
+        return False
+    (pixel_offset,) = struct.unpack_from("<I", header, 10)
+    header_size, width, height, _, bits_per_pixel, compression = struct.unpack_from("<IiiHHI", header, 14)
+    if header_size < 40 or bits_per_pixel not in (24, 32) or compression != 0 or width <= 0:
+        return False
+    row_size = (bits_per_pixel // 8 * width + 3) // 4 * 4
+    return Path(path).stat().st_size == pixel_offset + row_size * abs(height)
+
+
 def _tensorflow_reads_correctly(path, image_format):
     if image_format not in TF_DECODABLE_FORMATS:
         return False
-    if image_format != "BMP":
-        return True
-    with Image.open(path) as image:
-        return image.mode in ("RGB", "RGBA") and image.info.get("compression", 0) == 0
+    return image_format != "BMP" or _bmp_tensorflow_reads(path)
 
 
 def scan_samples(samples, cache_dir):
