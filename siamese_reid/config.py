@@ -14,8 +14,10 @@ the config cannot drift from the code.
 import dataclasses
 import difflib
 import importlib
+import math
 import types
 import typing
+from collections.abc import Hashable
 from pathlib import Path
 
 import yaml
@@ -176,7 +178,7 @@ class Config:
 
 
 def _closest(name, valid_names):
-    matches = difflib.get_close_matches(name, valid_names, n=1, cutoff=0.5)
+    matches = difflib.get_close_matches(str(name), valid_names, n=1, cutoff=0.5)
     return f" (did you mean '{matches[0]}'?)" if matches else ""
 
 
@@ -232,6 +234,8 @@ def _coerce(key, value, annotation, field):
         value = str(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ReIDError(f"config key '{key}' must be of type {base.__name__}, got {value!r}")
+    if base is float and not math.isfinite(value):  # .nan passes every range check, .inf most
+        raise ReIDError(f"config key '{key}' must be a finite number, got {value!r}")
     rule = field.metadata
     if rule.get("choices"):
         names = valid_names(rule["choices"])
@@ -328,6 +332,55 @@ def parse_override(text):
     return section, key, value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    silently, so a second `training:` section at the end of a file drops every key of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by the keys beside it, by design
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                problem = f"'{key}' is given twice (the second would silently replace the first)"
+                raise yaml.constructor.ConstructorError(problem=problem, problem_mark=key_node.start_mark)
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_config_file(path):
+    """The file's sections as a dict of dicts; every way the file itself can be wrong is a ReIDError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReIDError(f"config file '{path}' " + ("is a folder" if path.is_dir() else "does not exist"))
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise ReIDError(f"config file '{path}' is not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        problem = getattr(error, "problem", None)
+        raise ReIDError(f"config file '{path}' is not valid YAML{line}" + (f": {problem}" if problem else "")) from None
+    if raw is None:
+        # an emptied (or truncated) file would otherwise train with the built-in defaults, unnoticed
+        raise ReIDError(
+            f"config file '{path}' is empty: fill it in (the repository's config.yaml lists every key) "
+            "or delete it to use the built-in defaults"
+        )
+    if not isinstance(raw, dict):
+        raise ReIDError(f"config file '{path}' must be a mapping of sections")
+    for name, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise ReIDError(
+                f"config section '{name}' in '{path}' must be a mapping of keys to values "
+                f"(indented 'key: value' lines), got {values!r}"
+            )
+    return {name: dict(values or {}) for name, values in raw.items()}
+
+
 def load_config(path=None, overrides=()):
     """Loads `path` (YAML) and applies `section.key=value` overrides.
 
@@ -338,20 +391,7 @@ def load_config(path=None, overrides=()):
     Returns:
       A frozen `Config`.
     """
-    raw = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ReIDError(f"config file '{path}' does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            where = getattr(error, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where else ""
-            raise ReIDError(f"config file '{path}' is not valid YAML{line}") from None
-        if not isinstance(raw, dict):
-            raise ReIDError(f"config file '{path}' must be a mapping of sections")
-    raw = {name: dict(values or {}) for name, values in raw.items()}
+    raw = {} if path is None else _read_config_file(path)
     for text in overrides:
         section, key, value = parse_override(text)
         raw.setdefault(section, {})[key] = value
