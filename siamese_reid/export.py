@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.files import create_folder
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -85,7 +86,7 @@ def export_model(tower, export_format, output_dir):
     output_dir = Path(output_dir)
     if output_dir.exists():
         raise ReIDError(f"'{output_dir}' already exists: choose another --output or remove it yourself")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    create_folder(output_dir.parent, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
         EXPORT_FORMATS[export_format](tower, staging / "export")

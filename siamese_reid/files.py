@@ -22,6 +22,8 @@ def write_atomically(path, write, suffix=""):
       suffix: ending the temporary name must keep for writers that check it (".keras").
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise ReIDError(f"cannot write '{path}': '{path.parent}' is not an existing folder")
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{suffix}")
     try:
         write(temporary)
@@ -47,3 +49,23 @@ def write_text(path, text):
 
 def write_json(path, data):
     return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def create_folder(path, exist_ok=False):
+    """Creates the folder `path` and its parents, or says in one line why it cannot be.
+
+    A file in the way, no permission or a read-only disk is a ReIDError naming the path.
+    An existing folder raises FileExistsError unchanged unless `exist_ok` (callers that want
+    a new folder pick another name).
+    """
+    path = Path(path)
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ReIDError(f"cannot create folder '{path}': '{blocking}' is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        raise ReIDError(f"cannot create folder '{path}': {error.strerror}") from None
+    return path

@@ -4,6 +4,7 @@ import datetime
 from pathlib import Path
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.files import create_folder
 
 
 def _timestamp():
@@ -12,15 +13,15 @@ def _timestamp():
 
 def _unused_folder(parent, name):
     """parent/name, or name-2, name-3, ... : the first that does not exist yet, created."""
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
+    parent = create_folder(parent, exist_ok=True)
     for suffix in ["", *(f"-{n}" for n in range(2, 10_000))]:
         candidate = parent / f"{name}{suffix}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
+        if candidate.exists():
             continue
+        try:
+            return create_folder(candidate)
+        except FileExistsError:
+            continue  # created meanwhile by another process
     raise ReIDError(f"could not find a free folder name for '{parent / name}'")
 
 
@@ -37,8 +38,7 @@ def create_run_dir(output_dir, run_name=None):
         raise ReIDError(f"run folder '{run_dir}' already holds a finished run: choose another output.run_name")
     if run_dir.exists():
         raise ReIDError(f"run folder '{run_dir}' already exists: use --resume {run_dir} or another output.run_name")
-    run_dir.mkdir(parents=True)
-    return run_dir
+    return create_folder(run_dir)
 
 
 def create_evaluation_dir(parent):

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from siamese_reid.errors import ReIDError
-from siamese_reid.files import write_json
+from siamese_reid.files import create_folder, write_json
 
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 
@@ -342,7 +342,7 @@ def ensure_demo_dataset(spec):
             f"demo.dir '{spec.dir}' already exists and is not a demo dataset folder; "
             "choose a new or empty folder for demo.dir (nothing was changed)"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    create_folder(output_dir, exist_ok=True)
     # The marker goes first, marked incomplete: an interrupted generation is still recognised
     # as ours next time and regenerated, instead of being refused as a foreign folder.
     write_json(marker, {"spec": wanted_spec, "complete": False})

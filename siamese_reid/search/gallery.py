@@ -22,6 +22,7 @@ from siamese_reid.config import load_config
 from siamese_reid.data.records import Sample
 from siamese_reid.data.scan import check_image, scan_samples
 from siamese_reid.errors import ReIDError
+from siamese_reid.files import create_folder
 from siamese_reid.search import index as index_files
 
 
@@ -104,9 +105,9 @@ def update_index(run_dir, folders, index_dir, checkpoint="last", identity_from_f
     index_files.find_images(folders, exclude=index_dir)
     model_path, tower = _load_run_model(run_dir, checkpoint)
     is_index = (index_dir / index_files.INDEX_FILE).exists()
-    if index_dir.exists() and not is_index and any(p.name != ".lock" for p in index_dir.iterdir()):
+    if index_dir.is_dir() and not is_index and any(p.name != ".lock" for p in index_dir.iterdir()):
         raise ReIDError(f"'{index_dir}' is not empty and is not a siamese-reid index: choose a new --index folder")
-    index_dir.mkdir(parents=True, exist_ok=True)
+    create_folder(index_dir, exist_ok=True)
     with _exclusive(index_dir):
         return _update(run_dir, folders, index_dir, checkpoint, identity_from_folder, batch_images, model_path, tower)
 
