@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import sys
 
 from siamese_reid.cli.common import exit_on_user_error
@@ -67,5 +68,8 @@ def main(argv=None):
     arguments = _arguments(argv)
     if arguments.command == "query" and arguments.top_k < 1:
         raise ReIDError(f"--top-k must be at least 1, got {arguments.top_k}")
+    if arguments.command == "query" and arguments.threshold is not None and not math.isfinite(arguments.threshold):
+        # nan would answer "no match" to every query, inf "match" to every one
+        raise ReIDError(f"--threshold must be a finite distance, got {arguments.threshold}")
     import_tensorflow_quietly()
     return _index(arguments) if arguments.command == "index" else _query(arguments)

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +137,14 @@ def _shard_arrays(features, entries):
 
 
 def _read_shard(path):
-    with np.load(path, allow_pickle=False) as data:
-        return data["features"], {name: data[name] for name in _COLUMNS}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["features"], {name: data[name] for name in _COLUMNS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        # written atomically by this package: damage comes from outside (a cut-short copy, a disk fault)
+        raise ReIDError(
+            f"index shard '{path}' is damaged ({type(error).__name__}): build the index again in a new folder"
+        ) from None
 
 
 def read_header(folder):
@@ -151,6 +158,9 @@ def read_header(folder):
         raise ReIDError(f"'{path}' is not a valid index file (unreadable JSON)") from None
     if not isinstance(header, dict) or header.get("format") != INDEX_FORMAT:
         raise ReIDError(f"'{folder}' is not a siamese-reid index ({INDEX_FILE} of another format)")
+    absent = [key for key in ("model", "run", "shards") if key not in header]
+    if absent:
+        raise ReIDError(f"'{path}' is damaged (no '{absent[0]}' entry): build the index again in a new folder")
     return header
 
 
