@@ -9,6 +9,7 @@ package being imported (or installed).
 """
 
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -260,8 +261,15 @@ def build_embedding_model(model, image_size):
 def load_embedding_model(path):
     """Loads a saved embedding tower (`.keras`), with a clear error for a bad path or file."""
     path = Path(path)
+    if path.is_dir():
+        raise ReIDError(f"'{path}' is a folder, not a .keras model file")
     if not path.is_file():
         raise ReIDError(f"model file '{path}' does not exist")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        # Keras would say "File not found" about a file that is there but cut short
+        raise ReIDError(
+            f"'{path}' is not a whole .keras file (a .keras model is a zip archive): truncated or not a model"
+        )
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:
