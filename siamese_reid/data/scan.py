@@ -2,16 +2,21 @@
 
 Each file is fully decoded with Pillow. Corrupt or truncated files are skipped and listed.
 What TensorFlow's decoders would read wrongly or not at all is converted once to PNG in a
-cache folder: PGM/PPM and TIFF, and BMPs other than uncompressed 24/32-bit colour (TensorFlow
-rejects 1-bit, 16-bit, RLE-compressed and padded BMPs in the middle of training, and reads an
-8-bit palette BMP as grey palette indices). So the tf.data hot path only sees files it decodes correctly.
+cache folder: PGM/PPM and TIFF (16-bit greyscale scaled to 8 bits, not clipped), and BMPs
+other than uncompressed 24/32-bit colour (TensorFlow rejects 1-bit, 16-bit, RLE-compressed
+and padded BMPs in the middle of training, and reads an 8-bit palette BMP as grey palette
+indices). Files whose names are not UTF-8 are copied under ASCII names (tf.constant cannot
+hold them). So the tf.data hot path only sees files it decodes correctly.
 """
 
 import functools
 import hashlib
+import os
+import shutil
 import struct
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from siamese_reid.data.records import Sample
@@ -20,13 +25,14 @@ from siamese_reid.files import write_atomically
 TF_DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
 
 
-def _converted_path(path, cache_dir):
+def _converted_path(path, cache_dir, suffix):
     # keyed on the file's size and modification time too: an edited file gets a new copy
     stat = Path(path).stat()
-    key = f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    # "v2": copies made before 16-bit greyscale was converted correctly are not reused
+    key = f"v2|{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     # absolute, so the recorded path resolves from any working folder (a notebook, evaluate.py)
-    return Path(cache_dir).resolve() / f"{digest}.png"
+    return Path(cache_dir).resolve() / f"{digest}{suffix}"
 
 
 def check_image(path):
@@ -58,31 +64,76 @@ def _tensorflow_reads_correctly(path, image_format):
     return image_format != "BMP" or _bmp_tensorflow_reads(path)
 
 
+def _utf8_name(path):
+    # tf.constant needs UTF-8: a name in another encoding (os.fsdecode keeps its bytes as
+    # surrogates) would fail where the dataset is built or first evaluated
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable(path):
+    """`path` with bytes that are not UTF-8 shown as \\xNN, for messages and text files."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _to_rgb(image):
+    """`image` as 8-bit RGB, as a viewer shows it.
+
+    Pillow's convert("RGB") clips 16-bit greyscale (TIFF, PGM: modes I;16 and I) at 255, which
+    turns most such images white: their high byte is kept instead, as libpng and TensorFlow do
+    for 16-bit PNGs. Floating-point pixels have no agreed 0..255 range and are refused.
+    """
+    if image.mode == "F":
+        raise ValueError("floating-point pixels have no standard 0..255 range: save the image with 8-bit pixels")
+    if image.mode.startswith("I"):
+        high_byte = np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8
+        image = Image.fromarray(high_byte.astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def _usable_copy(sample, image_format, cache_dir):
+    """A copy TensorFlow reads correctly: converted to PNG, or (a name that is not UTF-8 only)
+    the same bytes under an ASCII name."""
+    readable = _tensorflow_reads_correctly(sample.path, image_format)
+    target = _converted_path(sample.path, cache_dir, f".{image_format.lower()}" if readable else ".png")
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if readable:
+            write_atomically(target, functools.partial(shutil.copyfile, sample.path))
+        else:
+            with Image.open(sample.path) as image:
+                rgb = _to_rgb(image)
+            write_atomically(target, functools.partial(rgb.save, format="PNG"))
+    return Sample(str(target), sample.pid, sample.camid, source=sample.display_path)
+
+
 def scan_samples(samples, cache_dir):
     """Splits `samples` into usable ones and a list of (path, reason) for skipped files.
 
     Args:
       samples: list of `Sample`.
-      cache_dir: where images in formats TensorFlow cannot decode are converted to PNG.
+      cache_dir: where images in formats TensorFlow cannot decode are converted to PNG, and
+        files whose names are not UTF-8 are copied under ASCII names.
 
     Returns:
-      (usable samples, with converted paths where needed; skipped [(path, reason)]).
+      (usable samples, with converted paths where needed; skipped [(printable path, reason)]).
     """
     usable, skipped = [], []
     for sample in samples:
         try:
             image_format = check_image(sample.path)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
-            skipped.append((sample.path, f"unreadable image ({error})".replace("\n", " ")))
+            reason = printable(f"unreadable image ({error})").replace("\n", " ")
+            skipped.append((printable(sample.path), reason))
             continue
-        if _tensorflow_reads_correctly(sample.path, image_format):
+        if _utf8_name(sample.path) and _tensorflow_reads_correctly(sample.path, image_format):
             usable.append(sample)
             continue
-        target = _converted_path(sample.path, cache_dir)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with Image.open(sample.path) as image:
-                rgb = image.convert("RGB")
-            write_atomically(target, functools.partial(rgb.save, format="PNG"))
-        usable.append(Sample(str(target), sample.pid, sample.camid, source=sample.display_path))
+        try:
+            usable.append(_usable_copy(sample, image_format, cache_dir))
+        except ValueError as error:  # a mode Pillow cannot convert to RGB (LAB, float)
+            skipped.append((printable(sample.path), f"cannot convert to RGB ({error})"))
     return usable, skipped
