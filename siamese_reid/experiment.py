@@ -46,7 +46,7 @@ from siamese_reid.config import config_to_dict, load_config, replace, save_confi
 from siamese_reid.data.datasets import dataset_name, read_dataset, read_extra_training
 from siamese_reid.data.demo import ensure_demo_dataset
 from siamese_reid.data.records import summarize_split
-from siamese_reid.data.scan import scan_samples
+from siamese_reid.data.scan import printable, scan_samples
 from siamese_reid.data.splits import person_samples, split_validation
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_text
@@ -88,8 +88,9 @@ def resolve_dataset(config):
         return config
     if data.layout != "market":
         raise ReIDError(f"data.layout {data.layout} needs data.root, the dataset's folder")
-    if ensure_demo_dataset(config.demo):
-        print(f"generated the demo dataset in {config.demo.dir}", flush=True)
+    # said every time: `--set data.root=$UNSET_VARIABLE` reads as null and trains on the demo
+    verb = "generated" if ensure_demo_dataset(config.demo) else "using"
+    print(f"data.root is not set: {verb} the demo dataset in {config.demo.dir}", flush=True)
     return replace(config, data=replace(data, root=str(Path(config.demo.dir).expanduser()), layout="market"))
 
 
@@ -124,16 +125,17 @@ def prepare_data(config, output_dir, need_train=True):
     extra = read_extra_training(data, splits) if need_train else []
     warnings = list(splits.warnings) + [line for training_set in extra for line in training_set.warnings]
     cache = Path(output_dir) / "converted_images"
-    usable = {}
-    for name in ("train", "query", "gallery"):
-        usable[name] = _scan(getattr(splits, name), cache, warnings)
+    usable, unreadable = {"train": []}, []
+    # an evaluation never reads the training images: scanning them would only cost time
+    for name in ("train", "query", "gallery") if need_train else ("query", "gallery"):
+        usable[name] = _scan(getattr(splits, name), cache, unreadable)
     train, excluded = person_samples(usable["train"])
     validation_query, validation_gallery = [], []
     if need_train and data.validation_fraction > 0:
         train, validation_query, validation_gallery = split_validation(train, data.validation_fraction, data.split_seed)
     per_dataset = [(dataset_name(data), train)]
     for training_set in extra:
-        people, dropped = person_samples(_scan(training_set.samples, cache, warnings))
+        people, dropped = person_samples(_scan(training_set.samples, cache, unreadable))
         per_dataset.append((training_set.name, people))
         excluded = {kind: excluded[kind] + dropped[kind] for kind in excluded}
     if excluded["junk"] or excluded["distractors"]:
@@ -157,19 +159,29 @@ def prepare_data(config, output_dir, need_train=True):
             row = f"train: {name}" if f"train: {name}" not in rows else f"train: {name} ({number})"
             rows[row] = summarize_split(samples)
         summary = {"train": summary.pop("train"), **rows, **summary}
-    warnings += _check_splits(prepared, summary, need_train)
+    warnings += [f"skipped '{path}': {reason}" for path, reason in unreadable]
+    try:
+        warnings += _check_splits(prepared, summary, need_train)
+    except ReIDError as error:
+        if not unreadable:
+            raise
+        # the files behind a too-small split are the cause a user needs, not just the count
+        path, reason = unreadable[0]
+        unread = f"{len(unreadable)} image file(s) could not be read, e.g. '{path}': {reason}"
+        raise ReIDError(f"{error}; {unread}") from None
     _record_data(summary, warnings, output_dir)
-    identity_names = splits.identity_names or {}
+    # folder names that are not UTF-8 would stop matplotlib and text files: shown as \xNN
+    identity_names = {pid: printable(name) for pid, name in (splits.identity_names or {}).items()}
     if identity_names:
         reporting.write_json(Path(output_dir) / "identity_names.json", identity_names)
     return config, PreparedData(**prepared, summary=summary, warnings=warnings, identity_names=identity_names)
 
 
-def _scan(samples, cache, warnings):
+def _scan(samples, cache, unreadable):
     """The samples whose images decode (converted where TensorFlow needs it); the others are
-    added to `warnings`."""
+    added to `unreadable` as (path, reason)."""
     usable, skipped = scan_samples(samples, cache)
-    warnings += [f"skipped '{path}': {reason}" for path, reason in skipped]
+    unreadable += skipped
     return usable
 
 
@@ -510,6 +522,10 @@ def _train(config, run_dir, strategy, resuming):
     return _final_report(tower, data, config, run_dir, {"training_seconds": elapsed}, scorer.latest)
 
 
+# Printed before the last silent stretch of a run (about 1 s on the demo, more on a busy machine).
+REPORT_PROGRESS = "writing the report: metrics.json, figures, embeddings"
+
+
 def _final_report(tower, data, config, run_dir, extra, last_periodic=None):
     """Curves, the threshold and the report of the trained tower. `last_periodic` is the last
     epoch's periodic evaluation when there is one (it is reused, not recomputed)."""
@@ -533,6 +549,7 @@ def _final_report(tower, data, config, run_dir, extra, last_periodic=None):
     else:
         final = last_periodic or evaluate_model(tower, data.query, data.gallery, size, settings)
         fit_search_threshold(final, data.query, data.gallery, settings, "query/gallery", run_dir)
+    print(REPORT_PROGRESS, flush=True)
     return reporting.write_report(final, data.query, data.gallery, settings, run_dir, extra, data.identity_names)
 
 
@@ -676,17 +693,29 @@ def evaluate_saved_model(model_path, config, parent):
     """Scores a saved embedding tower on the config's query/gallery.
 
     The report goes to a new folder parent/evaluations/<timestamp>, created once the model has
-    loaded: no earlier evaluation is overwritten, and a bad model file leaves no folder.
+    loaded: no earlier evaluation is overwritten, and a bad model file, a bad dataset or Ctrl-C
+    leaves no folder (so every evaluation folder holds a whole report).
 
     Returns:
       (metrics, the evaluation folder).
     """
-    from siamese_reid.evaluation.embeddings import embedding_input_size
-    from siamese_reid.evaluation.evaluator import evaluate_model
     from siamese_reid.model.embedding import load_embedding_model
 
     tower = load_embedding_model(model_path)
     output_dir = create_evaluation_dir(parent)
+    try:
+        return _evaluate_into(tower, model_path, config, output_dir), output_dir
+    except (ReIDError, KeyboardInterrupt):
+        # a half-written report would read as a finished one; the folder is new and holds
+        # only this evaluation's files
+        shutil.rmtree(output_dir)
+        raise
+
+
+def _evaluate_into(tower, model_path, config, output_dir):
+    from siamese_reid.evaluation.embeddings import embedding_input_size
+    from siamese_reid.evaluation.evaluator import evaluate_model
+
     config, data = prepare_data(config, output_dir, need_train=False)
     save_config(config, Path(output_dir) / "config.yaml")
     size = embedding_input_size(tower)
@@ -696,7 +725,7 @@ def evaluate_saved_model(model_path, config, parent):
     # Embeddings go to disk batch by batch: a gallery of millions is never gathered in memory.
     evaluation = evaluate_model(tower, data.query, data.gallery, size, config.evaluation, 1, output_dir)
     fit_search_threshold(evaluation, data.query, data.gallery, config.evaluation, "query/gallery", output_dir)
-    metrics = reporting.write_report(
+    print(REPORT_PROGRESS, flush=True)
+    return reporting.write_report(
         evaluation, data.query, data.gallery, config.evaluation, output_dir, identity_names=data.identity_names
     )
-    return metrics, output_dir
