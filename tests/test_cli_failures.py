@@ -1,11 +1,24 @@
 """The entry points as a user runs them, given bad input and faults: each failure is one line
 on stderr with exit status 2, and nothing the user had is lost."""
 
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.conftest import PROJECT_ROOT
+import numpy as np
+import pytest
+
+from siamese_reid import experiment
+from siamese_reid.config import load_config
+from siamese_reid.errors import ReIDError
+from siamese_reid.experiment import REPORT_PROGRESS
+from siamese_reid.files import write_text
+from siamese_reid.runs import create_evaluation_dir, create_run_dir
+from tests.conftest import PROJECT_ROOT, write_image
 
 # The smallest training that runs every stage: one VGG block on 32x32 images, one step.
 TINY = [
@@ -36,9 +49,249 @@ def settings(*items):
     return [word for item in items for word in ("--set", item)]
 
 
-def test_training_prints_no_tensorflow_log_lines(tmp_path, tiny_demo):
+def test_training_prints_no_tensorflow_log_lines_and_names_each_step_after_the_last_epoch(tmp_path, tiny_demo):
     # "E0000 ... oneDNN supports DT_INT32 only on platforms with AVX-512" appeared at the first
     # step: the loss transposed the integer labels, an op oneDNN takes over only for floats.
     result = run_script("train.py", "--output_dir", tmp_path, *settings(f"data.root={tiny_demo}", *TINY))
     assert result.returncode == 0, result.stderr
     assert not CPP_LOG_LINE.search(result.stderr), result.stderr
+    # the report (figures, embeddings) was the one silent stretch after "training took"
+    lines = result.stdout.splitlines()
+    after = lines[next(i for i, line in enumerate(lines) if line.startswith("training took")) :]
+    assert any(line.startswith("no-match threshold") for line in after)
+    assert after.index(REPORT_PROGRESS) < after.index("Evaluation")
+
+
+# ---------------------------------------------------------------------------------------------
+# config.yaml and --set
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"training: 5\n", "config section 'training' in"),
+        (b"training:\n  - epochs\n", "must be a mapping of keys to values"),
+        (b"5: {}\n", "unknown config section '5'"),
+        (b"training:\n  5: 3\n", "unknown config key 'training.5'"),
+        (b"\xff\xfe training", "is not UTF-8 text"),
+        # PyYAML keeps the last of two equal keys: the first section's keys were silently lost
+        (b"training:\n  epochs: 3\n  seed: 7\ntraining:\n  epochs: 4\n", "'training' is given twice"),
+        (b"training:\n  epochs: 3\n  epochs: 4\n", "'epochs' is given twice"),
+        # an emptied file used to train with the built-in defaults, unnoticed
+        (b"", "is empty"),
+        (b"# nothing but a comment\n", "is empty"),
+        (b"training:\n  learning_rate: .nan\n", "config key 'training.learning_rate' must be a finite number"),
+        (b"loss:\n  margin: .inf\n", "config key 'loss.margin' must be a finite number"),
+    ],
+)
+def test_config_file_faults_are_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ReIDError) as caught:
+        load_config(path)
+    assert message in str(caught.value)
+
+
+def test_config_file_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(ReIDError, match="is a folder"):
+        load_config(tmp_path)
+
+
+def test_yaml_merge_keys_may_be_overridden_beside_them(tmp_path):
+    # the duplicate-key check must not refuse YAML's own override of merged keys
+    path = tmp_path / "config.yaml"
+    path.write_text("training:\n  <<: {epochs: 3, seed: 7}\n  epochs: 4\n")
+    config = load_config(path)
+    assert (config.training.epochs, config.training.seed) == (4, 7)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-.inf", "1e400"])
+def test_non_finite_numbers_through_set_are_refused(value):
+    with pytest.raises(ReIDError, match="must be a finite number"):
+        load_config(None, [f"training.learning_rate={value}"])
+
+
+def test_config_section_that_is_not_a_mapping_is_one_line_at_the_command_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("training: 5\n")
+    result = run_script("train.py", "--config", tmp_path / "bad.yaml", "--output_dir", tmp_path / "runs")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: config section 'training'") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_demo_dataset_is_named_whenever_it_stands_in_for_data_root(tmp_path, capsys):
+    # `--set data.root=$UNSET` reads as null: the run trained on the demo with no word about it
+    demo = [f"demo.dir={tmp_path / 'demo'}", "demo.num_train_identities=3", "demo.num_test_identities=2"]
+    config = load_config(None, demo)
+    experiment.resolve_dataset(config)
+    assert "data.root is not set: generated the demo dataset" in capsys.readouterr().out
+    experiment.resolve_dataset(config)
+    assert "data.root is not set: using the demo dataset" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+def test_a_dataset_of_unreadable_images_names_them(tmp_path):
+    # "fewer than 2 usable identities" alone hid that every file was unreadable
+    for split, frame in (("bounding_box_train", 1), ("query", 2), ("bounding_box_test", 3)):
+        for pid in (1, 2):
+            for camera in (1, 2):
+                path = tmp_path / "data" / split / f"000{pid}_c{camera}s1_00000{frame}_01.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"not a JPEG")
+    config = load_config(None, [f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(ReIDError) as caught:
+        experiment.prepare_data(config, tmp_path / "run")
+    message = str(caught.value)
+    assert "fewer than 2 usable identities" in message and "12 image file(s) could not be read" in message
+    assert "bounding_box_train/0001_c1s1_000001_01.jpg" in message
+
+
+def test_identity_folders_named_in_another_encoding_reach_the_figures(tmp_path):
+    # a Latin-1 folder name (é = 0xE9) became a lone surrogate that stopped matplotlib
+    from siamese_reid.evaluation import compute_distances
+    from siamese_reid.reporting import plot_retrieval_examples, save_figure
+
+    root = tmp_path / "people"
+    for name in (b"\xe9t\xe9", b"caf\xe9", b"na\xefve", b"\xe0 la carte"):
+        for shot in range(3):
+            write_image(Path(os.fsdecode(bytes(root) + b"/" + name + b"/%d.png" % shot)), seed=shot, image_format="PNG")
+    config = load_config(None, [f"data.root={root}", "data.layout=folders"])
+    _, data = experiment.prepare_data(config, tmp_path / "run")
+    assert sorted(data.identity_names.values()) == ["\\xe0 la carte", "\\xe9t\\xe9", "caf\\xe9", "na\\xefve"]
+    features = np.random.default_rng(0).normal(size=(len(data.query) + len(data.gallery), 4))
+    distances = compute_distances(features[: len(data.query)], features[len(data.query) :], "euclidean")
+    figure = plot_retrieval_examples([0], data.query, data.gallery, distances, 2, data.identity_names)
+    save_figure(figure, tmp_path / "examples.png")
+    assert (tmp_path / "examples.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders that cannot be created
+
+
+def test_folders_under_a_regular_file_are_one_line(tmp_path):
+    blocking = tmp_path / "notes.txt"
+    blocking.write_text("a file where a folder is asked for")
+    with pytest.raises(ReIDError, match=f"'{blocking}' is a file, not a folder"):
+        create_run_dir(blocking / "runs", "first")
+    with pytest.raises(ReIDError, match=f"'{blocking}' is a file, not a folder"):
+        create_evaluation_dir(blocking)
+    with pytest.raises(ReIDError, match="is not an existing folder"):
+        write_text(blocking / "figure.png", "")
+    assert blocking.read_text() == "a file where a folder is asked for"
+
+
+def test_output_dir_under_a_regular_file_is_one_line_at_the_command_line(tmp_path, tiny_demo):
+    blocking = tmp_path / "notes.txt"
+    blocking.write_text("")
+    result = run_script("train.py", "--output_dir", blocking / "runs", *settings(f"data.root={tiny_demo}", *TINY))
+    assert result.returncode == 2
+    assert result.stderr == f"error: cannot create folder '{blocking / 'runs'}': '{blocking}' is a file, not a folder\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained run: evaluate.py, search.py and export.py
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_demo):
+    run_dir = create_run_dir(tmp_path_factory.mktemp("runs"), "tiny")
+    experiment.train(load_config(PROJECT_ROOT / "config.yaml", [f"data.root={tiny_demo}", *TINY]), run_dir)
+    return run_dir
+
+
+def test_interrupted_or_failed_evaluation_leaves_no_half_written_folder(trained_run, tiny_demo, tmp_path, monkeypatch):
+    # Ctrl-C left evaluations/<time>/ with config.yaml and no metrics: it read as an evaluation
+    from siamese_reid.evaluation import evaluator
+
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    config = load_config(trained_run / "config.yaml", [f"data.root={tiny_demo}"])
+    monkeypatch.setattr(evaluator, "evaluate_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.evaluate_saved_model(trained_run / "last.keras", config, tmp_path)
+    assert list((tmp_path / "evaluations").iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / "empty" / "query").mkdir(parents=True)
+    empty = load_config(trained_run / "config.yaml", [f"data.root={tmp_path / 'empty'}"])
+    with pytest.raises(ReIDError):
+        experiment.evaluate_saved_model(trained_run / "last.keras", empty, tmp_path)
+    assert list((tmp_path / "evaluations").iterdir()) == []
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 1000, -22])
+def test_a_cut_short_keras_file_is_called_that(trained_run, tmp_path, keep_bytes):
+    # Keras reports "File not found" for a .keras file that is there but truncated
+    from siamese_reid.model.embedding import load_embedding_model
+
+    whole = (trained_run / "last.keras").read_bytes()
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(whole[:keep_bytes])
+    with pytest.raises(ReIDError, match="is not a whole .keras file"):
+        load_embedding_model(cut)
+    with pytest.raises(ReIDError, match="is a folder, not a .keras model file"):
+        load_embedding_model(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def gallery_index(trained_run, tiny_demo, tmp_path_factory):
+    from siamese_reid.search import update_index
+
+    index_dir = tmp_path_factory.mktemp("index") / "gallery"
+    update_index(trained_run, [tiny_demo / "bounding_box_test"], index_dir)
+    return index_dir
+
+
+def _damaged_copy(index_dir, tmp_path, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(index_dir, copy)
+    damage(copy)
+    return copy
+
+
+def _truncate_shard(folder):
+    shard = next(folder.glob("shard-*.npz"))
+    shard.write_bytes(shard.read_bytes()[:500])
+
+
+def _drop_model_entry(folder):
+    header = json.loads((folder / "index.json").read_text())
+    del header["model"]
+    (folder / "index.json").write_text(json.dumps(header))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(_truncate_shard, "is damaged (BadZipFile)"), (_drop_model_entry, "is damaged (no 'model' entry)")],
+)
+def test_a_damaged_index_is_one_line(gallery_index, tiny_demo, tmp_path, damage, message):
+    # a cut-short shard (an interrupted copy of the folder) ended in a zipfile traceback
+    from siamese_reid.search import Searcher, update_index
+
+    damaged = _damaged_copy(gallery_index, tmp_path, damage)
+    with pytest.raises(ReIDError, match=re.escape(message)):
+        Searcher(damaged)
+    with pytest.raises(ReIDError, match=re.escape(message)):
+        update_index(json.loads((gallery_index / "index.json").read_text())["run"]["dir"], [tiny_demo], damaged)
+
+
+def test_search_refuses_a_threshold_that_is_not_a_number_and_a_figure_with_nowhere_to_go(gallery_index, tiny_demo):
+    query = sorted((tiny_demo / "query").glob("*.jpg"))[0]
+    result = run_script("search.py", "query", "--index", gallery_index, "--threshold", "nan", query)
+    assert result.returncode == 2 and result.stderr == "error: --threshold must be a finite distance, got nan\n"
+    missing = gallery_index.parent / "no-such-folder" / "answers.png"
+    result = run_script("search.py", "query", "--index", gallery_index, "--save", missing, query)
+    assert result.returncode == 2
+    assert result.stderr == f"error: cannot write '{missing}': '{missing.parent}' is not an existing folder\n"
+
+
+def test_export_under_a_regular_file_is_one_line(trained_run, tmp_path):
+    blocking = tmp_path / "notes.txt"
+    blocking.write_text("")
+    result = run_script("export.py", "--run", trained_run, "--output", blocking / "model")
+    assert result.returncode == 2
+    assert result.stderr == f"error: cannot create folder '{blocking}': '{blocking}' is a file, not a folder\n"

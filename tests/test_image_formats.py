@@ -5,6 +5,7 @@ from the format's definition (BITMAPFILEHEADER + BITMAPINFOHEADER, a BGRX palett
 bottom-up), and the expected RGB pixels come from the same arrays, not from a decoder.
 """
 
+import os
 import struct
 
 import numpy as np
@@ -168,3 +169,43 @@ def test_plain_24_bit_bmps_are_read_directly_not_copied(tmp_path, top_down):
     usable, skipped = scan_samples([Sample(str(path), 1, 1)], tmp_path / "cache")
     assert not skipped and usable[0].path == str(path) and not (tmp_path / "cache").exists()
     np.testing.assert_allclose(_decoded_by_the_pipeline(str(path)), rgb, atol=1e-3)
+
+
+def _sixteen_bit_grey(path, image_format):
+    """A 16-bit greyscale ramp written by Pillow; returns the 8-bit RGB a viewer shows."""
+    values = (np.arange(HEIGHT * WIDTH).reshape(HEIGHT, WIDTH) * 1800 + 300).astype(np.uint16)
+    Image.fromarray(values).save(path, format=image_format)
+    return np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=2)
+
+
+@pytest.mark.parametrize(("name", "image_format"), [("scan.tif", "TIFF"), ("scan.pgm", "PPM")])
+def test_sixteen_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path, name, image_format):
+    # Pillow's convert("RGB") clips 16-bit values at 255: the model was trained on white images
+    path = tmp_path / name
+    expected = _sixteen_bit_grey(path, image_format)
+    usable, skipped = scan_samples([Sample(str(path), 1, 1)], tmp_path / "cache")
+    assert not skipped
+    np.testing.assert_allclose(_decoded_by_the_pipeline(usable[0].path), expected, atol=1e-3)
+
+
+def test_floating_point_images_are_skipped_with_the_reason(tmp_path):
+    path = tmp_path / "depth.tif"
+    Image.fromarray(np.linspace(0, 1, HEIGHT * WIDTH, dtype=np.float32).reshape(HEIGHT, WIDTH)).save(path)
+    usable, skipped = scan_samples([Sample(str(path), 1, 1)], tmp_path / "cache")
+    assert usable == [] and skipped == [(str(path), skipped[0][1])] and "floating-point pixels" in skipped[0][1]
+
+
+def test_file_names_that_are_not_utf8_reach_the_model_unchanged(tmp_path):
+    # tf.constant cannot hold such a name: training or the first evaluation stopped with a traceback
+    rgb = np.random.default_rng(3).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    name = os.fsdecode(b"caf\xe9 \xff.png")  # Latin-1 and a byte no encoding maps
+    Image.fromarray(rgb).save(tmp_path / name, format="PNG")
+    broken = os.fsdecode(b"\xfa broken.png")
+    (tmp_path / broken).write_bytes(b"not a PNG")
+    samples = [Sample(str(tmp_path / name), 1, 1), Sample(str(tmp_path / broken), 1, 2)]
+    usable, skipped = scan_samples(samples, tmp_path / "cache")
+    assert usable[0].display_path == str(tmp_path / name)  # the user's file, for figures and notebooks
+    np.testing.assert_allclose(_decoded_by_the_pipeline(usable[0].path), rgb, atol=1e-3)
+    # the skipped list goes to data_warnings.txt: it must be writable text
+    assert skipped[0][0] == f"{tmp_path}/\\xfa broken.png"
+    skipped[0][1].encode("utf-8")
