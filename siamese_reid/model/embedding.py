@@ -268,7 +268,8 @@ def load_embedding_model(path):
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
         # Keras would say "File not found" about a file that is there but cut short
         raise ReIDError(
-            f"'{path}' is not a whole .keras file (a .keras model is a zip archive): truncated or not a model"
+            f"'{path}' is not a loadable Keras model (a .keras file is a zip archive; this one is cut short "
+            "or is not a model)"
         )
     try:
         model = keras.saving.load_model(path, compile=False)
