@@ -295,3 +295,9 @@ def test_export_under_a_regular_file_is_one_line(trained_run, tmp_path):
     result = run_script("export.py", "--run", trained_run, "--output", blocking / "model")
     assert result.returncode == 2
     assert result.stderr == f"error: cannot create folder '{blocking}': '{blocking}' is a file, not a folder\n"
+
+
+def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path):
+    result = run_script("train.py", "--resume", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == f"error: cannot resume: '{tmp_path}' is not a run folder (no config.yaml in it)\n"

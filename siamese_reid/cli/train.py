@@ -11,6 +11,7 @@ from siamese_reid.cli.common import (
     exit_on_user_error,
 )
 from siamese_reid.console import import_tensorflow_quietly
+from siamese_reid.errors import ReIDError
 
 
 @exit_on_user_error
@@ -24,6 +25,8 @@ def main(argv=None):
         print("note: no GPU found; training on the CPU")
     if arguments.resume:
         run_dir = Path(arguments.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ReIDError(f"cannot resume: '{run_dir}' is not a run folder (no config.yaml in it)")
         config = config_from_arguments(arguments, base_config_path=run_dir / "config.yaml")
     else:
         # everything that can fail without training fails before a run folder exists
