@@ -363,13 +363,11 @@ class _PeriodicScorer:
     def __call__(self, epoch):
         from siamese_reid.evaluation.evaluator import evaluate_model
 
+        # said before scoring: on a large gallery it takes minutes, under a progress bar at 100%
+        print(f"\nepoch {epoch + 1}: scoring on {self.split_name}... ", end="", flush=True)
         self.latest = evaluate_model(self.tower, self.query, self.gallery, self.image_size, self.settings)
         metrics = reporting.ranking_metrics(self.latest.ranking, len(self.query), len(self.gallery), {})
-        print(
-            f"\nepoch {epoch + 1} ({self.split_name}): rank-1 {reporting.percent(metrics['rank1'])}  "
-            f"mAP {reporting.percent(metrics['mAP'])}",
-            flush=True,
-        )
+        print(f"rank-1 {reporting.percent(metrics['rank1'])}  mAP {reporting.percent(metrics['mAP'])}", flush=True)
         return metrics
 
 
