@@ -290,14 +290,18 @@ def _traced_peak(function):
         tracemalloc.stop()
 
 
-def test_evaluate_embeddings_stays_within_its_memory_budget():
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dim", [16, 256])
+def test_evaluate_embeddings_stays_within_its_memory_budget(metric, dim):
     from siamese_reid.evaluation import evaluate_embeddings
 
     rng = np.random.default_rng(0)
-    # 400 x 40,000: the float32 matrix alone would be 61 MiB.
-    case = _clustered_case(rng, 400, 40_000, 500, 4, dim=16)
+    # 400 x 40,000: the float32 matrix alone would be 61 MiB. At 256 dimensions the gallery
+    # alone is 39 MiB: neither a float64 copy of it (for its norms or products) nor a unit-length
+    # copy (cosine) fits the budget.
+    case = _clustered_case(rng, 400, 40_000, 500, 4, dim=dim)
     budget = 4 * 2**20
-    _, peak = _traced_peak(lambda: evaluate_embeddings(*case, memory_budget_bytes=budget))
+    _, peak = _traced_peak(lambda: evaluate_embeddings(*case, metric=metric, memory_budget_bytes=budget))
     # The budget plus O(gallery) index arrays (a few int64 arrays of 40,000).
     assert peak < budget + 3 * 2**20, peak / 2**20
 

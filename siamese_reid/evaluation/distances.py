@@ -16,14 +16,19 @@ from siamese_reid.errors import ReIDError
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
 
 
-def _unit_rows(features):
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, 1e-12)
+# evaluation.metric -> what it computes (smaller is more similar)
+METRICS = {"euclidean": "||q - g||_2", "cosine": "1 - cos(q, g)"}
 
 
-# evaluation.metric -> the feature normalisation it implies (cosine distance is computed as
-# 1 - q.g of unit rows; euclidean uses the features as they are)
-METRICS = {"euclidean": lambda features: features, "cosine": _unit_rows}
+def _squared_norms(features, rows_per_chunk):
+    """|x|^2 of each row in float64 [num_rows], converting `rows_per_chunk` rows at a time."""
+    return np.concatenate(
+        [
+            np.square(features[start : start + rows_per_chunk], dtype=np.float64).sum(axis=1)
+            for start in range(0, len(features), rows_per_chunk)
+        ]
+        or [np.zeros(0)]
+    )
 
 
 def _check_features(query_features, gallery_features, metric):
@@ -44,7 +49,8 @@ class QueryGalleryDistances:
     Smaller is more similar. Distances are float32, from float64 products and sums.
 
     Three ways to read it, each within `memory_budget_bytes` of working memory beyond the
-    features (float32 features are not copied, except cosine's unit rows):
+    features and O(num_query + num_gallery) norms (float32 features are never copied; cosine
+    scales each row to unit length as a tile converts it to float64):
       * `query_blocks()` and `gallery_tiles(start, stop)`: the whole matrix as [query block x
         gallery slice] tiles, for a pass over everything (ranking); large query blocks keep
         the matrix products efficient;
@@ -68,24 +74,41 @@ class QueryGalleryDistances:
         if budget < 2**20:
             raise ReIDError(f"memory_budget_bytes must be at least 1 MiB, got {budget}")
         self.metric = metric
-        self.query_features = METRICS[metric](query_features)
-        self.gallery_features = METRICS[metric](gallery_features)
+        self.query_features, self.gallery_features = query_features, gallery_features
         self.num_query, self.num_gallery = len(query_features), len(gallery_features)
-        gallery_size = max(self.num_gallery, 1)
-        self.tile_columns = min(gallery_size, max(1, budget // (self._TILE_BYTES * min(self.num_query, 1024))))
-        self.tile_rows = max(1, budget // (self._TILE_BYTES * self.tile_columns))
-        self.rows_per_block = max(1, budget // (self._TILE_BYTES * gallery_size))
-        self.gallery_squared = np.concatenate(
-            [
-                np.square(self.gallery_features[start : start + 65536], dtype=np.float64).sum(axis=1)
-                for start in range(0, self.num_gallery, 65536)
-            ]
-            or [np.zeros(0)]
-        )
+        # A tile's float64 operands count against the budget too: at 2,048 dimensions a slice of
+        # 20,000 gallery rows is 330 MB.
+        row_bytes = 8 * query_features.shape[1]
+        chunk = max(1, budget // (4 * row_bytes))
+        self.query_squared = _squared_norms(query_features, chunk)
+        self.gallery_squared = _squared_norms(gallery_features, chunk)
+        # cosine: 1 - (q / |q|).(g / |g|), the scalings applied to the float64 operands of each tile
+        self._query_scale = self._gallery_scale = None
+        if metric == "cosine":
+            self._query_scale = 1.0 / np.maximum(np.sqrt(self.query_squared), 1e-12)[:, None]
+            self._gallery_scale = 1.0 / np.maximum(np.sqrt(self.gallery_squared), 1e-12)[:, None]
         # The whole gallery in float64 when it takes at most a quarter of the budget; else each
         # tile converts its slice.
-        small = self.num_gallery * self.gallery_features.shape[1] * 8 <= budget // 4
-        self._gallery64 = self.gallery_features.astype(np.float64) if small else None
+        small = self.num_gallery * row_bytes <= budget // 4
+        self._gallery64 = None
+        self._gallery64 = self._gallery(0, self.num_gallery) if small else None
+        self._size_tiles(budget - (self.num_gallery * row_bytes if small else 0), row_bytes, small)
+
+    def _size_tiles(self, budget, row_bytes, gallery_held):
+        """Tiles of `tile_rows` x `tile_columns` whose distances and float64 operands (the query
+        rows, and the gallery slice unless the whole gallery is held) fit in `budget` bytes."""
+        self._tile_budget, self._row_bytes = budget, row_bytes
+        self._column_bytes = 0 if gallery_held else row_bytes
+        rows = max(1, min(self.num_query, 1024, budget // (4 * row_bytes)))
+        self.tile_columns = self._columns_for(rows)
+        rows = (budget - self.tile_columns * self._column_bytes) // (self._TILE_BYTES * self.tile_columns + row_bytes)
+        self.tile_rows = max(1, rows)
+        self.rows_per_block = max(1, budget // (self._TILE_BYTES * max(self.num_gallery, 1) + row_bytes))
+
+    def _columns_for(self, rows):
+        """The most gallery columns a tile of `rows` queries may span within the budget."""
+        columns = (self._tile_budget - rows * self._row_bytes) // (self._TILE_BYTES * rows + self._column_bytes)
+        return min(max(self.num_gallery, 1), max(1, columns))
 
     @property
     def shape(self):
@@ -99,12 +122,16 @@ class QueryGalleryDistances:
         return self.distances(query_index, query_index + 1)[0]
 
     def _gallery(self, first, last):
+        """Gallery rows [first, last) as float64 operands (unit length for cosine)."""
         if self._gallery64 is not None:
             return self._gallery64[first:last]
-        return self.gallery_features[first:last].astype(np.float64)
+        rows = self.gallery_features[first:last].astype(np.float64)
+        if self._gallery_scale is not None:
+            rows *= self._gallery_scale[first:last]
+        return rows
 
     def _finish(self, products, query_squared, gallery_squared):
-        """float64 products of the scaled queries (see `_scaled`) -> float32 distances, with as
+        """float64 products of the scaled queries (see `_queries`) -> float32 distances, with as
         few passes over the tile as possible (they, not the product, dominate at scale)."""
         if self.metric == "cosine":
             products += 1.0  # 1 - q.g
@@ -115,15 +142,17 @@ class QueryGalleryDistances:
         np.maximum(squared, 0.0, out=squared)
         return np.sqrt(squared, out=squared)
 
-    def _scaled(self, queries):
-        # -2 q (euclidean) or -q (cosine): exact scalings that save a pass over every tile.
-        return queries * (-1.0 if self.metric == "cosine" else -2.0)
+    def _queries(self, first, last):
+        """Query rows [first, last) as float64 operands, times -2 (euclidean) or -1 / |q|
+        (cosine): scalings of the small operand that save a pass over every tile."""
+        queries = self.query_features[first:last].astype(np.float64)
+        queries *= -2.0 if self._query_scale is None else -self._query_scale[first:last]
+        return queries
 
     def tile(self, query_start, query_stop, gallery_start, gallery_stop):
         """Distances of queries [query_start, query_stop) to gallery [gallery_start, gallery_stop)."""
-        queries = self.query_features[query_start:query_stop].astype(np.float64)
-        products = self._scaled(queries) @ self._gallery(gallery_start, gallery_stop).T
-        query_squared = np.square(queries).sum(axis=1)[:, None]
+        products = self._queries(query_start, query_stop) @ self._gallery(gallery_start, gallery_stop).T
+        query_squared = self.query_squared[query_start:query_stop, None]
         return self._finish(products, query_squared, self.gallery_squared[None, gallery_start:gallery_stop])
 
     def query_blocks(self):
@@ -142,7 +171,7 @@ class QueryGalleryDistances:
         """Whole rows [start, stop), float32 [stop - start, num_gallery]."""
         stop = min(stop, self.num_query)
         output = np.empty((max(stop - start, 0), self.num_gallery), dtype=np.float32)
-        slice_size = max(1, self.tile_columns * self.tile_rows // max(len(output), 1))
+        slice_size = self._columns_for(max(len(output), 1))
         for first in range(0, self.num_gallery, slice_size):
             last = min(first + slice_size, self.num_gallery)
             output[:, first:last] = self.tile(start, stop, first, last)
@@ -150,9 +179,11 @@ class QueryGalleryDistances:
 
     def pairs(self, query_index, columns):
         """Distances of one query to the gallery images `columns`, float32 [len(columns)]."""
-        query = self.query_features[query_index].astype(np.float64)
-        products = self.gallery_features[columns].astype(np.float64) @ self._scaled(query)
-        return self._finish(products, np.square(query).sum(), self.gallery_squared[columns])
+        gallery = self.gallery_features[columns].astype(np.float64)
+        if self._gallery_scale is not None:
+            gallery *= self._gallery_scale[columns]
+        products = gallery @ self._queries(query_index, query_index + 1)[0]
+        return self._finish(products, self.query_squared[query_index], self.gallery_squared[columns])
 
     def blocks(self):
         """Yields (start, rows) over all queries, `rows_per_block` whole rows at a time."""

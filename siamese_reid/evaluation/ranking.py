@@ -340,13 +340,20 @@ def _rank_query_block(distances, accumulator, query_start, query_stop):
     before = {index: np.zeros(len(matches[0]), np.int64) for index, matches in sorted_matches.items()}
     for gallery_start, tile in distances.gallery_tiles(query_start, query_stop):
         _check_finite(tile, query_start)
-        for index in before:
-            tile_row = tile[index - query_start]
-            nearer = np.flatnonzero(tile_row <= sorted_matches[index][0][-1])
-            others = accumulator.non_matches(nearer + gallery_start, all_matches[index], index)
-            before[index] += _count_before(*sorted_matches[index], tile_row[others - gallery_start], others)
+        for index, counts in before.items():
+            matches, row = all_matches[index], tile[index - query_start]
+            counts += _count_row_slice(accumulator, index, sorted_matches[index], matches, row, gallery_start)
+        tile = row = None  # freed before the next tile is computed: the budget holds one tile, not two
     for index, counts in before.items():
         accumulator.add_ranks(index, np.arange(len(counts)) + counts)
+
+
+def _count_row_slice(accumulator, index, sorted_matches, matches, row, gallery_start):
+    """What a slice of one query's row (gallery images from `gallery_start`) adds to the
+    counts of images before each of its matches."""
+    nearer = np.flatnonzero(row <= sorted_matches[0][-1])
+    others = accumulator.non_matches(nearer + gallery_start, matches, index)
+    return _count_before(*sorted_matches, row[others - gallery_start], others)
 
 
 def rank_distance_rows(
