@@ -320,3 +320,23 @@ def test_a_query_with_thousands_of_matches_stays_within_budget():
     assert peak < 16 * 2**20, peak / 2**20
     expected = evaluate_ranking(compute_distances(query_features, gallery_features), *labels)
     np.testing.assert_array_equal(result.query_average_precisions, expected.query_average_precisions)
+
+
+def test_many_queries_with_thousands_of_matches_stay_within_budget():
+    from siamese_reid.evaluation import evaluate_embeddings
+
+    rng = np.random.default_rng(2)
+    num_gallery, num_query = 40_000, 100
+    gallery_pids = np.where(rng.random(num_gallery) < 0.5, 1, rng.integers(2, 100, num_gallery))  # ~20,000 matches
+    gallery_features = rng.normal(size=(num_gallery, 8)).astype(np.float32)
+    query_features = rng.normal(size=(num_query, 8)).astype(np.float32)
+    labels = (np.ones(num_query, int), gallery_pids, np.ones(num_query, int), np.full(num_gallery, 2))
+    budget = 8 * 2**20
+    result, peak = _traced_peak(
+        lambda: evaluate_embeddings(query_features, gallery_features, *labels, memory_budget_bytes=budget)
+    )
+    # The 100 queries fit in one tile; their 2,000,000 matches held at once would take about 60 MB.
+    assert peak < budget + 4 * 2**20, peak / 2**20
+    expected = evaluate_ranking(compute_distances(query_features, gallery_features), *labels)
+    np.testing.assert_array_equal(result.query_average_precisions, expected.query_average_precisions)
+    np.testing.assert_array_equal(result.query_first_match_ranks, expected.query_first_match_ranks)

@@ -15,7 +15,11 @@ import dataclasses
 import numpy as np
 
 from siamese_reid.errors import ReIDError
-from siamese_reid.evaluation.distances import QueryGalleryDistances
+from siamese_reid.evaluation.distances import DEFAULT_MEMORY_BUDGET_BYTES, QueryGalleryDistances
+
+# Bytes a query block holds per true match while it is ranked: its column (int64), distance
+# (float32), column in ranking order (int64) and count of images before it (int64), and slack.
+_MATCH_BYTES = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +106,11 @@ class _Gallery:
         pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
         self.same_image_columns = pairs[:, 1]
         self.same_image_bounds = np.searchsorted(pairs[:, 0], np.arange(num_query + 1))
+
+    def identity_sizes(self, query_pids):
+        """Gallery images of each query's identity: at least its true matches (junk queries: 0)."""
+        sizes = np.searchsorted(self.sorted_pids, query_pids, "right") - np.searchsorted(self.sorted_pids, query_pids)
+        return np.where(query_pids == -1, 0, sizes)
 
     def same_image(self, query_index):
         start, stop = self.same_image_bounds[query_index], self.same_image_bounds[query_index + 1]
@@ -307,9 +316,11 @@ def evaluate_embeddings(
 
     Distances are computed a block of queries at a time (`QueryGalleryDistances`) and each
     block is ranked and dropped, so memory beyond the features stays within
-    `memory_budget_bytes` (default 256 MiB) plus O(gallery) per query, whatever the number of
-    queries, and however many true matches a query has. Returns the same `RankingResult`:
-    identical ranks, ties in gallery order.
+    `memory_budget_bytes` (default 256 MiB) for the distances, a quarter more for the true
+    matches of the queries being ranked (a block holds fewer queries when they have many), and
+    O(gallery) index arrays: whatever the number of queries, and however many true matches
+    they have (beyond a quarter of the budget only for a single query with more matches than
+    that). Returns the same `RankingResult`: identical ranks, ties in gallery order.
 
     Args: as `evaluate_ranking`, with the features [num_query, dim] and [num_gallery, dim] in
       place of the matrix and `metric` ("euclidean" or "cosine") to compare them with.
@@ -321,9 +332,22 @@ def evaluate_embeddings(
     accumulator = _accumulator(
         query_pids, gallery_pids, query_camids, gallery_camids, max_rank, ap_definition, same_image_pairs
     )
+    match_counts = accumulator.gallery.identity_sizes(query_pids)
+    max_matches = (memory_budget_bytes or DEFAULT_MEMORY_BUDGET_BYTES) // 4 // _MATCH_BYTES
     for query_start, query_stop in distances.query_blocks():
-        _rank_query_block(distances, accumulator, query_start, query_stop)
+        for start, stop in _cut_by_matches(match_counts, query_start, query_stop, max_matches):
+            _rank_query_block(distances, accumulator, start, stop)
     return accumulator.result()
+
+
+def _cut_by_matches(match_counts, start, stop, max_matches):
+    """[start, stop) cut into consecutive ranges of queries with at most `max_matches` true
+    matches in all (a single query at least)."""
+    while start < stop:
+        total = np.cumsum(match_counts[start:stop])
+        end = start + max(1, int(np.searchsorted(total, max_matches, side="right")))
+        yield start, end
+        start = end
 
 
 def _rank_query_block(distances, accumulator, query_start, query_stop):
