@@ -279,6 +279,27 @@ def test_evaluate_embeddings_keeps_ties_in_gallery_order():
     assert result.mean_inp == pytest.approx(3 / 6)
 
 
+@pytest.mark.parametrize(("metric", "ap_definition"), [("euclidean", "torchreid"), ("cosine", "market_official")])
+def test_evaluate_embeddings_ties_across_gallery_slices_equal_the_brute_force_reference(metric, ap_definition):
+    from siamese_reid.evaluation import QueryGalleryDistances, evaluate_embeddings
+
+    rng = np.random.default_rng(7)
+    # Features on a 3 x 3 grid: a few distinct distances, so most of a query's matches tie with
+    # images in other slices of the gallery.
+    query_features = rng.integers(0, 3, (40, 2)).astype(np.float32)
+    gallery_features = rng.integers(0, 3, (5000, 2)).astype(np.float32)
+    labels = (rng.integers(1, 4, 40), rng.integers(-1, 4, 5000), rng.integers(1, 3, 40), rng.integers(1, 3, 5000))
+    assert QueryGalleryDistances(query_features, gallery_features, metric, 2**20).tile_columns < 2000
+    got = evaluate_embeddings(
+        query_features, gallery_features, *labels, metric, 20, ap_definition, memory_budget_bytes=2**20
+    )
+    distances = compute_distances(query_features, gallery_features, metric)
+    cmc, mean_ap, mean_inp, valid = reference_ranking(distances, *labels, 20, ap_definition == "market_official")
+    np.testing.assert_allclose(got.cmc, cmc, rtol=0, atol=1e-12)
+    assert abs(got.mean_ap - mean_ap) < 1e-12 and abs(got.mean_inp - mean_inp) < 1e-12
+    assert got.num_valid_queries == valid
+
+
 def _traced_peak(function):
     import tracemalloc
 
