@@ -175,6 +175,20 @@ def test_distances_match_direct_formula(metric):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_rows_on_demand_index_like_the_matrix():
+    from siamese_reid.evaluation import QueryGalleryDistances
+
+    rng = np.random.default_rng(3)
+    query, gallery = rng.normal(size=(4, 5)), rng.normal(size=(9, 5))
+    rows, matrix = QueryGalleryDistances(query, gallery), compute_distances(query, gallery)
+    assert rows.shape == matrix.shape and len(rows) == 4
+    for query_index in (0, 3, -1, -4):  # a notebook user may well ask for the last query
+        np.testing.assert_array_equal(rows[query_index], matrix[query_index])
+    for query_index in (4, -5):
+        with pytest.raises(IndexError, match="outside"):
+            rows[query_index]
+
+
 def test_market_official_ap_carries_precision_over_every_position():
     # One true match at rank 100: the official code scores (0 + 1/100) / 2 = 0.005, not the
     # 0.505 of carrying the precision over matches only.

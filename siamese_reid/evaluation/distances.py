@@ -42,7 +42,27 @@ def _check_features(query_features, gallery_features, metric):
         )
 
 
-class QueryGalleryDistances:
+class DistanceRows:
+    """The row interface of distances computed on demand, for a subclass with `num_query`,
+    `num_gallery` and `distances(start, stop)`: `shape`, `len()` and `rows[query_index]`."""
+
+    @property
+    def shape(self):
+        return self.num_query, self.num_gallery
+
+    def __len__(self):
+        return self.num_query
+
+    def __getitem__(self, query_index):
+        """The distances of one query to the whole gallery, float32 [num_gallery]; a negative
+        index counts from the last query, as in a matrix."""
+        if not -self.num_query <= query_index < self.num_query:
+            raise IndexError(f"query {query_index} is outside [0, {self.num_query})")
+        query_index %= self.num_query
+        return self.distances(query_index, query_index + 1)[0]
+
+
+class QueryGalleryDistances(DistanceRows):
     """The query x gallery distance matrix, computed a piece at a time when asked for.
 
     euclidean: ||q - g||_2 as sqrt(|q|^2 + |g|^2 - 2 q.g) clipped at 0; cosine: 1 - cos(q, g).
@@ -109,17 +129,6 @@ class QueryGalleryDistances:
         """The most gallery columns a tile of `rows` queries may span within the budget."""
         columns = (self._tile_budget - rows * self._row_bytes) // (self._TILE_BYTES * rows + self._column_bytes)
         return min(max(self.num_gallery, 1), max(1, columns))
-
-    @property
-    def shape(self):
-        return self.num_query, self.num_gallery
-
-    def __len__(self):
-        return self.num_query
-
-    def __getitem__(self, query_index):
-        """The distances of one query to the whole gallery, float32 [num_gallery]."""
-        return self.distances(query_index, query_index + 1)[0]
 
     def _gallery(self, first, last):
         """Gallery rows [first, last) as float64 operands (unit length for cosine)."""

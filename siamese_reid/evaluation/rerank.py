@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.evaluation.distances import DistanceRows
 from siamese_reid.evaluation.sparse_rows import (
     from_entries,
     gather_rows,
@@ -171,7 +172,7 @@ def _check_inputs(query_features, gallery_features, k1, k2, lambda_value):
         raise ReIDError(f"re-ranking needs lambda_value in [0, 1], got {lambda_value!r}")
 
 
-class KReciprocalReranker:
+class KReciprocalReranker(DistanceRows):
     """k-reciprocal re-ranking with memory O((Q + G) x k1 x k2); distances in chunks of queries.
 
     The constructor does the work shared by all queries (neighbour graph, normalisers, sparse
@@ -234,19 +235,6 @@ class KReciprocalReranker:
         arrays = [self._features, self._squared_norms, self._row_maxima, self._query_work]
         arrays += [*self._query_encodings, *self._gallery_index]
         return sum(array.nbytes for array in arrays)
-
-    @property
-    def shape(self):
-        return self.num_query, self.num_gallery
-
-    def __len__(self):
-        return self.num_query
-
-    def __getitem__(self, query_index):
-        """The re-ranked distances of one query to the whole gallery, float32 [num_gallery]."""
-        if not 0 <= query_index < self.num_query:
-            raise IndexError(f"query {query_index} is outside [0, {self.num_query})")
-        return self.distances(query_index, query_index + 1)[0]
 
     def distances(self, start, stop):
         """Re-ranked distances of queries [start, stop) to every gallery image; a `stop` past
