@@ -43,3 +43,23 @@ def test_flip_test_embedding_is_the_normalised_mean_of_image_and_mirror(tiny_dem
     assert isinstance(on_disk, np.memmap)
     np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), got)
     assert [p.name for p in tmp_path.iterdir()] == ["features.npy"]  # no temporary file left
+
+
+def test_an_evaluated_model_is_not_kept_alive(tiny_demo):
+    import gc
+    import weakref
+
+    from siamese_reid.config import ModelConfig
+    from siamese_reid.data.records import read_market_folder
+    from siamese_reid.evaluation.embeddings import extract_embeddings
+    from siamese_reid.model.embedding import build_embedding_model
+
+    model = build_embedding_model(ModelConfig(vgg_blocks=1, embedding_dim=8), (32, 32))
+    paths = [s.path for s in read_market_folder(tiny_demo / "query")[0][:2]]
+    extract_embeddings(model, paths, (32, 32), batch_size=2)
+    reference = weakref.ref(model)
+    del model
+    gc.collect()
+    # An ablation, a notebook or a test suite evaluates many models in one process: a cache of
+    # their inference steps must not keep them (and their weights) alive.
+    assert reference() is None

@@ -50,9 +50,14 @@ _INFERENCE_STEPS = weakref.WeakKeyDictionary()
 
 def _inference_step(model):
     # A plain tf.function on the default device rather than model.predict_on_batch, which
-    # under a tf.distribute strategy splits and re-joins the batch across replicas.
+    # under a tf.distribute strategy splits and re-joins the batch across replicas. It reaches
+    # the model through a weak reference: a strong one in the cached value would keep every
+    # model ever evaluated alive (the weak key could never go).
     if model not in _INFERENCE_STEPS:
-        _INFERENCE_STEPS[model] = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+        model_reference = weakref.ref(model)
+        _INFERENCE_STEPS[model] = tf.function(
+            lambda images: model_reference()(images, training=False), reduce_retracing=True
+        )
     return _INFERENCE_STEPS[model]
 
 
