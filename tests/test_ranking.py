@@ -1,5 +1,7 @@
 """The ranking metrics against a brute-force, obviously-correct per-query loop."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -375,3 +377,32 @@ def test_many_queries_with_thousands_of_matches_stay_within_budget():
     expected = evaluate_ranking(compute_distances(query_features, gallery_features), *labels)
     np.testing.assert_array_equal(result.query_average_precisions, expected.query_average_precisions)
     np.testing.assert_array_equal(result.query_first_match_ranks, expected.query_first_match_ranks)
+
+
+def test_same_image_pairs_see_through_linked_folders_files_and_relative_paths(tmp_path, monkeypatch):
+    import os
+
+    from siamese_reid.data.records import Sample
+    from siamese_reid.evaluation.evaluator import same_image_pairs
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (images / name).write_bytes(b"x")
+    os.symlink(images, tmp_path / "linked_folder")
+    os.symlink(images / "c.png", tmp_path / "linked_c.png")
+    monkeypatch.chdir(tmp_path)
+    query = [Sample(str(images / "a.png"), 1, 1), Sample("linked_c.png", 2, 1), Sample(str(images / "b.png"), 3, 1)]
+    gallery = [
+        Sample("images/b.png", 3, 2),
+        Sample(str(tmp_path / "linked_folder" / "a.png"), 1, 2),
+        Sample(str(images / "c.png"), 2, 2),
+    ]
+    # the reference: Path.resolve of every file
+    expected = [
+        (row, column)
+        for row, q in enumerate(query)
+        for column, g in enumerate(gallery)
+        if Path(q.path).resolve() == Path(g.path).resolve()
+    ]
+    assert sorted(map(tuple, same_image_pairs(query, gallery).tolist())) == sorted(expected) == [(0, 1), (1, 2), (2, 0)]
