@@ -7,7 +7,11 @@ Measured in one run, at the shapes of config.yaml (override with --set):
   4. the same with three separate tower calls;
   5. the baseline: three separate tower calls fed by a Python generator of triplets that
      decodes with PIL, as in the keras.io Siamese example;
-  6. the P x K train step under each precision policy, with and without XLA.
+  6. the P x K train step under each precision policy, with and without XLA;
+  7. the shipped default exactly as train.py builds it (experiment.build_training_model and
+     pipeline.training_dataset: its loss, its training model, its precision) against the
+     baseline at equal settings (float32, same images) and at each one's best settings (ours:
+     the shipped config; the baseline: its faster precision policy).
 
     python benchmarks/bench_pipeline.py [--set data.image_height=128 ...] [--steps 20]
 """
@@ -84,12 +88,87 @@ def python_triplet_generator(paths, triplets, batch_size, size):
             )
 
 
+def baseline_images_per_second(config, paths, triplets, steps, policy):
+    """The keras.io-style baseline under a precision policy: three tower calls, Python generator."""
+    keras.mixed_precision.set_global_policy(policy)
+    size, triplet_size = (config.data.image_height, config.data.image_width), config.training.triplet_batch_size
+    model = build_siamese_model(experiment.build_tower(config), "separate")
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=build_loss("triplet", 0.3, False, "L2"))
+    signature = (
+        tuple(tf.TensorSpec((triplet_size, *size, 3), tf.float32) for _ in range(3)),
+        tf.TensorSpec((triplet_size,), tf.float64),
+    )
+    stream = tf.data.Dataset.from_generator(
+        lambda: python_triplet_generator(paths, triplets, triplet_size, size), output_signature=signature
+    )
+    return fit_images_per_second(model, stream, steps, 3 * triplet_size)
+
+
+def shipped_images_per_second(config, train, steps, precision_name):
+    """The P x K train step exactly as experiment.train builds it, under a precision policy."""
+    from siamese_reid.data.pipeline import training_dataset
+    from siamese_reid.model.training_model import fit_batches
+    from siamese_reid.precision import resolve_precision
+
+    precision = resolve_precision(precision_name)
+    keras.mixed_precision.set_global_policy(precision.policy)
+    keras.utils.set_random_seed(config.training.seed)
+    num_identities = len({sample.pid for sample in train})
+    strategy = tf.distribute.get_strategy()
+    _, model, _ = experiment.build_training_model(config, steps + 1, strategy, num_identities)
+    dataset = fit_batches(
+        training_dataset(train, config.training, config.augment, experiment.image_size(config), 0, steps + 1), model
+    )
+    images = config.training.identities_per_batch * config.training.images_per_identity
+    rate, spread = fit_images_per_second(model, dataset, steps, images)
+    return rate, spread, precision.policy
+
+
+def shipped_default_against_baseline(config, train, paths, triplets, steps):
+    """Images/s of the shipped default and of the baseline, at equal and at best settings."""
+    results = {}
+    ours_float32, spread, _ = shipped_images_per_second(config, train, steps, "float32")
+    print(f"shipped default, float32: {ours_float32:.1f} images/s (interquartile {spread[0]:.1f}-{spread[1]:.1f})")
+    ours_best, spread, policy = shipped_images_per_second(config, train, steps, config.training.precision)
+    print(
+        f"shipped default as configured ({config.training.precision} -> {policy}): {ours_best:.1f} images/s "
+        f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})"
+    )
+    baseline = {}
+    for baseline_policy in ("float32", "mixed_bfloat16"):
+        baseline[baseline_policy], spread = baseline_images_per_second(config, paths, triplets, steps, baseline_policy)
+        print(
+            f"baseline (generator + three tower calls), {baseline_policy}: {baseline[baseline_policy]:.1f} images/s "
+            f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})"
+        )
+    best_policy = max(baseline, key=baseline.get)
+    results.update(
+        shipped_float32_images_per_s=ours_float32,
+        shipped_configured_images_per_s=ours_best,
+        shipped_configured_policy=policy,
+        baseline_float32_images_per_s=baseline["float32"],
+        baseline_mixed_bfloat16_images_per_s=baseline["mixed_bfloat16"],
+        baseline_best_policy=best_policy,
+        speedup_equal_settings=ours_float32 / baseline["float32"],
+        speedup_best_settings=ours_best / baseline[best_policy],
+    )
+    print(
+        f"shipped default vs baseline: {results['speedup_equal_settings']:.2f}x at equal settings (float32), "
+        f"{results['speedup_best_settings']:.2f}x at each one's best ({policy} vs {best_policy})",
+        flush=True,
+    )
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--output", default="benchmarks/results/pipeline.json")
+    parser.add_argument(
+        "--only-shipped", action="store_true", help="measure only the shipped default against the baseline (7.)"
+    )
     arguments = parser.parse_args()
     # from_generator datasets have no known length: Keras warns when a warm-up pass ends them
     warnings.filterwarnings("ignore", message="Your input ran out of data")
@@ -105,6 +184,11 @@ def main():
     batches = samplers.pk_batches(pids, training.identities_per_batch, training.images_per_identity, steps + 3, 0)
     triplets = samplers.sample_triplets(pids, camids, (steps + 3) * triplet_size, 0)
     results = {}
+    if arguments.only_shipped:
+        results.update(shipped_default_against_baseline(config, splits.train, paths, triplets, steps))
+        Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(arguments.output).write_text(json.dumps(results, indent=2))
+        return
 
     pk = pk_dataset(paths, labels, batches, size, config.augment, 0)
     results["pipeline_pk_images_per_s"] = images_per_second(pk, steps, pk_size, lambda batch: batch[0].numpy())
@@ -177,6 +261,7 @@ def main():
                 f"(interquartile {spread[0]:.1f}-{spread[1]:.1f})",
                 flush=True,
             )
+    results.update(shipped_default_against_baseline(config, splits.train, paths, triplets, steps))
     keras.mixed_precision.set_global_policy("float32")
     results.update(
         image_size=list(size),
