@@ -91,7 +91,7 @@ class ModelConfig:
     last_stride: int = _field(2, minimum=1, maximum=2)
     freeze_blocks: int = _field(0, minimum=0, maximum=5)
     pooling: str = _field("avg", choices="siamese_reid.model.embedding:POOLINGS")
-    embedding_dim: int = _field(128, minimum=2)
+    embedding_dim: int = _field(128, minimum=0)
     bnneck: bool = _field(True)
     branches: str = _field("batched", choices="siamese_reid.model.siamese:BRANCHES")
 
@@ -289,6 +289,11 @@ def _check_consistency(config):
         raise ReIDError(
             f"config key 'model.freeze_blocks' ({config.model.freeze_blocks}) cannot exceed "
             f"'model.vgg_blocks' ({config.model.vgg_blocks})"
+        )
+    if config.model.embedding_dim == 1:
+        raise ReIDError(
+            "config key 'model.embedding_dim' must be 0 (no projection: the pooled backbone feature) or at least 2, "
+            "got 1 (a unit-length 1-d embedding is only a sign)"
         )
     _check_recipe(config.model, config.loss, config.training)
 

@@ -381,3 +381,27 @@ print("global step")
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global step" in result.stdout
+
+
+def test_embedding_dim_zero_means_no_projection_the_pooled_feature_goes_through_the_bnneck(tmp_path):
+    # The strong baseline normalises the pooled backbone feature itself (2048-d for ResNet-50).
+    config = ModelConfig(vgg_blocks=2, embedding_dim=0, bnneck=True)
+    tower = build_embedding_model(config, SIZE)
+    assert tower.output_shape == (None, 128)  # VGG16 block 2 has 128 channels
+    assert not [layer for layer in tower.layers if isinstance(layer, keras.layers.Dense)]
+    batch = images(3)
+    pooled = keras.Model(tower.input, tower.get_layer("projection").input).predict(batch, verbose=0)
+    np.testing.assert_allclose(projection_of(tower, batch), pooled)
+    after_bn = numpy_bnneck(tower, pooled)
+    expected = after_bn / np.linalg.norm(after_bn, axis=1, keepdims=True)
+    np.testing.assert_allclose(tower.predict(batch, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    tower.save(tmp_path / "tower.keras")
+    reloaded = keras.saving.load_model(tmp_path / "tower.keras", compile=False)
+    np.testing.assert_allclose(reloaded.predict(batch, verbose=0), tower.predict(batch, verbose=0), atol=1e-6)
+
+
+def test_a_one_dimensional_embedding_is_refused():
+    from siamese_reid.config import load_config
+
+    with pytest.raises(ReIDError, match="embedding_dim' must be 0"):
+        load_config(None, ["model.embedding_dim=1"])

@@ -246,7 +246,13 @@ def build_embedding_model(model, image_size):
     images = keras.Input(input_shape, name="images")
     features = backbone(BACKBONES[model.backbone].preprocess(images))
     pooled = POOLINGS[model.pooling](features)
-    embedding = keras.layers.Dense(model.embedding_dim, name="projection")(pooled)
+    if model.embedding_dim:
+        embedding = keras.layers.Dense(model.embedding_dim, name="projection")(pooled)
+    else:
+        # No projection: the pooled backbone feature is the embedding (2048-d for ResNet-50), as
+        # in the strong baseline, whose BNNeck normalises the pooled feature itself. The layer
+        # keeps the name the training model takes the pre-BNNeck feature from.
+        embedding = keras.layers.Identity(name="projection")(pooled)
     if model.bnneck:
         # No learned shift: the L2 normalisation that follows should see centred features
         # (Luo et al., Bag of Tricks, https://arxiv.org/abs/1903.07071).
