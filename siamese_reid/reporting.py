@@ -208,6 +208,11 @@ def plot_loss_curves(history):
     loss_axis.grid(alpha=0.3)
     if components:
         loss_axis.legend(fontsize=8)
+        # Keras logs each part unweighted: the center loss of a 2048-d feature is thousands
+        # while the triplet loss is below 1, so only a log scale shows every curve move.
+        parts = np.concatenate([history[key] for key in ("loss", *components)])
+        if np.all(parts[np.isfinite(parts)] > 0):
+            loss_axis.set(yscale="log", ylabel="loss (log scale; parts unweighted)")
     for key, label in _COLLAPSE_INDICATORS.items():
         # a training model with several outputs prefixes the triplet output's metrics
         column = key if key in history else f"triplet_{key}"

@@ -139,3 +139,5 @@ def test_loss_figure_shows_each_loss_and_the_prefixed_collapse_indicators():
         "active triplet fraction",
     ]
     np.testing.assert_array_equal(stats_axis.get_lines()[0].get_ydata(), [0.5, 0.4, 0.3])
+    assert loss_axis.get_yscale() == "log"  # parts of very different sizes all visible
+    assert plot_loss_curves({"epoch": epochs, "loss": np.array([0.3, 0.2, 0.0])}).axes[0].get_yscale() == "linear"
