@@ -129,7 +129,7 @@ class TrainingConfig:
     images_per_identity: int = _field(4, minimum=2)
     triplet_batch_size: int = _field(16, minimum=1)
     steps_per_epoch: int = _field(0, minimum=0)
-    epochs: int = _field(100, minimum=1)
+    epochs: int = _field(150, minimum=1)
     optimizer: str = _field("adam", choices="siamese_reid.training:OPTIMIZERS")
     learning_rate: float = _field(3.0e-4, minimum=0.0)
     weight_decay: float = _field(0.0, minimum=0.0)
@@ -139,7 +139,7 @@ class TrainingConfig:
     lr_milestones: tuple[int, ...] = _field((40, 70), minimum=1)
     lr_gamma: float = _field(0.1, minimum=0.0, maximum=1.0)
     seed: int = _field(0, minimum=0, maximum=2**32 - 1)
-    precision: str = _field("float32", choices="siamese_reid.precision:PRECISIONS")
+    precision: str = _field("auto", choices="siamese_reid.precision:PRECISIONS")
     xla: bool = _field(False)
     strategy: str = _field("default", choices="siamese_reid.distribution:STRATEGIES")
     # Logical CPU devices for the mirrored strategy (0 = use the GPUs, or the one CPU).

@@ -44,8 +44,8 @@ def test_every_key_in_shipped_config_is_commented():
     # commented group by a blank line
     no_comment = text.replace("  # Runs are written to <dir>/<run_name>; run_name null = a timestamp.\n", "")
     assert no_comment != text and uncommented_keys(no_comment) == ["dir: runs", "run_name: null"]
-    cut_off = text.replace("  steps_per_epoch: 0\n  epochs: 100\n", "  steps_per_epoch: 0\n\n  epochs: 100\n")
-    assert cut_off != text and uncommented_keys(cut_off) == ["epochs: 100"]
+    cut_off = text.replace("  steps_per_epoch: 0\n  epochs: 150\n", "  steps_per_epoch: 0\n\n  epochs: 150\n")
+    assert cut_off != text and uncommented_keys(cut_off) == ["epochs: 150"]
 
 
 def test_overrides_are_typed_and_applied():
