@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import create_folder
+from siamese_reid.model.embedding import float32_copy
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -89,7 +90,9 @@ def export_model(tower, export_format, output_dir):
     create_folder(output_dir.parent, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
-        EXPORT_FORMATS[export_format](tower, staging / "export")
+        # float32 whatever the training precision: a bfloat16 graph needs bf16 kernels where it
+        # is served, and LiteRT refuses it without the Flex delegate.
+        EXPORT_FORMATS[export_format](float32_copy(tower), staging / "export")
         os.replace(staging / "export", output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # our own temporary folder only

@@ -210,8 +210,10 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
 
     The files hold the tower alone, uncompiled: no optimizer state (the resumable state is in
     backup/) and no reference to this package's loss and metric functions, so
-    `keras.saving.load_model` opens them anywhere. Each is written to a temporary file and
-    renamed, so an interruption never leaves a truncated model.
+    `keras.saving.load_model` opens them anywhere. A tower trained in mixed precision is saved
+    as its float32 copy (`float32_copy`), which evaluates, searches and exports anywhere. Each
+    file is written to a temporary file and renamed, so an interruption never leaves a
+    truncated model.
     """
 
     def __init__(self, tower, output_dir, monitor="loss"):
@@ -220,6 +222,7 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         # A second, never-compiled functional model over the same layers and weights.
         self.saved_view = keras.Model(tower.inputs, tower.outputs, name=tower.name)
+        self._float32_view = None  # made at the first save; the saved_view itself when float32
         self.output_dir = Path(output_dir)
         self.state_path = self.output_dir / "best.json"
         self.best = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
@@ -238,8 +241,14 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
             write_json(self.state_path, self.best)
 
     def _save(self, name):
+        from siamese_reid.model.embedding import float32_copy
+
         with batch_norm_unsynchronized(self.saved_view):
-            write_atomically(self.output_dir / name, self.saved_view.save, suffix=".keras")
+            if self._float32_view is None:
+                self._float32_view = float32_copy(self.saved_view)
+            elif self._float32_view is not self.saved_view:
+                self._float32_view.set_weights(self.saved_view.get_weights())
+            write_atomically(self.output_dir / name, self._float32_view.save, suffix=".keras")
 
 
 def resume_epoch(backup_dir):

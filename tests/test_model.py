@@ -5,6 +5,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from siamese_reid.config import ModelConfig
 from siamese_reid.errors import ReIDError
@@ -405,3 +406,35 @@ def test_a_one_dimensional_embedding_is_refused():
 
     with pytest.raises(ReIDError, match="embedding_dim' must be 0"):
         load_config(None, ["model.embedding_dim=1"])
+
+
+def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_path):
+    from siamese_reid.export import export_model
+    from siamese_reid.model.embedding import _all_layers, float32_copy
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        tower = build_embedding_model(SMALL, SIZE)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert tower.get_layer("projection").dtype_policy.compute_dtype == "bfloat16"
+    copy = float32_copy(tower)
+    layers = list(_all_layers(copy))
+    assert any(isinstance(layer, keras.Model) for layer in layers)  # the backbone's layers too
+    assert {layer.dtype_policy.compute_dtype for layer in layers} == {"float32"}
+    for original, copied in zip(tower.weights, copy.weights, strict=True):
+        np.testing.assert_array_equal(original.numpy(), copied.numpy())
+    batch = images(1)
+    # the same network: bfloat16 rounding apart (about 3 significant digits)
+    np.testing.assert_allclose(copy.predict(batch, verbose=0), tower.predict(batch, verbose=0), atol=3e-2)
+    assert float32_copy(copy) is copy
+    # LiteRT refused the bfloat16 graph ("FlexConv2D failed to prepare") before the copy
+    output = export_model(tower, "litert", tmp_path / "litert")
+    interpreter = tf.lite.Interpreter(model_path=str(output / "model.tflite"))
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], batch.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+    interpreter.invoke()
+    exported = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(exported, copy.predict(batch, verbose=0), atol=1e-5)

@@ -264,6 +264,34 @@ def build_embedding_model(model, image_size):
     return keras.Model(images, embedding, name="embedding_tower")
 
 
+def float32_copy(tower):
+    """A copy of `tower` that computes in float32, with the same weights.
+
+    A tower trained under a mixed-precision policy computes in bfloat16 or float16; saved or
+    exported like that, it needs bf16 kernels wherever it runs (LiteRT refuses it without the
+    Flex delegate). Checkpoints and exports hold this float32 copy: the weights are float32
+    variables under every policy, so nothing is lost. A float32 tower is returned as it is.
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in _all_layers(tower)):
+        return tower
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(tower, clone_function=clone_layer, recursive=True)
+    copy.set_weights(tower.get_weights())
+    return copy
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
 def load_embedding_model(path):
     """Loads a saved embedding tower (`.keras`), with a clear error for a bad path or file."""
     path = Path(path)
