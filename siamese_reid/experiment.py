@@ -349,10 +349,17 @@ def _callbacks(tower, run_dir, evaluate, config, resuming):
 
 class _PeriodicScorer:
     """What PeriodicEvaluation calls: scores the tower on the monitored split, prints the
-    result, and keeps the newest Evaluation (the last epoch's is reused for the report)."""
+    result, and keeps the newest Evaluation (the last epoch's is reused for the report).
+
+    It scores the tower's float32 copy, which is what last.keras and best.keras hold: the
+    numbers of a run are those of its saved model, whatever the training precision.
+    """
 
     def __init__(self, tower, query, gallery, split_name, image_size, settings):
+        from siamese_reid.model.embedding import float32_copy
+
         self.tower = tower
+        self.inference_tower = float32_copy(tower)
         self.query = query
         self.gallery = gallery
         self.split_name = split_name
@@ -365,10 +372,16 @@ class _PeriodicScorer:
 
         # said before scoring: on a large gallery it takes minutes, under a progress bar at 100%
         print(f"\nepoch {epoch + 1}: scoring on {self.split_name}... ", end="", flush=True)
-        self.latest = evaluate_model(self.tower, self.query, self.gallery, self.image_size, self.settings)
+        self.latest = evaluate_model(self.current_tower(), self.query, self.gallery, self.image_size, self.settings)
         metrics = reporting.ranking_metrics(self.latest.ranking, len(self.query), len(self.gallery), {})
         print(f"rank-1 {reporting.percent(metrics['rank1'])}  mAP {reporting.percent(metrics['mAP'])}", flush=True)
         return metrics
+
+    def current_tower(self):
+        """The float32 tower with the trained tower's current weights."""
+        if self.inference_tower is not self.tower:
+            self.inference_tower.set_weights(self.tower.get_weights())
+        return self.inference_tower
 
 
 def _fit(model, dataset, steps, epochs, callbacks, run_dir):
@@ -456,11 +469,19 @@ def train(config, run_dir, resuming=False):
     trains, scores and writes there; the others train beside it, write only into a temporary
     folder, and return None.
     """
+    import keras
+
     from siamese_reid.distribution import worker_output_dir
 
     strategy = start_distribution(config.training)
-    with worker_output_dir(run_dir, strategy, resuming) as output_dir:
-        return _train(config, output_dir, strategy, resuming)
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        with worker_output_dir(run_dir, strategy, resuming) as output_dir:
+            return _train(config, output_dir, strategy, resuming)
+    finally:
+        # The precision policy is process-wide: models the caller builds afterwards (a notebook,
+        # a benchmark's baseline, the next run) must not inherit this run's bfloat16.
+        keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _train(config, run_dir, strategy, resuming):
@@ -517,7 +538,7 @@ def _train(config, run_dir, strategy, resuming):
     print(f"training took {elapsed:.0f} s")
     if not chief:
         return None
-    return _final_report(tower, data, config, run_dir, {"training_seconds": elapsed}, scorer.latest)
+    return _final_report(scorer.current_tower(), data, config, run_dir, {"training_seconds": elapsed}, scorer.latest)
 
 
 # Printed before the last silent stretch of a run (about 1 s on the demo, more on a busy machine).

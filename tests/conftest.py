@@ -42,3 +42,12 @@ def write_image(path, size=(16, 8), mode="RGB", seed=0, image_format=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format=image_format)
     return array
+
+
+@pytest.fixture(autouse=True)
+def float32_policy_for_every_test():
+    """Each test starts with Keras' float32 policy, whatever an earlier test set."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    yield

@@ -280,7 +280,10 @@ def float32_copy(tower):
         config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
-    copy = keras.models.clone_model(tower, clone_function=clone_layer, recursive=True)
+    # Cloned from an uncompiled view: cloning a compiled model also rebuilds its loss and
+    # metrics, which are this package's functions and need not be part of a tower.
+    view = keras.Model(tower.inputs, tower.outputs, name=tower.name)
+    copy = keras.models.clone_model(view, clone_function=clone_layer, recursive=True)
     copy.set_weights(tower.get_weights())
     return copy
 
