@@ -438,3 +438,22 @@ def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_p
     interpreter.invoke()
     exported = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_allclose(exported, copy.predict(batch, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["gem", "avg"])
+def test_the_float32_copy_of_a_mixed_precision_tower_computes_as_the_float32_tower(pooling):
+    # GeM pooling is keras.ops calls, not layers: the copy clones them too (it raised a
+    # TypeError on them, so a GeM run under the default precision "auto" crashed before training).
+    from siamese_reid.model.embedding import float32_copy
+
+    keras.utils.set_random_seed(0)
+    reference = tower_of(pooling=pooling)  # built under float32
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        tower = tower_of(pooling=pooling)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    tower.set_weights(reference.get_weights())
+    batch = images(2)
+    copy = float32_copy(tower)
+    np.testing.assert_allclose(copy.predict(batch, verbose=0), reference.predict(batch, verbose=0), atol=1e-6)

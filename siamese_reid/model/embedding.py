@@ -277,7 +277,10 @@ def float32_copy(tower):
 
     def clone_layer(layer):
         config = layer.get_config()
-        config["dtype"] = "float32"
+        # keras.ops calls in the graph (GeM pooling's) are cloned too; they are operations, not
+        # layers, and take no dtype: they compute in their inputs' dtype.
+        if isinstance(layer, keras.layers.Layer):
+            config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
     # Cloned from an uncompiled view: cloning a compiled model also rebuilds its loss and
