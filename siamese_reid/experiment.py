@@ -333,7 +333,13 @@ def _callbacks(tower, run_dir, evaluate, config, resuming):
     other than the chief: every worker runs the others, which read the same variables)."""
     import keras
 
-    from siamese_reid.training import EmbeddingCheckpoint, HistoryLogger, PeriodicEvaluation, StopOnNonFiniteLoss
+    from siamese_reid.training import (
+        AtomicBackupAndRestore,
+        EmbeddingCheckpoint,
+        HistoryLogger,
+        PeriodicEvaluation,
+        StopOnNonFiniteLoss,
+    )
 
     periods = (config.evaluation.every_n_epochs, config.training.epochs)
     evaluation = [] if evaluate is None else [PeriodicEvaluation(evaluate, *periods)]
@@ -341,7 +347,7 @@ def _callbacks(tower, run_dir, evaluate, config, resuming):
         StopOnNonFiniteLoss(),
         *evaluation,
         EmbeddingCheckpoint(tower, run_dir, monitor="val_mAP"),
-        keras.callbacks.BackupAndRestore(str(Path(run_dir) / "backup")),
+        AtomicBackupAndRestore(str(Path(run_dir) / "backup")),
         HistoryLogger(str(Path(run_dir) / "history.csv"), append=resuming),
         keras.callbacks.TensorBoard(str(Path(run_dir) / "tensorboard"), write_graph=False),
     ]

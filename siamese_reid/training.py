@@ -251,6 +251,23 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
             write_atomically(self.output_dir / name, self._float32_view.save, suffix=".keras")
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """keras.callbacks.BackupAndRestore whose files are written whole.
+
+    Keras overwrites latest.weights.h5 in place, so a kill -9 or power cut during a save left
+    a truncated HDF5 file that no resume could open ("bad object header version number"):
+    here the weights and then the metadata are each written to a temporary file and renamed.
+    """
+
+    def _save_model(self):
+        from siamese_reid.files import create_folder
+
+        create_folder(self.backup_dir, exist_ok=True)
+        weights_path = Path(self._weights_path)
+        write_atomically(weights_path, lambda temporary: self.model.save_weights(str(temporary)), suffix=".weights.h5")
+        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+
 def resume_epoch(backup_dir):
     """The epoch a BackupAndRestore backup will resume from (0 when there is none)."""
     metadata = Path(backup_dir) / "training_metadata.json"
