@@ -10,6 +10,11 @@ them, as every run scores the test split once at its end).
     python benchmarks/ablation.py --data-root ../shared/data/market1501-sample
     python benchmarks/ablation.py --data-root DATA --variants today,+id_loss --epochs 20
     python benchmarks/ablation.py --epochs 1 --set demo.num_train_identities=12   # the built-in demo
+    python benchmarks/ablation.py --data-root DATA --split-seeds 0,1,2 --variants today,+stripes4
+
+--split-seeds trains every variant once per validation split (data.split_seed: which training
+identities are held out) and reports the mean over the splits: one split of a small dataset
+holds few queries (15 on the Market sample), too few to rank recipes a few points apart.
 
 Writes benchmarks/results/ablation/<timestamp>/: one run folder per variant, and ablation.csv,
 ablation.md and ablation.json, rewritten after every variant so an interrupted ablation keeps
@@ -59,6 +64,16 @@ VARIANTS = {
     "+weight_decay": Variant("Adam with L2 weight decay 0.0005 (the reference's optimizer)", WEIGHT_DECAY),
     "+multistep": Variant("multi-step rate: x0.1 at 40/120 and 70/120 of the epochs", MULTISTEP),
     "strong_baseline": Variant("all of the above", ALL_TRICKS),
+    "+stripes4": Variant("4 horizontal stripes pooled apart (PCB-style part features)", ("model.stripes=4",), False),
+    "+stripes8": Variant("8 horizontal stripes pooled apart", ("model.stripes=8",), False),
+    # Spending the rest of the CPU budget (about 2x the 150-epoch 64x32 run), three ways.
+    "+size96x48": Variant("96x48 input (2.25x the pixels)", ("data.image_height=96", "data.image_width=48"), False),
+    "+epochs300": Variant("300 epochs", ("training.epochs=300",), False),
+    "+size128x64_epochs75": Variant(
+        "128x64 input (the Market crops' own size, 4x the pixels), 75 epochs",
+        ("data.image_height=128", "data.image_width=64", "training.epochs=75"),
+        False,
+    ),
     "resnet50": Variant("today's recipe on ResNet-50", RESNET50, default=False),
     "resnet50+last_stride": Variant("ResNet-50, last stride 1", (*RESNET50, "model.last_stride=1"), default=False),
     "resnet50+strong_baseline": Variant(
@@ -81,6 +96,7 @@ def parse_arguments():
     parser.add_argument("--variants", help=f"comma-separated names (default: the default ones of {list(VARIANTS)})")
     parser.add_argument("--epochs", type=int, help="training.epochs of every variant (default: the config's)")
     parser.add_argument("--validation-fraction", type=float, default=0.3, help="data.validation_fraction (> 0)")
+    parser.add_argument("--split-seeds", default="0", help="comma-separated data.split_seed values (default: 0)")
     parser.add_argument("--report-test", action="store_true", help="also record the test split's numbers")
     parser.add_argument("--output_dir", default="benchmarks/results/ablation")
     arguments = parser.parse_args()
@@ -93,6 +109,10 @@ def parse_arguments():
     if arguments.epochs is not None and arguments.epochs < 1:
         parser.error("--epochs must be at least 1")
     arguments.variants = names
+    try:
+        arguments.split_seeds = [int(seed) for seed in arguments.split_seeds.split(",")]
+    except ValueError:
+        parser.error(f"--split-seeds must be comma-separated integers, got {arguments.split_seeds!r}")
     return arguments
 
 
@@ -107,9 +127,9 @@ def base_overrides(arguments):
     return overrides
 
 
-def train_variant(name, shared, own, arguments, output_dir):
-    """Trains one variant (the `shared` overrides, then its `own`) into output_dir/<name>;
-    returns its result row."""
+def train_variant(name, shared, own, split_seed, arguments, output_dir):
+    """Trains one variant (the `shared` overrides, then its `own`) on validation split
+    `split_seed` into output_dir/<name>_split<seed>; returns its result row."""
     import json
 
     import keras
@@ -118,12 +138,13 @@ def train_variant(name, shared, own, arguments, output_dir):
     from siamese_reid.config import load_config
     from siamese_reid.errors import ReIDError
 
-    row = {"variant": name, "description": VARIANTS[name].description, "overrides": " ".join(own)}
+    row = {"variant": name, "split_seed": split_seed, "description": VARIANTS[name].description}
+    row["overrides"] = " ".join(own)
     keras.backend.clear_session()  # each variant starts from a fresh graph and global state
     started = time.time()
     try:
-        config = load_config(arguments.config, shared + own)
-        run_dir = experiment.create_run_dir(output_dir, name.replace("+", "plus_"))
+        config = load_config(arguments.config, [*shared, *own, f"data.split_seed={split_seed}"])
+        run_dir = experiment.create_run_dir(output_dir, f"{name.replace('+', 'plus_')}_split{split_seed}")
         metrics = experiment.train_new_run(config, run_dir)
     except ReIDError as error:
         return {**row, "error": str(error)}
@@ -142,10 +163,33 @@ def train_variant(name, shared, own, arguments, output_dir):
     return row
 
 
+def mean_over_splits(split_rows):
+    """One row for a variant from its rows on several validation splits: mean scores, the
+    standard error of that mean (the splits are scored on different queries, independently:
+    sqrt(sum of squared errors) / splits) and mean wall time; failed splits are reported."""
+    failed = [row for row in split_rows if "error" in row]
+    if failed:
+        return failed[0]
+    first, count = split_rows[0], len(split_rows)
+    row = {key: first[key] for key in ("variant", "description", "overrides")}
+    row["split_seeds"] = " ".join(str(r["split_seed"]) for r in split_rows)
+    for metric in ("val_rank1", "val_mAP", "test_rank1", "test_mAP"):
+        if metric in first:
+            row[metric] = sum(r[metric] for r in split_rows) / count
+        if f"{metric}_se" in first:
+            row[f"{metric}_se"] = sum(r[f"{metric}_se"] ** 2 for r in split_rows) ** 0.5 / count
+    row["val_mAP_per_split"] = " ".join(f"{r['val_mAP']:.3f}" for r in split_rows)
+    row["wall_seconds"] = round(sum(r["wall_seconds"] for r in split_rows) / count, 1)
+    row["precision"] = first["precision"]
+    row["run_dirs"] = " ".join(r["run_dir"] for r in split_rows)
+    return row
+
+
 def markdown_table(rows, report_test):
     from siamese_reid.reporting import percent, percent_with_error
 
-    columns = ["variant", "val rank-1", "val mAP", "wall time"] + (["test rank-1", "test mAP"] if report_test else [])
+    columns = ["variant", "val rank-1", "val mAP", "val mAP per split", "wall time per run"]
+    columns += ["test rank-1", "test mAP"] if report_test else []
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         if "error" in row:
@@ -155,6 +199,7 @@ def markdown_table(rows, report_test):
             row["variant"],
             percent_with_error(row["val_rank1"], row["val_rank1_se"]),
             percent_with_error(row["val_mAP"], row["val_mAP_se"]),
+            " / ".join(percent(float(value)) for value in row["val_mAP_per_split"].split()),
             f"{row['wall_seconds']:.0f} s",
         ]
         if report_test:
@@ -199,10 +244,20 @@ def main():
     rows = []
     for name in arguments.variants:
         own = variant_overrides(VARIANTS[name], epochs)
-        print(f"\n=== {name}: {VARIANTS[name].description}\n    {' '.join(own) or '(no overrides)'}", flush=True)
-        rows.append(train_variant(name, shared, own, arguments, output_dir))
-        write_results(rows, arguments, output_dir)
-    print(f"\nvalidation split ({arguments.validation_fraction:.0%} of the training identities held out):\n")
+        split_rows = []
+        for split_seed in arguments.split_seeds:
+            print(
+                f"\n=== {name}, validation split {split_seed}: {VARIANTS[name].description}\n"
+                f"    {' '.join(own) or '(no overrides)'}",
+                flush=True,
+            )
+            split_rows.append(train_variant(name, shared, own, split_seed, arguments, output_dir))
+            write_results([*rows, mean_over_splits(split_rows)], arguments, output_dir)
+        rows.append(mean_over_splits(split_rows))
+    print(
+        f"\nvalidation splits {arguments.split_seeds} ({arguments.validation_fraction:.0%} of the training "
+        "identities held out, mean over splits):\n"
+    )
     print(markdown_table(rows, arguments.report_test))
     print(f"results in {output_dir}")
 

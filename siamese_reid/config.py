@@ -91,6 +91,7 @@ class ModelConfig:
     last_stride: int = _field(2, minimum=1, maximum=2)
     freeze_blocks: int = _field(0, minimum=0, maximum=5)
     pooling: str = _field("avg", choices="siamese_reid.model.embedding:POOLINGS")
+    stripes: int = _field(1, minimum=1, maximum=64)
     embedding_dim: int = _field(128, minimum=0)
     bnneck: bool = _field(True)
     branches: str = _field("batched", choices="siamese_reid.model.siamese:BRANCHES")

@@ -151,7 +151,7 @@ def test_gem_pooling_stays_finite_under_mixed_float16():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         features = keras.ops.cast(np.full((1, 2, 2, 3), 50.0, "float32"), "float16")
-        pooled = POOLINGS["gem"](features)
+        pooled = POOLINGS["gem"](features, "pool")
         tower = tower_of(pooling="gem")
         embeddings = tower(images(0) * 0 + 255.0)
     finally:
@@ -160,9 +160,39 @@ def test_gem_pooling_stays_finite_under_mixed_float16():
     assert np.isfinite(keras.ops.convert_to_numpy(embeddings)).all()
 
 
+def stripe_means_reference(feature_map, stripes):
+    """Per-stripe spatial means, concatenated top to bottom, with the rows shared out as
+    PyTorch's AdaptiveAvgPool2d((stripes, 1)) does: stripe i spans floor(i H / n) to
+    ceil((i + 1) H / n)."""
+    height = feature_map.shape[1]
+    pieces = []
+    for i in range(stripes):
+        start, end = int(np.floor(i * height / stripes)), int(np.ceil((i + 1) * height / stripes))
+        pieces.append(feature_map[:, start:end].mean(axis=(1, 2)))
+    return np.concatenate(pieces, axis=1)
+
+
+@pytest.mark.parametrize("stripes", [1, 3, 8])
+def test_stripes_pool_each_horizontal_band_apart_as_adaptive_pooling_does(stripes):
+    # 32x32 input, 2 VGG blocks: an 8x8x128 feature map; 3 stripes overlap by a row (0-3, 2-6, 5-8).
+    tower = tower_of(stripes=stripes)
+    feature_map = (tower.get_layer("stripe_1") if stripes > 1 else tower.get_layer("pool")).input
+    probe = keras.Model(tower.input, [feature_map, tower.get_layer("pool").output])
+    features, pooled = probe.predict(images(7), verbose=0)
+    assert features.shape[1:] == (8, 8, 128)
+    np.testing.assert_allclose(pooled, stripe_means_reference(features, stripes), rtol=1e-5, atol=1e-6)
+    assert tuple(tower.get_layer("projection").kernel.shape) == (stripes * 128, 8)
+
+
+def test_more_stripes_than_feature_rows_is_refused_with_the_limit():
+    with pytest.raises(ReIDError, match="model.stripes is 9 but the backbone's feature map is only 8 rows high"):
+        tower_of(stripes=9)
+
+
 def test_saved_tower_loads_with_plain_keras_in_a_fresh_process(tmp_path):
-    # The README's loading line, as a user runs it: no `import siamese_reid` first.
-    tower = tower_of(pooling="gem")
+    # The README's loading line, as a user runs it: no `import siamese_reid` first. GeM and
+    # stripes are keras.ops calls and stock layers: nothing custom to register.
+    tower = tower_of(pooling="gem", stripes=3)
     tower.save(tmp_path / "last.keras")
     np.save(tmp_path / "images.npy", images(5))
     np.save(tmp_path / "expected.npy", tower.predict(images(5), verbose=0))

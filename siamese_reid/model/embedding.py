@@ -123,12 +123,39 @@ def _gem_pooling(features, power=3.0, epsilon=1e-6):
     return ops.power(ops.mean(ops.power(features, power), axis=(1, 2)), 1.0 / power)
 
 
-# model.pooling -> function of the backbone's feature map
+# model.pooling -> function of (the backbone's feature map, a layer name) -> [batch, channels]
 POOLINGS = {
-    "avg": lambda features: keras.layers.GlobalAveragePooling2D(name="pool")(features),
-    "max": lambda features: keras.layers.GlobalMaxPooling2D(name="pool")(features),
-    "gem": _gem_pooling,
+    "avg": lambda features, name: keras.layers.GlobalAveragePooling2D(name=name)(features),
+    "max": lambda features, name: keras.layers.GlobalMaxPooling2D(name=name)(features),
+    "gem": lambda features, name: _gem_pooling(features),
 }
+
+
+def pool_stripes(features, pooling, stripes):
+    """Pools each of `stripes` horizontal stripes of the feature map, top to bottom, and
+    concatenates them: [batch, stripes x channels]. One stripe is plain global pooling.
+
+    Global pooling forgets where on the body a feature was (a red top and a red pair of trousers
+    pool alike); stripes keep that, which matters most when the training set is too small to
+    learn it (Sun et al., Beyond Part Models: Person Retrieval with Refined Part Pooling,
+    https://arxiv.org/abs/1711.09349). Rows are shared out as PyTorch's adaptive pooling does:
+    stripe i covers rows floor(i H / n) to ceil((i + 1) H / n), so any height works.
+    Stock layers only (Cropping2D, Concatenate): a saved tower loads without this package.
+    """
+    if stripes == 1:
+        return POOLINGS[pooling](features, "pool")
+    height = features.shape[1]
+    if stripes > height:
+        raise ReIDError(
+            f"model.stripes is {stripes} but the backbone's feature map is only {height} rows high at this "
+            "image height: use at most that many stripes, or a larger data.image_height"
+        )
+    pooled = []
+    for index in range(stripes):
+        top, bottom = index * height // stripes, -(-(index + 1) * height // stripes)
+        stripe = keras.layers.Cropping2D(((top, height - bottom), (0, 0)), name=f"stripe_{index + 1}")(features)
+        pooled.append(POOLINGS[pooling](stripe, f"pool_stripe_{index + 1}"))
+    return keras.layers.Concatenate(name="pool")(pooled)
 
 
 def resolve_weights(weights):
@@ -234,7 +261,7 @@ def build_embedding_model(model, image_size):
 
     Args:
       model: the `ModelConfig` section (backbone, weights, vgg_blocks, last_stride, freeze_blocks,
-        pooling, embedding_dim, bnneck).
+        pooling, stripes, embedding_dim, bnneck).
       image_size: (height, width) of the input images.
 
     Returns:
@@ -245,7 +272,7 @@ def build_embedding_model(model, image_size):
     freeze_blocks(backbone, model.backbone, model.freeze_blocks)
     images = keras.Input(input_shape, name="images")
     features = backbone(BACKBONES[model.backbone].preprocess(images))
-    pooled = POOLINGS[model.pooling](features)
+    pooled = pool_stripes(features, model.pooling, model.stripes)
     if model.embedding_dim:
         embedding = keras.layers.Dense(model.embedding_dim, name="projection")(pooled)
     else:
