@@ -42,12 +42,43 @@ def test_the_table_shows_test_numbers_only_when_asked():
         "val_rank1_se": 0.1,
         "val_mAP": 0.4,
         "val_mAP_se": 0.05,
+        "val_mAP_per_split": "0.300 0.500",
         "wall_seconds": 12.0,
         "test_rank1": 0.9,
         "test_mAP": 0.8,
     }
     hidden = ablation.markdown_table([row], report_test=False)
+    assert "| 30.0% / 50.0% |" in hidden
     assert "50.0% ± 10.0" in hidden and "40.0% ± 5.0" in hidden and "90.0%" not in hidden and "test" not in hidden
     assert "90.0%" in ablation.markdown_table([row], report_test=True)
     failed = ablation.markdown_table([{"variant": "+center", "error": "out of memory"}], report_test=False)
     assert "| +center | failed: out of memory |" in failed
+
+
+def test_a_variant_on_several_validation_splits_reports_their_mean_and_its_standard_error():
+    def split_row(seed, rank1, mean_ap, rank1_se, mean_ap_se, seconds):
+        return {
+            "variant": "+stripes4",
+            "split_seed": seed,
+            "description": "d",
+            "overrides": "model.stripes=4",
+            "val_rank1": rank1,
+            "val_rank1_se": rank1_se,
+            "val_mAP": mean_ap,
+            "val_mAP_se": mean_ap_se,
+            "wall_seconds": seconds,
+            "precision": "mixed_bfloat16",
+            "run_dir": f"runs/split{seed}",
+        }
+
+    row = ablation.mean_over_splits(
+        [split_row(0, 0.9, 0.8, 0.06, 0.03, 100.0), split_row(1, 0.5, 0.6, 0.08, 0.04, 120.0)]
+    )
+    assert row["val_rank1"] == pytest.approx(0.7) and row["val_mAP"] == pytest.approx(0.7)
+    # independent splits: the mean's error is sqrt(0.06^2 + 0.08^2) / 2 = 0.05
+    assert row["val_rank1_se"] == pytest.approx(0.05) and row["val_mAP_se"] == pytest.approx(0.025)
+    assert row["val_mAP_per_split"] == "0.800 0.600" and row["split_seeds"] == "0 1" and row["wall_seconds"] == 110.0
+    failed = ablation.mean_over_splits(
+        [split_row(0, 0.9, 0.8, 0.06, 0.03, 100.0), {"variant": "x", "error": "disk full"}]
+    )
+    assert failed["error"] == "disk full"
