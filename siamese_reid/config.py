@@ -61,8 +61,8 @@ class DataConfig:
     extra_train: tuple[ExtraTrainingSet, ...] = _field(())
     test_fraction: float = _field(0.5, minimum=0.05, maximum=0.95)
     # keras.applications backbones need at least 32x32 inputs.
-    image_height: int = _field(64, minimum=32, maximum=1024)
-    image_width: int = _field(32, minimum=32, maximum=1024)
+    image_height: int = _field(96, minimum=32, maximum=1024)
+    image_width: int = _field(48, minimum=32, maximum=1024)
     split_seed: int = _field(0, minimum=0, maximum=2**32 - 1)
     # Fraction of the training identities held out as a validation query/gallery split
     # (0 = none): periodic evaluation and best.keras then use it instead of the test split.
@@ -91,7 +91,7 @@ class ModelConfig:
     last_stride: int = _field(2, minimum=1, maximum=2)
     freeze_blocks: int = _field(0, minimum=0, maximum=5)
     pooling: str = _field("avg", choices="siamese_reid.model.embedding:POOLINGS")
-    stripes: int = _field(1, minimum=1, maximum=64)
+    stripes: int = _field(4, minimum=1, maximum=64)
     embedding_dim: int = _field(128, minimum=0)
     bnneck: bool = _field(True)
     branches: str = _field("batched", choices="siamese_reid.model.siamese:BRANCHES")

@@ -58,10 +58,10 @@ def test_the_table_shows_test_numbers_only_when_asked():
 def test_a_variant_on_several_validation_splits_reports_their_mean_and_its_standard_error():
     def split_row(seed, rank1, mean_ap, rank1_se, mean_ap_se, seconds):
         return {
-            "variant": "+stripes4",
+            "variant": "stripes8",
             "split_seed": seed,
             "description": "d",
-            "overrides": "model.stripes=4",
+            "overrides": "model.stripes=8",
             "val_rank1": rank1,
             "val_rank1_se": rank1_se,
             "val_mAP": mean_ap,

@@ -172,9 +172,10 @@ def stripe_means_reference(feature_map, stripes):
     return np.concatenate(pieces, axis=1)
 
 
-@pytest.mark.parametrize("stripes", [1, 3, 8])
+@pytest.mark.parametrize("stripes", [1, 3, 8, 12])
 def test_stripes_pool_each_horizontal_band_apart_as_adaptive_pooling_does(stripes):
-    # 32x32 input, 2 VGG blocks: an 8x8x128 feature map; 3 stripes overlap by a row (0-3, 2-6, 5-8).
+    # 32x32 input, 2 VGG blocks: an 8x8x128 feature map; 3 stripes overlap by a row (0-3, 2-6, 5-8),
+    # 12 stripes repeat rows.
     tower = tower_of(stripes=stripes)
     feature_map = (tower.get_layer("stripe_1") if stripes > 1 else tower.get_layer("pool")).input
     probe = keras.Model(tower.input, [feature_map, tower.get_layer("pool").output])
@@ -184,9 +185,11 @@ def test_stripes_pool_each_horizontal_band_apart_as_adaptive_pooling_does(stripe
     assert tuple(tower.get_layer("projection").kernel.shape) == (stripes * 128, 8)
 
 
-def test_more_stripes_than_feature_rows_is_refused_with_the_limit():
-    with pytest.raises(ReIDError, match="model.stripes is 9 but the backbone's feature map is only 8 rows high"):
-        tower_of(stripes=9)
+def test_a_backbone_leaving_fewer_rows_than_stripes_still_builds():
+    # ResNet-50 at 64x32 leaves a 2x1 map: the default 4 stripes repeat its rows (stripes=12 on
+    # 8 rows above checks the values).
+    tower = build_embedding_model(ModelConfig(backbone="resnet50", stripes=4, embedding_dim=8), (64, 32))
+    assert tower.get_layer("pool").output.shape == (None, 4 * 2048)
 
 
 def test_saved_tower_loads_with_plain_keras_in_a_fresh_process(tmp_path):
@@ -416,7 +419,7 @@ print("global step")
 
 def test_embedding_dim_zero_means_no_projection_the_pooled_feature_goes_through_the_bnneck(tmp_path):
     # The strong baseline normalises the pooled backbone feature itself (2048-d for ResNet-50).
-    config = ModelConfig(vgg_blocks=2, embedding_dim=0, bnneck=True)
+    config = ModelConfig(vgg_blocks=2, stripes=1, embedding_dim=0, bnneck=True)
     tower = build_embedding_model(config, SIZE)
     assert tower.output_shape == (None, 128)  # VGG16 block 2 has 128 channels
     assert not [layer for layer in tower.layers if isinstance(layer, keras.layers.Dense)]

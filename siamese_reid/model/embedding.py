@@ -1,4 +1,4 @@
-"""The embedding tower: backbone -> pooling -> dense projection -> [BNNeck] -> L2 normalisation.
+"""The embedding tower: backbone -> pooling (per horizontal stripe) -> dense projection -> [BNNeck] -> L2 normalisation.
 
 Input: float RGB images in [0, 255], shape [batch, height, width, 3] (preprocessing is part of
 the model). Output: float32 embeddings of shape [batch, embedding_dim] with unit L2 norm.
@@ -139,17 +139,14 @@ def pool_stripes(features, pooling, stripes):
     pool alike); stripes keep that, which matters most when the training set is too small to
     learn it (Sun et al., Beyond Part Models: Person Retrieval with Refined Part Pooling,
     https://arxiv.org/abs/1711.09349). Rows are shared out as PyTorch's adaptive pooling does:
-    stripe i covers rows floor(i H / n) to ceil((i + 1) H / n), so any height works.
+    stripe i covers rows floor(i H / n) to ceil((i + 1) H / n), so any height works, also one of
+    fewer rows than stripes (rows then repeat: a backbone that leaves one row, as ResNet-50 does
+    at 32 pixels high, gives global pooling n times over, not an error).
     Stock layers only (Cropping2D, Concatenate): a saved tower loads without this package.
     """
     if stripes == 1:
         return POOLINGS[pooling](features, "pool")
     height = features.shape[1]
-    if stripes > height:
-        raise ReIDError(
-            f"model.stripes is {stripes} but the backbone's feature map is only {height} rows high at this "
-            "image height: use at most that many stripes, or a larger data.image_height"
-        )
     pooled = []
     for index in range(stripes):
         top, bottom = index * height // stripes, -(-(index + 1) * height // stripes)
