@@ -76,6 +76,8 @@ VARIANTS = {
         ("data.image_height=128", "data.image_width=64", "training.epochs=75"),
         False,
     ),
+    "lr1e-3": Variant("learning rate 0.001 instead of 0.0003", ("training.learning_rate=0.001",), False),
+    "soft_margin": Variant("soft-margin batch-hard triplet loss (Hermans et al.'s choice)", ("loss.soft=true",), False),
     "resnet50": Variant("today's recipe on ResNet-50", RESNET50, default=False),
     "resnet50+last_stride": Variant("ResNet-50, last stride 1", (*RESNET50, "model.last_stride=1"), default=False),
     "resnet50+strong_baseline": Variant(
