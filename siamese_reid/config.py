@@ -397,11 +397,29 @@ def load_config(path=None, overrides=()):
     Returns:
       A frozen `Config`.
     """
-    raw = {} if path is None else _read_config_file(path)
+    raw = {} if path is None else _with_keys_older_files_lack(_read_config_file(path))
     for text in overrides:
         section, key, value = parse_override(text)
         raw.setdefault(section, {})[key] = value
     return config_from_dict(raw)
+
+
+# The whole model section as saved before `model.stripes` existed: a file listing all of these
+# and no `stripes` (a run folder's config.yaml, or a copy of the repository's config.yaml from
+# then) describes a globally pooled tower. Filling in today's default instead would rebuild
+# such a run with 4 stripes: `--resume` would fail on weight shapes, a re-run would silently
+# train another model.
+_MODEL_KEYS_BEFORE_STRIPES = {
+    "backbone", "weights", "vgg_blocks", "last_stride", "freeze_blocks", "pooling", "embedding_dim", "bnneck",
+    "branches",
+}  # fmt: skip
+
+
+def _with_keys_older_files_lack(raw):
+    model = raw.get("model")
+    if isinstance(model, dict) and "stripes" not in model and _MODEL_KEYS_BEFORE_STRIPES <= model.keys():
+        raw = {**raw, "model": {**model, "stripes": 1}}
+    return raw
 
 
 def replace(config, **sections):

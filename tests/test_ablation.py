@@ -75,10 +75,13 @@ def test_a_variant_on_several_validation_splits_reports_their_mean_and_its_stand
         [split_row(0, 0.9, 0.8, 0.06, 0.03, 100.0), split_row(1, 0.5, 0.6, 0.08, 0.04, 120.0)]
     )
     assert row["val_rank1"] == pytest.approx(0.7) and row["val_mAP"] == pytest.approx(0.7)
-    # independent splits: the mean's error is sqrt(0.06^2 + 0.08^2) / 2 = 0.05
-    assert row["val_rank1_se"] == pytest.approx(0.05) and row["val_mAP_se"] == pytest.approx(0.025)
+    # the spread between splits: stdev(0.9, 0.5) / sqrt(2) = 0.2828 / 1.4142 = 0.2, and 0.1 for mAP
+    assert row["val_rank1_se"] == pytest.approx(0.2) and row["val_mAP_se"] == pytest.approx(0.1)
+    assert [split["split_seed"] for split in row["splits"]] == [0, 1]
+    single = ablation.mean_over_splits([split_row(3, 0.9, 0.8, 0.06, 0.03, 100.0)])
+    assert single["val_mAP_se"] == 0.03  # one split: its query-sampling error
     assert row["val_mAP_per_split"] == "0.800 0.600" and row["split_seeds"] == "0 1" and row["wall_seconds"] == 110.0
     failed = ablation.mean_over_splits(
-        [split_row(0, 0.9, 0.8, 0.06, 0.03, 100.0), {"variant": "x", "error": "disk full"}]
+        [split_row(0, 0.9, 0.8, 0.06, 0.03, 100.0), {"variant": "x", "split_seed": 1, "error": "disk full"}]
     )
-    assert failed["error"] == "disk full"
+    assert failed["error"] == "split 1: disk full"

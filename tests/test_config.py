@@ -241,3 +241,16 @@ def test_the_strong_baseline_switches_load_together():
         ],
     )
     assert (config.loss.id_weight, config.loss.label_smoothing, config.loss.center_learning_rate) == (1.0, 0.1, 0.5)
+
+
+def test_a_run_saved_before_stripes_existed_keeps_its_global_pooling(tmp_path):
+    # A run folder's config.yaml from before `model.stripes` lists every other model key; it
+    # trained a globally pooled tower, and resuming or re-running it must rebuild that tower.
+    saved = config_to_dict(Config())
+    del saved["model"]["stripes"]
+    (tmp_path / "old_run_config.yaml").write_text(yaml.safe_dump(saved))
+    assert load_config(tmp_path / "old_run_config.yaml").model.stripes == 1
+    assert load_config(tmp_path / "old_run_config.yaml", ["model.stripes=4"]).model.stripes == 4
+    # a short hand-written config gets today's default
+    (tmp_path / "short.yaml").write_text("model:\n  pooling: gem\n")
+    assert load_config(tmp_path / "short.yaml").model.stripes == Config().model.stripes == 4
