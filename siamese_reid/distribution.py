@@ -140,11 +140,9 @@ def split_by_data(dataset):
 
 
 def _batch_norm_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            yield layer
-        elif isinstance(layer, keras.Model):
-            yield from _batch_norm_layers(layer)
+    from siamese_reid.model.embedding import all_layers
+
+    return [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def synchronize_batch_norm(model):

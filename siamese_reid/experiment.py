@@ -362,10 +362,10 @@ class _PeriodicScorer:
     """
 
     def __init__(self, tower, query, gallery, split_name, image_size, settings):
-        from siamese_reid.model.embedding import float32_copy
+        from siamese_reid.model.embedding import Float32Mirror
 
         self.tower = tower
-        self.inference_tower = float32_copy(tower)
+        self.inference_tower = Float32Mirror(tower)
         self.query = query
         self.gallery = gallery
         self.split_name = split_name
@@ -385,9 +385,7 @@ class _PeriodicScorer:
 
     def current_tower(self):
         """The float32 tower with the trained tower's current weights."""
-        if self.inference_tower is not self.tower:
-            self.inference_tower.set_weights(self.tower.get_weights())
-        return self.inference_tower
+        return self.inference_tower.current()
 
 
 def _fit(model, dataset, steps, epochs, callbacks, run_dir):

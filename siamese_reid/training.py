@@ -14,6 +14,7 @@ from keras import ops
 from siamese_reid.distribution import batch_norm_unsynchronized
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_atomically, write_json
+from siamese_reid.model.embedding import Float32Mirror
 
 
 def _cosine_decay(peak, warmup_steps, total_steps, alpha):
@@ -222,7 +223,8 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
         self.monitor = monitor
         # A second, never-compiled functional model over the same layers and weights.
         self.saved_view = keras.Model(tower.inputs, tower.outputs, name=tower.name)
-        self._float32_view = None  # made at the first save; the saved_view itself when float32
+        # Its copy is made at the first save, inside batch_norm_unsynchronized: plain BatchNorms.
+        self.float32_view = Float32Mirror(self.saved_view)
         self.output_dir = Path(output_dir)
         self.state_path = self.output_dir / "best.json"
         self.best = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
@@ -241,14 +243,8 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
             write_json(self.state_path, self.best)
 
     def _save(self, name):
-        from siamese_reid.model.embedding import float32_copy
-
         with batch_norm_unsynchronized(self.saved_view):
-            if self._float32_view is None:
-                self._float32_view = float32_copy(self.saved_view)
-            elif self._float32_view is not self.saved_view:
-                self._float32_view.set_weights(self.saved_view.get_weights())
-            write_atomically(self.output_dir / name, self._float32_view.save, suffix=".keras")
+            write_atomically(self.output_dir / name, self.float32_view.current().save, suffix=".keras")
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):

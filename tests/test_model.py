@@ -443,7 +443,7 @@ def test_a_one_dimensional_embedding_is_refused():
 
 def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_path):
     from siamese_reid.export import export_model
-    from siamese_reid.model.embedding import _all_layers, float32_copy
+    from siamese_reid.model.embedding import all_layers, float32_copy
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -453,7 +453,7 @@ def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_p
         keras.mixed_precision.set_global_policy("float32")
     assert tower.get_layer("projection").dtype_policy.compute_dtype == "bfloat16"
     copy = float32_copy(tower)
-    layers = list(_all_layers(copy))
+    layers = list(all_layers(copy))
     assert any(isinstance(layer, keras.Model) for layer in layers)  # the backbone's layers too
     assert {layer.dtype_policy.compute_dtype for layer in layers} == {"float32"}
     for original, copied in zip(tower.weights, copy.weights, strict=True):
@@ -490,3 +490,23 @@ def test_the_float32_copy_of_a_mixed_precision_tower_computes_as_the_float32_tow
     batch = images(2)
     copy = float32_copy(tower)
     np.testing.assert_allclose(copy.predict(batch, verbose=0), reference.predict(batch, verbose=0), atol=1e-6)
+
+
+def test_the_float32_mirror_follows_the_trained_towers_weights():
+    # What scoring and checkpoints use during a bfloat16 run: it must see each epoch's weights.
+    from siamese_reid.model.embedding import Float32Mirror
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        tower = tower_of()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mirror = Float32Mirror(tower)
+    first = mirror.current()
+    kernel = tower.get_layer("projection").kernel
+    kernel.assign(kernel.numpy() + 1.0)
+    assert mirror.current() is first  # one copy, refreshed
+    np.testing.assert_array_equal(first.get_layer("projection").kernel.numpy(), kernel.numpy())
+    assert first.get_layer("projection").dtype_policy.compute_dtype == "float32"
+    float32_tower = tower_of()
+    assert Float32Mirror(float32_tower).current() is float32_tower

@@ -297,7 +297,7 @@ def float32_copy(tower):
     Flex delegate). Checkpoints and exports hold this float32 copy: the weights are float32
     variables under every policy, so nothing is lost. A float32 tower is returned as it is.
     """
-    if all(layer.dtype_policy.compute_dtype == "float32" for layer in _all_layers(tower)):
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in all_layers(tower)):
         return tower
 
     def clone_layer(layer):
@@ -316,11 +316,29 @@ def float32_copy(tower):
     return copy
 
 
-def _all_layers(model):
+def all_layers(model):
+    """Every layer of `model`, those of nested models (the backbone) included."""
     for layer in model.layers:
         yield layer
         if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
+
+
+class Float32Mirror:
+    """The float32 copy of a tower (`float32_copy`), made once, at the first call, and given
+    the tower's current weights at every call after: what scoring and checkpoints use during a
+    mixed-precision run. For a float32 tower it is the tower itself."""
+
+    def __init__(self, tower):
+        self.tower = tower
+        self._copy = None
+
+    def current(self):
+        if self._copy is None:
+            self._copy = float32_copy(self.tower)
+        elif self._copy is not self.tower:
+            self._copy.set_weights(self.tower.get_weights())
+        return self._copy
 
 
 def load_embedding_model(path):
