@@ -137,7 +137,7 @@ def test_litert_and_onnx_exports_match_the_keras_tower(trained_run, tiny_demo, t
 
 
 def test_index_is_incremental_and_survives_a_crash(trained_run, tiny_demo, tmp_path, monkeypatch):
-    from siamese_reid.search import gallery, load_index, update_index
+    from siamese_reid.search import indexing, load_index, update_index
 
     photos = tmp_path / "photos"
     shutil.copytree(tiny_demo / "query", photos / "nested" / "query")
@@ -166,7 +166,7 @@ def test_index_is_incremental_and_survives_a_crash(trained_run, tiny_demo, tmp_p
     for path in sorted((photos / "nested").rglob("*.jpg"))[:10]:
         write_image(path, size=(64, 32), seed=11)
     calls = []
-    real_embed = gallery._embed
+    real_embed = indexing._embed
 
     def crash_on_second_batch(*args):
         calls.append(1)
@@ -174,10 +174,10 @@ def test_index_is_incremental_and_survives_a_crash(trained_run, tiny_demo, tmp_p
             raise KeyboardInterrupt
         return real_embed(*args)
 
-    monkeypatch.setattr(gallery, "_embed", crash_on_second_batch)
+    monkeypatch.setattr(indexing, "_embed", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         update_index(trained_run, [photos], index_dir, batch_images=4)
-    monkeypatch.setattr(gallery, "_embed", real_embed)
+    monkeypatch.setattr(indexing, "_embed", real_embed)
     kept = load_index(index_dir)
     assert len(kept.entries) == total - 10 + 4
     resumed = update_index(trained_run, [photos], index_dir, batch_images=4)
