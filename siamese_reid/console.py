@@ -54,3 +54,11 @@ def import_tensorflow_quietly():
             has_driver = Path("/proc/driver/nvidia").exists()
             sys.stderr.write("".join(line for line in lines if not is_startup_noise(line, has_driver)))
     return len(gpus)
+
+
+def progress_bar(total, unit_name):
+    """A keras Progbar that redraws itself on a terminal and, on a pipe or a file (a log, CI),
+    writes one plain line when done: no colour codes, carriage returns or backspaces."""
+    import keras
+
+    return keras.utils.Progbar(total, unit_name=unit_name, verbose=1 if sys.stdout.isatty() else 2)

@@ -34,11 +34,15 @@ def create_run_dir(output_dir, run_name=None):
     if run_name is None:
         return _unused_folder(output_dir, _timestamp())
     run_dir = Path(output_dir) / run_name
+    try:
+        # one atomic step: of two runs started at the same moment with this name, exactly one
+        # creates the folder, and the other is refused with the same message as always
+        return create_folder(run_dir)
+    except FileExistsError:
+        pass
     if (run_dir / "metrics.json").is_file() and not (run_dir / "backup").exists():
         raise ReIDError(f"run folder '{run_dir}' already holds a finished run: choose another output.run_name")
-    if run_dir.exists():
-        raise ReIDError(f"run folder '{run_dir}' already exists: use --resume {run_dir} or another output.run_name")
-    return create_folder(run_dir)
+    raise ReIDError(f"run folder '{run_dir}' already exists: use --resume {run_dir} or another output.run_name")
 
 
 def create_evaluation_dir(parent):

@@ -303,3 +303,25 @@ def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path):
     result = run_script("train.py", "--resume", tmp_path)
     assert result.returncode == 2
     assert result.stderr == f"error: cannot resume: '{tmp_path}' is not a run folder (no config.yaml in it)\n"
+
+
+@pytest.mark.parametrize("train_dir", [None, "market train folder"])
+def test_evaluation_on_another_dataset_needs_only_its_query_and_gallery(trained_run, tiny_demo, tmp_path, train_dir):
+    # cross-dataset evaluation: identity folders of another dataset, and no training folder
+    # (or the run's own training folder, in another layout) must not stop it
+    import shutil
+
+    for split, folder in (("query", "query"), ("gallery", "bounding_box_test")):
+        for image in sorted((tiny_demo / folder).glob("*.jpg")):
+            pid = image.name.split("_")[0]
+            if int(pid) <= 0:  # junk (-1) and distractors (0) are no identity folder
+                continue
+            (tmp_path / split / pid).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, tmp_path / split / pid / image.name)
+    overrides = ["data.layout=folders", f"data.query_dir={tmp_path / 'query'}", f"data.gallery_dir={tmp_path / 'gallery'}"]
+    if train_dir:
+        overrides.append(f"data.train_dir={tiny_demo / 'bounding_box_train'}")
+    config = load_config(trained_run / "config.yaml", overrides)
+    metrics, output_dir = experiment.evaluate_saved_model(trained_run / "last.keras", config, tmp_path / "out")
+    assert metrics["num_queries"] == sum(1 for _ in (tmp_path / "query").rglob("*.jpg"))
+    assert (output_dir / "metrics.json").is_file()

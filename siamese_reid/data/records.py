@@ -180,8 +180,8 @@ def read_market_dataset(data, need_train):
         "query": data.query_dir or (base / "query" if base else None),
         "gallery": data.gallery_dir or (base / "bounding_box_test" if base else None),
     }
-    if not need_train and (folders["train"] is None or not Path(folders["train"]).exists()):
-        folders.pop("train")
+    if not need_train:
+        folders.pop("train")  # evaluation needs only a query and a gallery
     missing = [name for name, folder in folders.items() if folder is None]
     if missing:
         raise ReIDError(f"no {', '.join(missing)} folder given: set data.root or data.*_dir")
@@ -194,11 +194,15 @@ def read_market_dataset(data, need_train):
 
 def read_folders_dataset(data, need_train):
     """Layout folders: root/<identity>/<images>, split by `split_identity_folders` unless all three
-    data.*_dir folders are given (identities matched across them by folder name)."""
-    if data.train_dir or data.query_dir or data.gallery_dir:
-        if not (data.train_dir and data.query_dir and data.gallery_dir):
-            raise ReIDError("with layout folders give all of train_dir, query_dir, gallery_dir")
-        folders = {"train": data.train_dir, "query": data.query_dir, "gallery": data.gallery_dir}
+    data.*_dir folders are given (identities matched across them by folder name). An evaluation
+    (`need_train` False) needs only query_dir and gallery_dir, and never reads train_dir."""
+    folders = {"train": data.train_dir, "query": data.query_dir, "gallery": data.gallery_dir}
+    if not need_train:
+        folders.pop("train")
+    if any(folders.values()):
+        missing = [f"data.{what}_dir" for what, folder in folders.items() if not folder]
+        if missing:
+            raise ReIDError(f"with layout folders give {' and '.join(missing)} too, or data.root alone")
         names = sorted({n for d in folders.values() for n in _identity_names(_require_folder(d, "image"))})
         identity_ids = {name: pid for pid, name in enumerate(names, start=1)}
         splits, warnings = {}, []
@@ -206,7 +210,7 @@ def read_folders_dataset(data, need_train):
             splits[what], folder_warnings = read_identity_folders(folder, what, identity_ids)
             warnings += folder_warnings
         return DatasetSplits(
-            assign_split_cameras(splits["train"], 1),
+            assign_split_cameras(splits.get("train", []), 1),
             assign_split_cameras(splits["query"], 1),
             assign_split_cameras(splits["gallery"], 2),
             warnings,

@@ -3,10 +3,10 @@
 import weakref
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from siamese_reid.console import progress_bar
 from siamese_reid.data.pipeline import inference_dataset
 from siamese_reid.data.records import Sample
 from siamese_reid.errors import ReIDError
@@ -62,7 +62,7 @@ def _inference_step(model):
 
 
 def _embed_into(output, model, dataset, flip_test, verbose):
-    progress = keras.utils.Progbar(len(output), unit_name="image") if verbose else None
+    progress = progress_bar(len(output), "image") if verbose else None
     step = _inference_step(model)
     position = 0
     for images in dataset:

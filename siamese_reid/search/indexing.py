@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from siamese_reid.config import load_config
+from siamese_reid.console import progress_bar
 from siamese_reid.data.records import Sample
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.errors import ReIDError
@@ -93,8 +94,6 @@ def _exclusive(index_dir):
 
 
 def _update(run_dir, folders, index_dir, checkpoint, identity_from_folder, batch_images, model_path, tower):
-    import keras
-
     settings = _run_settings(run_dir)
     fingerprint = index_files.model_fingerprint(tower)
     if index_dir.exists() and (index_dir / index_files.INDEX_FILE).exists():
@@ -157,7 +156,7 @@ def _update(run_dir, folders, index_dir, checkpoint, identity_from_folder, batch
             readable[image.path] = usable[0].path  # a PNG copy for formats TensorFlow cannot decode
         skipped += problems
     embed_list = [image for image in to_embed if image.path in readable]
-    progress = keras.utils.Progbar(len(embed_list), unit_name="image") if embed_list else None
+    progress = progress_bar(len(embed_list), "image") if embed_list else None
     for start in range(0, len(embed_list), batch_images):
         batch = embed_list[start : start + batch_images]
         batch_features = _embed(tower, [readable[image.path] for image in batch], settings)
