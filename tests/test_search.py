@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,7 +244,8 @@ def test_query_command_line(trained_run, tiny_demo, tmp_path):
     query_features = extract_embeddings(tower, [str(q) for q in queries], (32, 32), flip_test=True)
     del decode_image
     for answer, features in zip(answers, query_features, strict=True):
-        assert set(answer) == {"query", "results", "match", "threshold"}
+        assert set(answer) == {"query", "query_pid", "results", "match", "threshold"}
+        assert answer["query_pid"] == int(Path(answer["query"]).name.split("_")[0])  # a Market-1501 name
         assert answer["threshold"] == pytest.approx(threshold)
         distances = [r["distance"] for r in answer["results"]]
         assert len(distances) == 5 and distances == sorted(distances)
@@ -332,9 +334,343 @@ def test_index_inside_its_folder_modes_and_checkpoints(trained_run, tiny_demo, t
     # an edited file that needs conversion is converted (and embedded) again
     write_image(photos / "scan.pgm", mode="L", image_format="PPM", seed=5, size=(20, 10))
     assert update_index(trained_run, [photos], index_dir).line().startswith("indexed: 0 added, 1 updated")
-    with pytest.raises(ReIDError, match="without --identity-from-folder"):
+    with pytest.raises(ReIDError, match=r"without identities from folder names \(identity_from_folder=False\)"):
         update_index(trained_run, [photos], index_dir, identity_from_folder=True)
     update_index(trained_run, [tiny_demo / "query"], tmp_path / "best_index", checkpoint="best")
-    with pytest.raises(ReIDError, match="fitted for last.keras .* give --threshold"):
+    with pytest.raises(ReIDError, match="fitted for last.keras .* give threshold$"):  # the argument, not the flag
         Searcher(tmp_path / "best_index")
+    result = command("search.py", "query", "--index", tmp_path / "best_index", real_images(tiny_demo, 1)[0])
+    assert result.returncode == 2 and result.stderr.strip().endswith("give --threshold"), result.stderr
     assert Searcher(tmp_path / "best_index", threshold=0.5).threshold == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# An index remembers its folders
+
+
+def two_galleries(tiny_demo, tmp_path):
+    """Two folders of Market-named images, g1 and g2, and their image counts."""
+    shutil.copytree(tiny_demo / "bounding_box_test", tmp_path / "g1")
+    shutil.copytree(tiny_demo / "query", tmp_path / "g2")
+    return tmp_path / "g1", tmp_path / "g2", len(list((tmp_path / "g1").glob("*.jpg"))), len(
+        list((tmp_path / "g2").glob("*.jpg"))
+    )
+
+
+def indexed_paths(index_dir):
+    from siamese_reid.search import load_index
+
+    return sorted(entry.path for entry in load_index(index_dir).entries)
+
+
+def images_under(*folders):
+    return sorted(str(path.resolve()) for folder in folders for path in Path(folder).rglob("*.jpg"))
+
+
+def test_a_second_folder_joins_the_index_and_a_refresh_covers_every_folder(trained_run, tiny_demo, tmp_path):
+    from siamese_reid.search import update_index
+
+    g1, g2, count1, count2 = two_galleries(tiny_demo, tmp_path)
+    index_dir = tmp_path / "index"
+    assert update_index(trained_run, [g1], index_dir).line() == f"indexed: {count1} added, 0 updated, 0 removed, 0 unchanged"
+    second = update_index(trained_run, [g2], index_dir)
+    # the first folder's images are still on disk: they stay (the old code said "{count1} removed")
+    assert second.line() == f"indexed: {count2} added, 0 updated, 0 removed, {count1} unchanged"
+    assert second.folders == sorted([str(g1.resolve()), str(g2.resolve())])
+    assert indexed_paths(index_dir) == images_under(g1, g2)
+    # no folders and no run: refresh both with the index's own run
+    removed_file = sorted(g2.glob("*.jpg"))[0]
+    removed_file.unlink()
+    write_image(g1 / "0099_c1s1_000001_01.jpg", size=(64, 32), seed=4, image_format="JPEG")
+    refreshed = update_index(None, [], index_dir)
+    assert refreshed.line() == f"indexed: 1 added, 0 updated, 1 removed, {count1 + count2 - 1} unchanged"
+    assert indexed_paths(index_dir) == images_under(g1, g2)
+
+
+def test_a_folder_is_known_by_its_resolved_path_and_nested_folders_add_nothing(trained_run, tiny_demo, tmp_path, monkeypatch):
+    from siamese_reid.search import update_index
+
+    g1, g2, count1, count2 = two_galleries(tiny_demo, tmp_path)
+    (tmp_path / "sub").mkdir()
+    shutil.move(str(g2), tmp_path / "g1" / "nested")  # g1/nested holds g2's images
+    index_dir = tmp_path / "index"
+    update_index(trained_run, [g1 / "nested"], index_dir)
+    (tmp_path / "link").symlink_to(g1, target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "sub")
+    # g1 through a link contains the known g1/nested: it replaces it, nothing is embedded twice
+    wider = update_index(trained_run, [Path("../link")], index_dir)
+    assert wider.folders == [str(g1.resolve())]
+    assert wider.line() == f"indexed: {count1} added, 0 updated, 0 removed, {count2} unchanged"
+    # the same folder by another relative path, and a folder inside it, change nothing
+    again = update_index(trained_run, [Path("../g1"), Path("../g1/nested")], index_dir)
+    assert again.line() == f"indexed: 0 added, 0 updated, 0 removed, {count1 + count2} unchanged"
+    assert again.folders == [str(g1.resolve())]
+    assert again.warnings == [f"folder '{(g1 / 'nested').resolve()}' is inside indexed folder '{g1.resolve()}', which covers it"]
+    assert indexed_paths(index_dir) == images_under(g1)
+
+
+def test_removing_a_folder_drops_its_images_and_touches_no_file(trained_run, tiny_demo, tmp_path):
+    from siamese_reid.search import update_index
+
+    g1, g2, count1, count2 = two_galleries(tiny_demo, tmp_path)
+    index_dir = tmp_path / "index"
+    update_index(trained_run, [g1, g2], index_dir)
+    on_disk = images_under(g1, g2)
+    header_before = (index_dir / "index.json").read_text()
+    with pytest.raises(ReIDError, match=r"has no folder '.*elsewhere' \(its folders: '.*g1', '.*g2'\); nothing was changed"):
+        update_index(None, [], index_dir, remove=[tmp_path / "elsewhere"])
+    with pytest.raises(ReIDError, match="is inside indexed folder .*only a whole indexed folder can be removed"):
+        update_index(None, [], index_dir, remove=[g1 / "deeper"])
+    assert (index_dir / "index.json").read_text() == header_before
+    summary = update_index(None, [], index_dir, remove=[tmp_path / "." / "g1"])
+    assert summary.line() == f"indexed: 0 added, 0 updated, 0 removed, {count2} unchanged, {count1} dropped with their folder"
+    assert summary.folders == [str(g2.resolve())]
+    assert indexed_paths(index_dir) == images_under(g2)
+    assert images_under(g1, g2) == on_disk  # nothing on disk was touched
+
+
+def test_a_missing_folder_keeps_its_images_and_says_so(trained_run, tiny_demo, tmp_path):
+    from siamese_reid.search import update_index
+
+    g1, g2, count1, count2 = two_galleries(tiny_demo, tmp_path)
+    index_dir = tmp_path / "index"
+    update_index(trained_run, [g1, g2], index_dir)
+    g1.rename(tmp_path / "unmounted")  # as if its drive were unplugged
+    summary = update_index(None, [], index_dir)
+    assert summary.line() == f"indexed: 0 added, 0 updated, 0 removed, {count2} unchanged"
+    assert summary.warnings == [
+        f"indexed folder '{g1.resolve()}' is missing (an unmounted drive?): its {count1} images are kept; "
+        "remove the folder from the index to drop them"
+    ]
+    assert len(indexed_paths(index_dir)) == count1 + count2
+    (tmp_path / "unmounted").rename(g1)
+    assert update_index(None, [], index_dir).line() == (
+        f"indexed: 0 added, 0 updated, 0 removed, {count1 + count2} unchanged"
+    )
+
+
+def write_version_1_index(trained_run, folders, index_dir, identity_from_folder=False):
+    """An index as the code before folder lists wrote it: index.json without folders or dates."""
+    from siamese_reid.search import update_index
+
+    update_index(trained_run, folders, index_dir, identity_from_folder=identity_from_folder)
+    header = json.loads((index_dir / "index.json").read_text())
+    for key in ("folders", "updated"):
+        del header[key]
+    del header["run"]["trained_on_demo"]
+    header["version"] = 1
+    assert set(header) == {"format", "version", "model", "run", "identities", "shards", "identity_from_folder"}
+    assert set(header["run"]) == {"dir", "checkpoint", "metric", "flip_test"}
+    (index_dir / "index.json").write_text(json.dumps(header))
+
+
+def test_an_index_written_before_folder_lists_still_opens_and_keeps_its_images(trained_run, tiny_demo, tmp_path):
+    from siamese_reid.search import Searcher, update_index
+    from siamese_reid.search.info import index_info
+
+    g1, g2, count1, count2 = two_galleries(tiny_demo, tmp_path)
+    shutil.move(str(g1), tmp_path / "photos" / "street")  # images one level down
+    street = tmp_path / "photos" / "street"
+    index_dir = tmp_path / "index"
+    write_version_1_index(trained_run, [tmp_path / "photos"], index_dir)
+    info = index_info(index_dir)
+    assert info.folders_inferred and [folder.path for folder in info.folders] == [str(street.resolve())]
+    assert info.folders[0].images == count1 and info.updated is None
+    assert len(Searcher(index_dir).index) == count1
+    summary = update_index(trained_run, [g2], index_dir)
+    assert summary.line() == f"indexed: {count2} added, 0 updated, 0 removed, {count1} unchanged"
+    assert json.loads((index_dir / "index.json").read_text())["folders"] == sorted(
+        [str(street.resolve()), str(g2.resolve())]
+    )
+
+
+def test_folders_of_an_old_index_with_identity_folders_are_the_folders_above_the_people():
+    from siamese_reid.search.folders import infer_folders
+
+    paths = ["/data/people/alice/1.jpg", "/data/people/bob/2.jpg", "/data/people/bob/more/3.jpg", "/other/x/4.jpg"]
+    assert infer_folders(paths, identity_from_folder=True) == ["/data/people", "/other"]
+    assert infer_folders(paths, identity_from_folder=False) == [
+        "/data/people/alice",
+        "/data/people/bob",
+        "/other/x",
+    ]
+
+
+def test_info_and_index_on_the_command_line(trained_run, tiny_demo, tmp_path):
+    g1, g2, count1, count2 = two_galleries(tiny_demo, tmp_path)
+    index_dir = tmp_path / "index"
+    first = command("search.py", "index", "--run", trained_run, "--images", g1, "--index", index_dir)
+    assert first.returncode == 0, first.stderr
+    second = command("search.py", "index", "--images", g2, "--index", index_dir)  # the run comes from the index
+    assert second.returncode == 0 and second.stdout.strip().endswith(
+        f"indexed: {count2} added, 0 updated, 0 removed, {count1} unchanged"
+    ), second.stdout + second.stderr
+    refreshed = command("search.py", "index", "--index", index_dir)
+    assert refreshed.stdout.strip().endswith(f"0 added, 0 updated, 0 removed, {count1 + count2} unchanged")
+    info = command("search.py", "info", "--index", index_dir)
+    assert info.returncode == 0 and info.stderr == "", info.stderr
+    lines = info.stdout.splitlines()
+    assert f"images: {count1 + count2}" in lines
+    assert f"  {g1.resolve()}  {count1} images" in lines and f"  {g2.resolve()}  {count2} images" in lines
+    assert any(line.startswith(f"model: {(trained_run / 'last.keras').resolve()}") for line in lines)
+    assert any(line.startswith("last updated: 20") for line in lines)
+    assert "built-in demo" not in info.stdout + info.stderr  # this run trained on a dataset folder of its own
+    described = json.loads(command("search.py", "info", "--index", index_dir, "--json").stdout)
+    assert [(f["path"], f["images"], f["present"]) for f in described["folders"]] == [
+        (str(g1.resolve()), count1, True),
+        (str(g2.resolve()), count2, True),
+    ]
+    removed = command("search.py", "index", "--index", index_dir, "--remove", g1)
+    assert removed.stdout.strip().endswith(f"{count1} dropped with their folder")
+    unknown = command("search.py", "index", "--index", index_dir, "--remove", g1)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+    assert unknown.stderr.startswith(f"error: index '{index_dir}' has no folder '{g1.resolve()}'")
+
+
+# ---------------------------------------------------------------------------------------------
+# A run trained on the built-in demo
+
+
+def test_a_run_on_the_demo_is_recognised_from_its_config(tmp_path):
+    from siamese_reid.config import DataConfig, DemoConfig
+    from siamese_reid.data.demo import is_demo_data
+
+    demo = DemoConfig(dir=str(tmp_path / "demo"))
+    assert is_demo_data(DataConfig(), demo)  # nothing set: train.py uses the demo
+    assert is_demo_data(DataConfig(root=str(tmp_path / "demo")), demo)  # a run's saved config
+    assert not is_demo_data(DataConfig(root=str(tmp_path / "market")), demo)
+    assert not is_demo_data(DataConfig(train_dir=str(tmp_path / "mine")), demo)
+    (tmp_path / "copied").mkdir()
+    (tmp_path / "copied" / "demo_spec.json").write_text("{}")  # a demo folder generated elsewhere
+    assert is_demo_data(DataConfig(root=str(tmp_path / "copied")), demo)
+
+
+def test_search_warns_when_the_run_trained_on_the_demo(trained_run, tiny_demo, tmp_path):
+    from siamese_reid.config import save_config
+
+    demo_run = tmp_path / "demo_run"
+    shutil.copytree(trained_run, demo_run, ignore=shutil.ignore_patterns("export", "evaluations"))
+    # what train.py saves when data.root is not set: the demo folder it generated
+    config = load_config(demo_run / "config.yaml", [f"demo.dir={tiny_demo}", f"data.root={tiny_demo}"])
+    save_config(config, demo_run / "config.yaml")
+    index_dir = tmp_path / "index"
+    indexed = command("search.py", "index", "--run", demo_run, "--images", tiny_demo / "query", "--index", index_dir)
+    warning = f"warning: run '{demo_run}' was trained on the built-in demo dataset (synthetic people)"
+    assert indexed.returncode == 0 and warning in indexed.stderr, indexed.stderr
+    assert [line for line in indexed.stderr.splitlines() if line.startswith("warning:")] == [
+        line for line in indexed.stderr.splitlines() if line.startswith(warning)
+    ]
+    queried = command("search.py", "query", "--index", index_dir, "--json", real_images(tiny_demo, 1)[0])
+    assert queried.returncode == 0 and f"warning: run '{demo_run.resolve()}' was trained on the built-in demo" in queried.stderr
+    json.loads(queried.stdout)  # the warning stays off stdout
+    info = command("search.py", "info", "--index", index_dir)
+    assert "was trained on the built-in demo dataset" in info.stdout
+    assert json.loads(command("search.py", "info", "--index", index_dir, "--json").stdout)["trained_on_demo"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# The figure of query --save
+
+
+def answer_of(query_path, results, query_pid, threshold=0.5):
+    from siamese_reid.search import SearchAnswer, SearchResult
+
+    results = [SearchResult(str(path), distance, pid, None) for path, distance, pid in results]
+    return SearchAnswer(str(query_path), results, results[0].distance < threshold, threshold, query_pid)
+
+
+def marks(axis):
+    return [patch.get_gid() for patch in axis.patches if (patch.get_gid() or "").startswith("mark-")]
+
+
+def test_the_answers_figure_marks_right_and_wrong_results_and_keeps_the_query_name_end(tmp_path):
+    from matplotlib.figure import Figure
+
+    from siamese_reid.reporting import plot_search_answers
+
+    for name in ("q.jpg", "a.jpg", "b.jpg", "c.jpg"):
+        write_image(tmp_path / name, size=(32, 16))
+    long_name = "camera-footage-from-the-north-entrance-2026-12-05_0007_c2s1_000451_01.jpg"
+    (tmp_path / "q.jpg").rename(tmp_path / long_name)
+    known = answer_of(
+        tmp_path / long_name,
+        [(tmp_path / "a.jpg", 0.2, 7), (tmp_path / "b.jpg", 0.4, 3), (tmp_path / "c.jpg", 0.7, 7)],
+        query_pid=7,
+    )
+    unknown = answer_of(tmp_path / "a.jpg", [(tmp_path / "b.jpg", 0.3, None), (tmp_path / "c.jpg", 0.9, None)], None)
+    figure = plot_search_answers([known, unknown])
+    assert isinstance(figure, Figure)
+    axes = np.array(figure.axes).reshape(2, 4)
+    # same identity green, another red, whatever the distance; the threshold is not the truth
+    assert [marks(axis) for axis in axes[0, 1:]] == [["mark-green"], ["mark-red"], ["mark-green"]]
+    assert [patch.get_edgecolor()[:3] for axis in axes[0, 1:] for patch in axis.patches] == [
+        (0.0, 0.5019607843137255, 0.0),  # matplotlib's "green"
+        (1.0, 0.0, 0.0),
+        (0.0, 0.5019607843137255, 0.0),
+    ]
+    # unknown identities: no right/wrong mark, only the accepted one framed blue
+    assert [marks(axis) for axis in axes[1, 1:3]] == [["mark-blue"], []]
+    query_title = axes[0, 0].get_title()
+    assert query_title.replace("\n", "").startswith("camera-footage")
+    assert "0007_c2s1_000451_01.jpg" in query_title.replace("\n", "")  # the end, identity and camera, is kept
+    assert "…" in query_title and all(len(line) <= 26 for line in query_title.splitlines()[:2])
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend == [
+        "green: the query's identity (right)",
+        "red: another identity (wrong)",
+        "blue: identity unknown, closer than the threshold (accepted)",
+    ]
+    assert [handle.get_edgecolor()[:3] for handle in figure.legends[0].legend_handles] == [
+        (0.0, 0.5019607843137255, 0.0),
+        (1.0, 0.0, 0.0),
+        (0.0, 0.0, 1.0),
+    ]
+    alone = plot_search_answers([unknown])
+    assert [text.get_text() for text in alone.legends[0].get_texts()] == [
+        "blue: identity unknown, closer than the threshold (accepted)"
+    ]
+    assert alone.get_suptitle().startswith("identities unknown: results are not marked right or wrong")
+    assert not any(mark in ("mark-green", "mark-red") for axis in alone.axes for mark in marks(axis))
+
+
+def test_a_short_query_name_is_shown_whole(tmp_path):
+    from siamese_reid.reporting import plot_search_answers
+
+    write_image(tmp_path / "0001_c1s1_000001_00.jpg", size=(32, 16))
+    answer = answer_of(tmp_path / "0001_c1s1_000001_00.jpg", [(tmp_path / "0001_c1s1_000001_00.jpg", 0.0, 1)], 1)
+    assert plot_search_answers([answer]).axes[0].get_title().splitlines()[0] == "0001_c1s1_000001_00.jpg"
+
+
+def test_query_identities_come_from_folder_names_as_the_gallery_s_did(trained_run, tiny_demo, tmp_path):
+    from siamese_reid.search import Searcher, update_index
+
+    people = tmp_path / "people"
+    for image in sorted((tiny_demo / "bounding_box_test").glob("0*.jpg")):
+        if int(image.name[:4]) > 0:
+            (people / f"person{image.name[:4]}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, people / f"person{image.name[:4]}" / f"shot{image.name[5:]}")
+    update_index(trained_run, [people], tmp_path / "index", identity_from_folder=True)
+    searcher = Searcher(tmp_path / "index", threshold=0.5)
+    query = sorted(people.rglob("*.jpg"))[0]
+    (tmp_path / "Downloads").mkdir()
+    stranger = shutil.copy(query, tmp_path / "Downloads" / "photo.jpg")
+    answers, errors = searcher.search([query, stranger], top_k=3)
+    assert errors == {}
+    names = searcher.index.identity_names
+    assert names[answers[0].query_pid] == query.parent.name
+    expected = [names[result.pid] == query.parent.name for result in answers[0].results]
+    assert answers[0].correct() == expected
+    assert answers[1].query_pid is None and answers[1].correct() == [None, None, None]  # Downloads is no person
+
+
+def test_library_errors_name_arguments_not_flags(trained_run, tiny_demo, tmp_path):
+    from siamese_reid.search import Searcher, update_index
+
+    update_index(trained_run, [tiny_demo / "query"], tmp_path / "index")
+    with pytest.raises(ReIDError, match="^top_k must be at least 1, got 0$"):
+        Searcher(tmp_path / "index").search(real_images(tiny_demo, 1), top_k=0)
+    with pytest.raises(ReIDError, match="does not exist yet: give run_dir, the run to embed with$"):
+        update_index(None, [tiny_demo / "query"], tmp_path / "new")
+    with pytest.raises(ReIDError, match="does not exist yet: give folders, the images to index$"):
+        update_index(trained_run, [], tmp_path / "new")
+    assert not (tmp_path / "new").exists()

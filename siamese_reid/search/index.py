@@ -3,7 +3,9 @@
 Layout of an index folder:
 
     index.json          what the index is: its model (path, fingerprint, input size), metric,
-                        flip test, the run it came from, identity names, and its shard files
+                        flip test, the run it came from (and whether it trained on the demo),
+                        identity names, the folders it indexes (resolved absolute paths; absent
+                        in version 1 indexes), when it was last updated, and its shard files
     shard-<id>.npz      features [n, dim] float32 and, per image: path, size, mtime, pid and
                         camid (-1 with has_pid / has_camid false when unknown)
 
@@ -87,14 +89,15 @@ def model_fingerprint(tower):
     return digest.hexdigest()
 
 
-def find_images(folders, identity_from_folder=False, identities=None, exclude=None):
+def find_images(folders, identity_from_folder=False, identities=None, exclude=None, require_images=True):
     """Every image file under `folders`, recursively, in sorted order.
 
     Identity and camera come from Market-1501-style names; otherwise both are None, or with
     `identity_from_folder` the parent folder's name is the identity (numbered through
     `identities`, a dict name -> pid that this call extends). Files under `exclude` (the index
     folder itself, with its converted copies) are left out, and a file reached twice (through
-    overlapping folders or links) is listed once.
+    overlapping folders or links) is listed once. Folders holding no image at all are refused
+    unless `require_images` is False (refreshing folders that have since been emptied).
 
     Returns:
       (list of ImageFile, identities dict).
@@ -118,7 +121,7 @@ def find_images(folders, identity_from_folder=False, identities=None, exclude=No
                 pid = identities.setdefault(path.parent.name, len(identities) + 1)
             stat = path.stat()
             found.append(ImageFile(str(resolved), stat.st_size, stat.st_mtime_ns, pid, camid))
-    if not found:
+    if not found and require_images:
         raise ReIDError(f"no image files under {', '.join(str(f) for f in folders)}")
     return found, identities
 
@@ -136,10 +139,11 @@ def _shard_arrays(features, entries):
     }
 
 
-def _read_shard(path):
+def _read_shard(path, names=("features", *_COLUMNS)):
+    """The arrays `names` of one shard (an npz file reads only the arrays asked for)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return data["features"], {name: data[name] for name in _COLUMNS}
+            return {name: data[name] for name in names}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         # written atomically by this package: damage comes from outside (a cut-short copy, a disk fault)
         raise ReIDError(
@@ -178,18 +182,31 @@ def load_index(folder):
     if not shards:
         empty = _shard_arrays(np.zeros((0, header["model"]["embedding_dim"]), np.float32), [])
         return GalleryIndex(folder, header, empty["features"], {name: empty[name] for name in _COLUMNS})
-    features = np.concatenate([shard_features for shard_features, _ in shards])
-    columns = {name: np.concatenate([shard_columns[name] for _, shard_columns in shards]) for name in _COLUMNS}
+    features = np.concatenate([shard["features"] for shard in shards])
+    columns = {name: np.concatenate([shard[name] for shard in shards]) for name in _COLUMNS}
     return GalleryIndex(folder, header, features, columns)
+
+
+def load_paths(folder):
+    """(header, the indexed image paths) of `folder`, without reading any features."""
+    folder = Path(folder)
+    header = read_header(folder)
+    paths = []
+    for shard in header["shards"]:
+        if not (folder / shard).is_file():
+            raise ReIDError(f"index '{folder}' lists {shard}, which is gone: run search.py index on it again")
+        paths += [str(path) for path in _read_shard(folder / shard, ("paths",))["paths"]]
+    return header, paths
 
 
 def new_header(model_record, run_record, identities):
     return {
         "format": INDEX_FORMAT,
-        "version": 1,
+        "version": 2,
         "model": model_record,
         "run": run_record,
         "identities": identities,
+        "folders": [],
         "shards": [],
     }
 

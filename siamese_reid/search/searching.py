@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese_reid.data.records import Sample
+from siamese_reid.data.records import Sample, parse_market_name
 from siamese_reid.data.scan import check_image, scan_samples
-from siamese_reid.errors import ReIDError
+from siamese_reid.errors import ArgumentError, ReIDError
 from siamese_reid.search import index as index_files
+from siamese_reid.search.indexing import trained_on_demo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,14 +38,24 @@ class SearchAnswer:
     results: list  # SearchResult
     match: bool
     threshold: float
+    query_pid: int | None = None  # from its name, as the gallery's identities were read
 
     def to_json(self):
         return {
             "query": self.query,
+            "query_pid": self.query_pid,
             "results": [dataclasses.asdict(result) for result in self.results],
             "match": self.match,
             "threshold": self.threshold,
         }
+
+    def correct(self):
+        """Per result, True when it shows the query's identity, False when another one, None
+        when either identity is unknown. Market-1501 junk (pid -1) is no identity and a
+        distractor (pid 0) is nobody's: a distractor query has no answer to mark."""
+        if self.query_pid is None or self.query_pid <= 0:
+            return [None] * len(self.results)
+        return [None if r.pid is None or r.pid < 0 else r.pid == self.query_pid for r in self.results]
 
 
 def _unit_rows(features):
@@ -113,14 +124,16 @@ class Searcher:
             )
         run = self.index.header["run"]
         self.metric, self.flip_test = run["metric"], run["flip_test"]
+        self.trained_on_demo = trained_on_demo(self.index.header)
         if threshold is None and run["checkpoint"] != "last":
-            raise ReIDError(
+            raise ArgumentError(
+                "threshold",
                 f"the run's threshold.json was fitted for last.keras and this index uses {run['checkpoint']}.keras: "
-                "give --threshold"
+                "give {argument}",
             )
         self.threshold = threshold if threshold is not None else run_threshold(run["dir"])
         if self.threshold is None:
-            raise ReIDError(f"run '{run['dir']}' has no threshold.json: give --threshold")
+            raise ArgumentError("threshold", f"run '{run['dir']}' has no threshold.json: give {{argument}}")
         self.nearest = ExactSearch(self.index.features, self.metric)
         self._compiled_tower = None
 
@@ -143,19 +156,30 @@ class Searcher:
         summed = both[: len(paths)] + both[len(paths) :]
         return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
 
+    def query_identity(self, query_path):
+        """The identity of a query image read as the gallery's were: its parent folder's name
+        when the index takes identities from folders (None for a name the gallery does not
+        have: a folder such as Downloads is no person), else its Market-1501-style name."""
+        path = Path(query_path).absolute()
+        if self.index.header.get("identity_from_folder", False):
+            return self.index.header.get("identities", {}).get(path.parent.name)
+        parsed = parse_market_name(path.name)
+        return parsed[0] if parsed else None
+
     def answer(self, query_path, query_features, top_k):
         distances, indices = self.nearest.search(query_features[None, :], top_k)
         results = []
         for distance, row in zip(distances[0], indices[0], strict=True):
             entry = self.index.entry(row)
             results.append(SearchResult(entry.path, float(distance), entry.pid, entry.camid))
-        return SearchAnswer(str(query_path), results, bool(results[0].distance < self.threshold), float(self.threshold))
+        match = bool(results[0].distance < self.threshold)
+        return SearchAnswer(str(query_path), results, match, float(self.threshold), self.query_identity(query_path))
 
     def search(self, query_paths, top_k=10):
         """Answers each query image; returns (answers, {path: error message}) so one unreadable
         image never stops the others."""
         if top_k < 1:
-            raise ReIDError(f"--top-k must be at least 1, got {top_k}")
+            raise ArgumentError("top_k", f"{{argument}} must be at least 1, got {top_k}")
         import tensorflow as tf
         from PIL import Image
 
