@@ -325,3 +325,22 @@ def test_evaluation_on_another_dataset_needs_only_its_query_and_gallery(trained_
     metrics, output_dir = experiment.evaluate_saved_model(trained_run / "last.keras", config, tmp_path / "out")
     assert metrics["num_queries"] == sum(1 for _ in (tmp_path / "query").rglob("*.jpg"))
     assert (output_dir / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["index", "--images", "{images}", "--index", "{tmp}/i"], "does not exist yet: give --run, the run to embed with"),
+        (["index", "--index", "{tmp}/i"], "does not exist yet: give --images, the images to index"),
+        (["index", "--index", "{tmp}/i", "--remove", "{images}"], "does not exist: it has no folder to remove"),
+        (["info", "--index", "{tmp}/i"], "is not a siamese-reid index"),
+        (["info", "--index", "{tmp}"], "is not a siamese-reid index"),
+    ],
+)
+def test_search_on_an_index_that_does_not_exist_is_one_line(tiny_demo, tmp_path, arguments, message):
+    # the library says run_dir / folders; the command line names its flags
+    arguments = [argument.format(images=tiny_demo / "query", tmp=tmp_path) for argument in arguments]
+    result = run_script("search.py", *arguments)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert not (tmp_path / "i").exists()
