@@ -443,10 +443,21 @@ def test_a_missing_folder_keeps_its_images_and_says_so(trained_run, tiny_demo, t
         "remove the folder from the index to drop them"
     ]
     assert len(indexed_paths(index_dir)) == count1 + count2
+    g1.mkdir()  # the bare mount point of an unmounted drive: an empty folder
+    empty = update_index(None, [], index_dir)
+    assert empty.line() == f"indexed: 0 added, 0 updated, 0 removed, {count2} unchanged"
+    assert empty.warnings[0].startswith(f"indexed folder '{g1.resolve()}' is empty (an unmounted drive?)")
+    g1.rmdir()
     (tmp_path / "unmounted").rename(g1)
     assert update_index(None, [], index_dir).line() == (
         f"indexed: 0 added, 0 updated, 0 removed, {count1 + count2} unchanged"
     )
+    (g2 / "notes.txt").write_text("no images left, but not an empty folder")
+    for image in g2.glob("*.jpg"):
+        image.unlink()
+    deleted = update_index(None, [], index_dir)  # images really deleted: removed
+    assert deleted.line() == f"indexed: 0 added, 0 updated, {count2} removed, {count1} unchanged"
+    assert deleted.warnings == []
 
 
 def write_version_1_index(trained_run, folders, index_dir, identity_from_folder=False):

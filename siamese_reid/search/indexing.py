@@ -82,7 +82,8 @@ def update_index(
     new or changed files (by size and modification time) are embedded, in batches of
     `batch_images` that are each written as they finish, and files no longer under any folder
     are dropped. The folders in `remove` leave the index with their images (nothing on disk is
-    touched). A remembered folder missing from disk (an unmounted drive, say) keeps its images
+    touched). A remembered folder missing from disk, or empty where the index holds images of
+    it (an unmounted drive, or its bare mount point), keeps its images
     and is reported in the summary's warnings. An index made by another model is refused.
 
     Args:
@@ -173,7 +174,8 @@ def _update(request, index_dir, model_path, tower):
         known_folders = index_folders.remove_folder(known_folders, folder, index_dir)
     removed_folders = [index_folders.resolve_folder(folder) for folder in request.remove]
     known_folders, warnings = index_folders.add_folders(known_folders, request.folders)
-    missing = [folder for folder in known_folders if not Path(folder).is_dir()]
+    unavailable = _unavailable_folders(known_folders, entries)
+    missing = list(unavailable)
     on_disk, identities = index_files.find_images(
         [folder for folder in known_folders if folder not in missing],
         identity_from_folder,
@@ -182,10 +184,10 @@ def _update(request, index_dir, model_path, tower):
         require_images=False,
     )
     plan = _plan(entries, on_disk, missing, removed_folders)
-    for folder in missing:
+    for folder, state in unavailable.items():
         kept = sum(index_folders.is_inside(entries[row].path, folder) for row in plan.kept_rows)
         warnings.append(
-            f"indexed folder '{folder}' is missing (an unmounted drive?): its {kept} images are kept; "
+            f"indexed folder '{folder}' is {state} (an unmounted drive?): its {kept} images are kept; "
             "remove the folder from the index to drop them"
         )
     header.update(identities=identities, folders=known_folders, version=2, updated=_now())
@@ -256,10 +258,25 @@ def _open_or_create(request, index_dir, model_path, tower, settings):
     return header, np.zeros((0, header["model"]["embedding_dim"]), np.float32), []
 
 
+def _unavailable_folders(known_folders, entries):
+    """{folder: "missing" or "empty"} of the remembered folders whose images cannot be seen: a
+    folder that is gone, or empty while the index holds images of it. Both are what an
+    unmounted drive looks like (its mount point stays as an empty folder), so its images are
+    kept rather than reported removed; deleting them means removing the folder explicitly."""
+    unavailable = {}
+    for folder in known_folders:
+        path = Path(folder)
+        if not path.is_dir():
+            unavailable[folder] = "missing"
+        elif not any(path.iterdir()) and any(index_folders.is_inside(entry.path, folder) for entry in entries):
+            unavailable[folder] = "empty"
+    return unavailable
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     unchanged_rows: list  # rows found on disk as they were
-    kept_rows: list  # rows of folders missing from disk
+    kept_rows: list  # rows of folders missing from disk or empty
     to_embed: list  # ImageFile: new or changed
     removed: int
     dropped: int
