@@ -330,7 +330,10 @@ def test_evaluation_on_another_dataset_needs_only_its_query_and_gallery(trained_
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["index", "--images", "{images}", "--index", "{tmp}/i"], "does not exist yet: give --run, the run to embed with"),
+        (
+            ["index", "--images", "{images}", "--index", "{tmp}/i"],
+            "does not exist yet: give --run, the run to embed with",
+        ),
         (["index", "--index", "{tmp}/i"], "does not exist yet: give --images, the images to index"),
         (["index", "--index", "{tmp}/i", "--remove", "{images}"], "does not exist: it has no folder to remove"),
         (["info", "--index", "{tmp}/i"], "is not a siamese-reid index"),

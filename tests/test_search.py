@@ -350,11 +350,10 @@ def test_index_inside_its_folder_modes_and_checkpoints(trained_run, tiny_demo, t
 
 def two_galleries(tiny_demo, tmp_path):
     """Two folders of Market-named images, g1 and g2, and their image counts."""
-    shutil.copytree(tiny_demo / "bounding_box_test", tmp_path / "g1")
-    shutil.copytree(tiny_demo / "query", tmp_path / "g2")
-    return tmp_path / "g1", tmp_path / "g2", len(list((tmp_path / "g1").glob("*.jpg"))), len(
-        list((tmp_path / "g2").glob("*.jpg"))
-    )
+    g1, g2 = tmp_path / "g1", tmp_path / "g2"
+    shutil.copytree(tiny_demo / "bounding_box_test", g1)
+    shutil.copytree(tiny_demo / "query", g2)
+    return g1, g2, len(list(g1.glob("*.jpg"))), len(list(g2.glob("*.jpg")))
 
 
 def indexed_paths(index_dir):
@@ -372,7 +371,8 @@ def test_a_second_folder_joins_the_index_and_a_refresh_covers_every_folder(train
 
     g1, g2, count1, count2 = two_galleries(tiny_demo, tmp_path)
     index_dir = tmp_path / "index"
-    assert update_index(trained_run, [g1], index_dir).line() == f"indexed: {count1} added, 0 updated, 0 removed, 0 unchanged"
+    first = update_index(trained_run, [g1], index_dir)
+    assert first.line() == f"indexed: {count1} added, 0 updated, 0 removed, 0 unchanged"
     second = update_index(trained_run, [g2], index_dir)
     # the first folder's images are still on disk: they stay (the old code said "{count1} removed")
     assert second.line() == f"indexed: {count2} added, 0 updated, 0 removed, {count1} unchanged"
@@ -387,7 +387,9 @@ def test_a_second_folder_joins_the_index_and_a_refresh_covers_every_folder(train
     assert indexed_paths(index_dir) == images_under(g1, g2)
 
 
-def test_a_folder_is_known_by_its_resolved_path_and_nested_folders_add_nothing(trained_run, tiny_demo, tmp_path, monkeypatch):
+def test_a_folder_is_known_by_its_resolved_path_and_nested_folders_add_nothing(
+    trained_run, tiny_demo, tmp_path, monkeypatch
+):
     from siamese_reid.search import update_index
 
     g1, g2, count1, count2 = two_galleries(tiny_demo, tmp_path)
@@ -405,7 +407,8 @@ def test_a_folder_is_known_by_its_resolved_path_and_nested_folders_add_nothing(t
     again = update_index(trained_run, [Path("../g1"), Path("../g1/nested")], index_dir)
     assert again.line() == f"indexed: 0 added, 0 updated, 0 removed, {count1 + count2} unchanged"
     assert again.folders == [str(g1.resolve())]
-    assert again.warnings == [f"folder '{(g1 / 'nested').resolve()}' is inside indexed folder '{g1.resolve()}', which covers it"]
+    nested = (g1 / "nested").resolve()
+    assert again.warnings == [f"folder '{nested}' is inside indexed folder '{g1.resolve()}', which covers it"]
     assert indexed_paths(index_dir) == images_under(g1)
 
 
@@ -417,13 +420,16 @@ def test_removing_a_folder_drops_its_images_and_touches_no_file(trained_run, tin
     update_index(trained_run, [g1, g2], index_dir)
     on_disk = images_under(g1, g2)
     header_before = (index_dir / "index.json").read_text()
-    with pytest.raises(ReIDError, match=r"has no folder '.*elsewhere' \(its folders: '.*g1', '.*g2'\); nothing was changed"):
+    unknown = r"has no folder '.*elsewhere' \(its folders: '.*g1', '.*g2'\); nothing was changed"
+    with pytest.raises(ReIDError, match=unknown):
         update_index(None, [], index_dir, remove=[tmp_path / "elsewhere"])
     with pytest.raises(ReIDError, match="is inside indexed folder .*only a whole indexed folder can be removed"):
         update_index(None, [], index_dir, remove=[g1 / "deeper"])
     assert (index_dir / "index.json").read_text() == header_before
     summary = update_index(None, [], index_dir, remove=[tmp_path / "." / "g1"])
-    assert summary.line() == f"indexed: 0 added, 0 updated, 0 removed, {count2} unchanged, {count1} dropped with their folder"
+    assert summary.line() == (
+        f"indexed: 0 added, 0 updated, 0 removed, {count2} unchanged, {count1} dropped with their folder"
+    )
     assert summary.folders == [str(g2.resolve())]
     assert indexed_paths(index_dir) == images_under(g2)
     assert images_under(g1, g2) == on_disk  # nothing on disk was touched
@@ -572,7 +578,8 @@ def test_search_warns_when_the_run_trained_on_the_demo(trained_run, tiny_demo, t
         line for line in indexed.stderr.splitlines() if line.startswith(warning)
     ]
     queried = command("search.py", "query", "--index", index_dir, "--json", real_images(tiny_demo, 1)[0])
-    assert queried.returncode == 0 and f"warning: run '{demo_run.resolve()}' was trained on the built-in demo" in queried.stderr
+    assert queried.returncode == 0
+    assert f"warning: run '{demo_run.resolve()}' was trained on the built-in demo" in queried.stderr
     json.loads(queried.stdout)  # the warning stays off stdout
     info = command("search.py", "info", "--index", index_dir)
     assert "was trained on the built-in demo dataset" in info.stdout

@@ -83,8 +83,8 @@ def update_index(
     `batch_images` that are each written as they finish, and files no longer under any folder
     are dropped. The folders in `remove` leave the index with their images (nothing on disk is
     touched). A remembered folder missing from disk, or empty where the index holds images of
-    it (an unmounted drive, or its bare mount point), keeps its images
-    and is reported in the summary's warnings. An index made by another model is refused.
+    it (an unmounted drive, or its bare mount point), keeps its images and is reported in the
+    summary's warnings. An index made by another model is refused.
 
     Args:
       run_dir: the training run whose model embeds the images; None for an existing index
@@ -133,9 +133,13 @@ def _check_new_index(index_dir, run_dir, folders, remove):
     if remove:
         raise ReIDError(f"index '{index_dir}' does not exist: it has no folder to remove")
     if not folders:
-        raise ArgumentError("folders", f"index '{index_dir}' does not exist yet: give {{argument}}, the images to index")
+        raise ArgumentError(
+            "folders", f"index '{index_dir}' does not exist yet: give {{argument}}, the images to index"
+        )
     if run_dir is None:
-        raise ArgumentError("run_dir", f"index '{index_dir}' does not exist yet: give {{argument}}, the run to embed with")
+        raise ArgumentError(
+            "run_dir", f"index '{index_dir}' does not exist yet: give {{argument}}, the run to embed with"
+        )
 
 
 def trained_on_demo(header):
@@ -147,7 +151,10 @@ def trained_on_demo(header):
     config_path = Path(header["run"]["dir"]) / "config.yaml"
     if not config_path.is_file():
         return None
-    config = load_config(config_path)
+    try:
+        config = load_config(config_path)
+    except ReIDError:  # a config this version cannot read must not stop a search
+        return None
     return is_demo_data(config.data, config.demo)
 
 
