@@ -379,12 +379,15 @@ def plot_search_answers(answers, identity_names=None, top_k=None):
             axis.set_title(f"{column + 1}: {label}\nd={result.distance:.3f}{' < t' if accepted else ''}", fontsize=7)
         for axis in axes[row]:
             axis.axis("off")
-    _search_legend(figure, used)
-    figure.tight_layout(rect=(0, 0.06, 1, 0.97))
+    legend_rows = _search_legend(figure, used)
+    width, height = figure.get_size_inches()
+    figure.tight_layout(rect=(0, (0.1 + 0.18 * legend_rows) / height, 1, 1 - 0.3 / height))
     return figure
 
 
 def _search_legend(figure, colours_used):
+    """The legend of the marks that appear, in one row when the figure is wide enough for it
+    (about 0.07 inch per character at 7 points), else one mark per row; returns its rows."""
     from matplotlib.patches import Patch
 
     handles = [
@@ -392,11 +395,14 @@ def _search_legend(figure, colours_used):
         for colour, meaning in SEARCH_MARKS.items()
         if colour in colours_used
     ]
+    one_row = sum(0.07 * len(handle.get_label()) + 0.6 for handle in handles) < figure.get_size_inches()[0]
     if handles:
-        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+        columns = len(handles) if one_row else 1
+        figure.legend(handles=handles, loc="lower center", ncol=columns, fontsize=7, frameon=False)
     unmarked = "green" not in colours_used and "red" not in colours_used
     caption = "identities unknown: results are not marked right or wrong; " if unmarked else ""
     figure.suptitle(f"{caption}'< t': closer than the threshold t (accepted as the same person)", fontsize=8)
+    return 0 if not handles else 1 if one_row else len(handles)
 
 
 def protocol_record(settings, distance):
