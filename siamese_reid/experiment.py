@@ -328,9 +328,10 @@ def _report_sampling(train, training):
             )
 
 
-def _callbacks(tower, run_dir, evaluate, config, resuming):
+def _callbacks(tower, run_dir, evaluate, config, resuming, split):
     """The callbacks of `fit`; without periodic evaluation when `evaluate` is None (a worker
-    other than the chief: every worker runs the others, which read the same variables)."""
+    other than the chief: every worker runs the others, which read the same variables). `split`
+    ("val" or "test") names the scores of periodic evaluation."""
     import keras
 
     from siamese_reid.training import (
@@ -339,16 +340,19 @@ def _callbacks(tower, run_dir, evaluate, config, resuming):
         HistoryLogger,
         PeriodicEvaluation,
         StopOnNonFiniteLoss,
+        evaluation_keys,
     )
 
     periods = (config.evaluation.every_n_epochs, config.training.epochs)
-    evaluation = [] if evaluate is None else [PeriodicEvaluation(evaluate, *periods)]
+    evaluation = [] if evaluate is None else [PeriodicEvaluation(evaluate, *periods, split=split)]
     return [
+        # first, so that an epoch's summary line is printed before its "epoch N: scoring..." line
+        keras.callbacks.ProgbarLogger(),
         StopOnNonFiniteLoss(),
         *evaluation,
-        EmbeddingCheckpoint(tower, run_dir, monitor="val_mAP"),
+        EmbeddingCheckpoint(tower, run_dir, monitor=f"{split}_mAP"),
         AtomicBackupAndRestore(str(Path(run_dir) / "backup")),
-        HistoryLogger(str(Path(run_dir) / "history.csv"), append=resuming),
+        HistoryLogger(str(Path(run_dir) / "history.csv"), append=resuming, extra_keys=evaluation_keys(split)),
         keras.callbacks.TensorBoard(str(Path(run_dir) / "tensorboard"), write_graph=False),
     ]
 
@@ -495,6 +499,7 @@ def _train(config, run_dir, strategy, resuming):
     from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
     from siamese_reid.model.training_model import fit_batches
     from siamese_reid.precision import resolve_precision
+    from siamese_reid.training import monitored_history_split
 
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.training.seed)
@@ -536,7 +541,8 @@ def _train(config, run_dir, strategy, resuming):
         )
     print(f"training {config.training.epochs} epochs of {steps} batches ({config.training.sampler} sampler)")
     started = time.time()
-    callbacks = _callbacks(tower, run_dir, scorer, config, resuming)
+    split = monitored_history_split(run_dir / "history.csv", data.has_validation)
+    callbacks = _callbacks(tower, run_dir, scorer, config, resuming, split)
     _fit(model, dataset, steps, config.training.epochs, callbacks, run_dir)
     elapsed = time.time() - started
     print(f"training took {elapsed:.0f} s")

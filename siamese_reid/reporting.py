@@ -163,7 +163,7 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
 
 
 def read_history(path):
-    """The training history CSV as {column: np.ndarray}; empty cells become NaN."""
+    """The training history CSV as {column: np.ndarray}; empty cells become NaN, epochs count from 1."""
     path = Path(path)
     if not path.is_file():
         return {}
@@ -171,7 +171,10 @@ def read_history(path):
         rows = list(csv.DictReader(handle))
     if not rows:
         return {}
-    return {key: np.array([_number(row.get(key)) for row in rows]) for key in rows[0]}
+    history = {key: np.array([_number(row.get(key)) for row in rows]) for key in rows[0]}
+    if "epoch" in history and history["epoch"][0] == 0:
+        history["epoch"] = history["epoch"] + 1  # written before epochs were numbered from 1
+    return history
 
 
 def _number(text):
@@ -197,7 +200,7 @@ def plot_loss_curves(history):
     indicators per epoch; None without a loss column."""
     if "loss" not in history:
         return None
-    epochs = history["epoch"] + 1
+    epochs = history["epoch"]
     figure, axes = _subplots(1, 2, figsize=(10, 4))
     loss_axis, stats_axis = axes[0]
     components = {key: label for key, label in _COMPONENT_LOSSES.items() if key in history}
@@ -227,15 +230,17 @@ def plot_loss_curves(history):
 
 
 def plot_retrieval_per_epoch(history, split_name="query / gallery"):
-    """Rank-1 and mAP of the epochs that were evaluated; None when none was."""
-    if "val_rank1" not in history or not np.isfinite(history["val_rank1"]).any():
+    """Rank-1 and mAP of the epochs that were evaluated, on `split_name`; None when none was.
+    Reads the columns of either split (val_* or test_*), whichever the run scored."""
+    split = next((split for split in ("val", "test") if f"{split}_rank1" in history), None)
+    if split is None or not np.isfinite(history[f"{split}_rank1"]).any():
         return None
-    finite = np.isfinite(history["val_rank1"])
-    epochs = history["epoch"][finite] + 1
+    finite = np.isfinite(history[f"{split}_rank1"])
+    epochs = history["epoch"][finite]
     figure, axes = _subplots(figsize=(6, 4))
     axis = axes[0, 0]
-    axis.plot(epochs, 100 * history["val_rank1"][finite], marker="o", label="rank-1")
-    axis.plot(epochs, 100 * history["val_mAP"][finite], marker="s", label="mAP")
+    axis.plot(epochs, 100 * history[f"{split}_rank1"][finite], marker="o", label="rank-1")
+    axis.plot(epochs, 100 * history[f"{split}_mAP"][finite], marker="s", label="mAP")
     axis.set(xlabel="epoch", ylabel="%", title=f"Retrieval on {split_name}", ylim=(0, 101))
     axis.grid(alpha=0.3)
     axis.legend()
