@@ -124,8 +124,12 @@ def _framed(path, color, size, width=4):
     return array
 
 
-def plot_retrieval_examples(query_indices, query_samples, gallery_samples, distances, top_k=5, identity_names=None):
-    """Query -> top-k gallery images; correct matches framed green, wrong ones red.
+def plot_retrieval_examples(
+    query_indices, query_samples, gallery_samples, distances, top_k=5, identity_names=None, chosen="chosen"
+):
+    """Query -> top-k gallery images; correct matches framed green, wrong ones red, under a
+    caption that says how many of the queries are shown, how they were `chosen` (e.g. "drawn
+    at random"), and what the colours mean.
 
     `distances` gives a query's row of distances as `distances[query_index]`: a matrix, or the
     rows the ranking was scored on (`Evaluation.rows`, or `analysis.run_distances` for a saved
@@ -158,6 +162,11 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
                 axis.set_title(f"{column + 1}: id {name}\nd={distance:.3f}", fontsize=7)
         for axis in axes[row]:
             axis.axis("off")
+    figure.suptitle(
+        f"{rows} of {len(query_samples)} queries, {chosen}, and their top {top_k}\n"
+        "green frame: the same person (correct); red frame: another person (wrong)",
+        fontsize=8,
+    )
     figure.tight_layout()
     return figure
 
@@ -371,7 +380,12 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None, i
         rng = np.random.default_rng(0)
         chosen = rng.choice(len(query), min(settings.num_examples, len(query)), replace=False)
         figure = plot_retrieval_examples(
-            sorted(chosen.tolist()), query, gallery, evaluation.rows, identity_names=identity_names
+            sorted(chosen.tolist()),
+            query,
+            gallery,
+            evaluation.rows,
+            identity_names=identity_names,
+            chosen="drawn at random (seed 0)",
         )
         save_figure(figure, output_dir / "retrieval_examples.png", dpi=110)
     save_embeddings(output_dir / "query_embeddings.npz", evaluation.query_features, query)

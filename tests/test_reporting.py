@@ -1,0 +1,20 @@
+"""Figures a user looks at: they say what they show."""
+
+import numpy as np
+
+from siamese_reid.data.records import Sample
+from siamese_reid.reporting import plot_retrieval_examples
+from tests.conftest import write_image
+
+
+def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_path):
+    samples = []
+    for index, (pid, camid) in enumerate([(1, 1), (2, 1), (1, 2), (2, 2), (3, 2)]):
+        write_image(tmp_path / f"{index}.png", seed=index)
+        samples.append(Sample(str(tmp_path / f"{index}.png"), pid, camid))
+    query, gallery = samples[:2], samples[2:]
+    distances = np.array([[0.1, 0.5, 0.9], [0.2, 0.4, 0.8]])
+    figure = plot_retrieval_examples([1], query, gallery, distances, top_k=2, chosen="drawn at random (seed 0)")
+    caption = figure._suptitle.get_text()
+    assert "1 of 2 queries, drawn at random (seed 0)" in caption
+    assert "green" in caption and "same person" in caption and "red" in caption and "another person" in caption
