@@ -8,6 +8,7 @@ import csv
 import dataclasses
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # backend-free: works headless and shows inline in notebooks
 from PIL import Image
@@ -336,6 +337,36 @@ def plot_search_answers(answers, identity_names=None, top_k=None):
         for axis in axes[row]:
             axis.axis("off")
     figure.suptitle("framed blue: closer than the threshold (accepted as the same person)", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def describe_distance(distance):
+    """metrics.json's protocol.distance in words: "euclidean", or the name with its parameters."""
+    details = ", ".join(f"{key}={value}" for key, value in distance.items() if key != "name")
+    return f"{distance['name']} ({details})" if details else distance["name"]
+
+
+def plot_embedding_projection(points, pids):
+    """A 2-D projection of embeddings with one colour per identity (no colour is shared by two
+    identities), e.g. `analysis.project_2d` of a gallery. Returns the Figure.
+
+    Args:
+      points: float array of shape [num_images, 2].
+      pids: int array of shape [num_images], the identity of each point.
+    """
+    identities, colour_index = np.unique(pids, return_inverse=True)
+    # a seeded shuffle of evenly spaced hues: identities with adjacent numbers get distant hues
+    hues = np.random.default_rng(0).permutation(len(identities)) / max(len(identities), 1)
+    colours = matplotlib.colormaps["hsv"](hues)[colour_index]
+    figure, axes = _subplots(figsize=(6, 6))
+    axis = axes[0, 0]
+    axis.scatter(points[:, 0], points[:, 1], c=colours, s=12)
+    axis.set(
+        xlabel="first principal component",
+        ylabel="second principal component",
+        title=f"{len(points)} embeddings of {len(identities)} identities, one colour each",
+    )
     figure.tight_layout()
     return figure
 

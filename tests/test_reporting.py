@@ -18,3 +18,25 @@ def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_
     caption = figure._suptitle.get_text()
     assert "1 of 2 queries, drawn at random (seed 0)" in caption
     assert "green" in caption and "same person" in caption and "red" in caption and "another person" in caption
+
+
+def test_the_ranked_distance_is_said_in_words():
+    from siamese_reid.reporting import describe_distance
+
+    assert describe_distance({"name": "euclidean"}) == "euclidean"
+    assert describe_distance({"name": "k_reciprocal", "k1": 20, "k2": 6}) == "k_reciprocal (k1=20, k2=6)"
+
+
+def test_embedding_projection_gives_every_identity_its_own_colour_and_labels_its_axes():
+    from siamese_reid.reporting import plot_embedding_projection
+
+    pids = np.repeat(np.arange(1, 46), 2)  # 45 identities: more than any qualitative colour map
+    points = np.random.default_rng(0).normal(size=(len(pids), 2))
+    figure = plot_embedding_projection(points, pids)
+    axis = figure.axes[0]
+    colours = axis.collections[0].get_facecolors()
+    distinct = {tuple(np.round(colour, 6)) for colour in colours}
+    assert len(distinct) == 45
+    # the two images of one identity share their colour
+    np.testing.assert_array_equal(colours[0], colours[1])
+    assert axis.get_xlabel() and axis.get_ylabel() and "45 identities" in axis.get_title()
