@@ -11,7 +11,7 @@ N = Q + G images (exact search with faiss) and from each image's farthest distan
 - time is two exact passes over the N x N distances (faiss for the neighbours, BLAS blocks for
   the row maxima) plus work proportional to the non-zeros and to Q x G.
 
-Measured sizes and times are in README.md (benchmarks/bench_rerank.py).
+Measured sizes and times are in docs/benchmarks.md (benchmarks/bench_rerank.py).
 
 Reference: Zhong et al., Re-ranking Person Re-identification with k-reciprocal Encoding,
 https://arxiv.org/abs/1701.08398 (authors' code: github.com/zhunzhong07/person-re-ranking)
