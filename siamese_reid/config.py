@@ -28,8 +28,8 @@ from siamese_reid.errors import ReIDError
 # They are written out here so that loading a config imports no TensorFlow; CHOICE_SOURCES and a
 # test check that each tuple still lists its dict's keys, so the two cannot drift apart.
 LAYOUTS = ("market", "folders", "msmt17", "cuhk03_np")  # siamese_reid.data.datasets.LAYOUTS
-CUHK03_SUBSETS = ("detected", "labeled")  # siamese_reid.data.benchmarks.CUHK03_SUBSETS
-MSMT17_VAL = ("unused", "train")  # siamese_reid.data.benchmarks.MSMT17_VAL
+CUHK03_SUBSETS = ("detected", "labeled")  # siamese_reid.data.cuhk03.CUHK03_SUBSETS
+MSMT17_VAL = ("unused", "train")  # siamese_reid.data.msmt17.MSMT17_VAL
 BACKBONES = ("vgg16", "resnet50", "mobilenetv2")  # siamese_reid.model.embedding.BACKBONES
 POOLINGS = ("avg", "max", "gem")  # siamese_reid.model.embedding.POOLINGS
 BRANCHES = ("batched", "separate")  # siamese_reid.model.siamese.BRANCHES
@@ -48,8 +48,8 @@ LAST_STAGE_STRIDED_LAYERS = ("resnet50",)  # siamese_reid.model.embedding.LAST_S
 
 CHOICE_SOURCES = {
     "LAYOUTS": "siamese_reid.data.datasets:LAYOUTS",
-    "CUHK03_SUBSETS": "siamese_reid.data.benchmarks:CUHK03_SUBSETS",
-    "MSMT17_VAL": "siamese_reid.data.benchmarks:MSMT17_VAL",
+    "CUHK03_SUBSETS": "siamese_reid.data.cuhk03:CUHK03_SUBSETS",
+    "MSMT17_VAL": "siamese_reid.data.msmt17:MSMT17_VAL",
     "BACKBONES": "siamese_reid.model.embedding:BACKBONES",
     "POOLINGS": "siamese_reid.model.embedding:POOLINGS",
     "BRANCHES": "siamese_reid.model.siamese:BRANCHES",

@@ -45,7 +45,7 @@ from siamese_reid import reporting
 from siamese_reid.config import config_to_dict, load_config, replace, save_config
 from siamese_reid.data.datasets import dataset_name, read_dataset, read_extra_training
 from siamese_reid.data.demo import ensure_demo_dataset
-from siamese_reid.data.records import summarize_split
+from siamese_reid.data.readers import summarize_split
 from siamese_reid.data.scan import printable, scan_samples
 from siamese_reid.data.splits import person_samples, split_validation
 from siamese_reid.errors import ReIDError

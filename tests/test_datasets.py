@@ -1,4 +1,4 @@
-"""MSMT17, CUHK03-NP and several datasets in one training run, on tiny trees in each release's
+"""read_dataset over every layout (MSMT17, CUHK03-NP) and several datasets in one training run, on tiny trees in each release's
 exact layout. Expected records are written out from what each fixture put on disk, not derived
 with the readers' own code."""
 

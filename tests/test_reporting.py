@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from siamese_reid.data.records import Sample
+from siamese_reid.data.readers import Sample
 from siamese_reid.reporting import plot_retrieval_examples
 from tests.conftest import write_image
 

@@ -13,7 +13,7 @@ import pytest
 
 from siamese_reid import experiment
 from siamese_reid.config import load_config
-from siamese_reid.data.records import read_market_folder
+from siamese_reid.data.readers import read_market_folder
 from siamese_reid.errors import ReIDError
 from tests.conftest import PROJECT_ROOT
 
