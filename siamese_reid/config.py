@@ -33,8 +33,8 @@ MSMT17_VAL = ("unused", "train")  # siamese_reid.data.msmt17.MSMT17_VAL
 BACKBONES = ("vgg16", "resnet50", "mobilenetv2")  # siamese_reid.model.embedding.BACKBONES
 POOLINGS = ("avg", "max", "gem")  # siamese_reid.model.embedding.POOLINGS
 BRANCHES = ("batched", "separate")  # siamese_reid.model.siamese.BRANCHES
-LOSSES = ("batch_hard", "semihard", "batch_all", "triplet")  # siamese_reid.losses.LOSSES
-LOSS_DISTANCE_METRICS = ("L2", "squared-L2", "angular")  # siamese_reid.losses.DISTANCE_METRICS
+LOSSES = ("batch_hard", "semihard", "batch_all", "triplet")  # siamese_reid.losses.triplet.LOSSES
+LOSS_DISTANCE_METRICS = ("L2", "squared-L2", "angular")  # siamese_reid.losses.distances.DISTANCE_METRICS
 TRIPLET_FEATURES = ("embedding", "pre_bnneck")  # siamese_reid.model.training_model.TRIPLET_FEATURES
 ERASING_FILLS = ("random", "mean")  # siamese_reid.data.images.ERASING_FILLS
 SAMPLERS = ("pk", "triplet")  # siamese_reid.data.pipeline.SAMPLERS
@@ -53,8 +53,8 @@ CHOICE_SOURCES = {
     "BACKBONES": "siamese_reid.model.embedding:BACKBONES",
     "POOLINGS": "siamese_reid.model.embedding:POOLINGS",
     "BRANCHES": "siamese_reid.model.siamese:BRANCHES",
-    "LOSSES": "siamese_reid.losses:LOSSES",
-    "LOSS_DISTANCE_METRICS": "siamese_reid.losses:DISTANCE_METRICS",
+    "LOSSES": "siamese_reid.losses.triplet:LOSSES",
+    "LOSS_DISTANCE_METRICS": "siamese_reid.losses.distances:DISTANCE_METRICS",
     "TRIPLET_FEATURES": "siamese_reid.model.training_model:TRIPLET_FEATURES",
     "ERASING_FILLS": "siamese_reid.data.images:ERASING_FILLS",
     "SAMPLERS": "siamese_reid.data.pipeline:SAMPLERS",
