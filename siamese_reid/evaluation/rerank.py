@@ -179,7 +179,7 @@ class KReciprocalReranker(DistanceRows):
     encodings with local query expansion); `distances(start, stop)` then gives the re-ranked
     distances of queries [start, stop) to the whole gallery. It has the row interface of
     `QueryGalleryDistances` (`shape`, `rows_per_block`, `distances`, `rows[query_index]`), so
-    `rank_distance_rows` ranks it block by block without a Q x G matrix.
+    `evaluate_ranking` ranks it block by block without a Q x G matrix.
 
     As in the authors' code: distances are squared euclidean, each image's row of the
     (Q + G) x (Q + G) matrix is divided by its maximum, ranks come from those distances with the
