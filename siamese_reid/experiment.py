@@ -339,6 +339,7 @@ def _callbacks(tower, run_dir, evaluate, config, resuming, split):
         EmbeddingCheckpoint,
         HistoryLogger,
         PeriodicEvaluation,
+        RunClock,
         StopOnNonFiniteLoss,
         evaluation_keys,
     )
@@ -350,6 +351,7 @@ def _callbacks(tower, run_dir, evaluate, config, resuming, split):
         keras.callbacks.ProgbarLogger(),
         StopOnNonFiniteLoss(),
         *evaluation,
+        RunClock(config.training.epochs),  # after scoring, whose time counts in what is left
         EmbeddingCheckpoint(tower, run_dir, monitor=f"{split}_mAP"),
         AtomicBackupAndRestore(str(Path(run_dir) / "backup")),
         HistoryLogger(str(Path(run_dir) / "history.csv"), append=resuming, extra_keys=evaluation_keys(split)),
@@ -499,7 +501,7 @@ def _train(config, run_dir, strategy, resuming):
     from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
     from siamese_reid.model.training_model import fit_batches
     from siamese_reid.precision import resolve_precision
-    from siamese_reid.training import monitored_history_split
+    from siamese_reid.training import PeriodicEvaluation, monitored_history_split, peak_memory_gib
 
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.training.seed)
@@ -545,10 +547,19 @@ def _train(config, run_dir, strategy, resuming):
     callbacks = _callbacks(tower, run_dir, scorer, config, resuming, split)
     _fit(model, dataset, steps, config.training.epochs, callbacks, run_dir)
     elapsed = time.time() - started
-    print(f"training took {elapsed:.0f} s")
+    scoring = next((c.seconds for c in callbacks if isinstance(c, PeriodicEvaluation)), 0.0)
+    cost = {
+        "training_seconds": round(elapsed, 1),
+        "periodic_evaluation_seconds": round(scoring, 1),
+        "peak_memory_gib": round(peak_memory_gib(), 2),
+    }
+    print(
+        f"training took {elapsed:.0f} s, of which periodic evaluation {scoring:.0f} s "
+        f"({100 * scoring / max(elapsed, 1e-9):.1f}%); peak memory {cost['peak_memory_gib']:.2f} GiB"
+    )
     if not chief:
         return None
-    return _final_report(scorer.current_tower(), data, config, run_dir, {"training_seconds": elapsed}, scorer.latest)
+    return _final_report(scorer.current_tower(), data, config, run_dir, cost, scorer.latest)
 
 
 # Printed before the last silent stretch of a run (about 1 s on the demo, more on a busy machine).

@@ -445,10 +445,14 @@ def test_queries_without_any_possible_match_fail_before_training(tmp_path):
 
 def test_epochs_without_evaluation_show_no_nan_and_history_keeps_the_columns(tmp_path, tiny_demo, capsys):
     # `val_rank1: nan` in the progress bar read like a diverged loss to a newcomer
-    _, run_dir = run_train(
+    metrics, run_dir = run_train(
         tmp_path, FAST + demo_settings(tiny_demo) + TINY + ["training.epochs=3", "evaluation.every_n_epochs=2"]
     )
     output = capsys.readouterr().out
+    # a long run says how long it has left, what scoring cost and how much memory it took
+    assert "epoch 1/3 took" in output and "left (done near" in output and "epoch 3/3 took" in output
+    assert 0 < metrics["periodic_evaluation_seconds"] < metrics["training_seconds"]
+    assert 0.1 < metrics["peak_memory_gib"] < 24
     assert "nan" not in output.lower()
     history = reporting_history(run_dir)
     # no validation split: the scores are named for the test split they come from
@@ -554,3 +558,19 @@ def test_a_history_written_by_an_older_version_keeps_its_columns_and_numbering(t
     assert list(reporting_history(tmp_path.parent / tmp_path.name)["epoch"]) == [1, 2, 3]
     assert monitored_history_split(tmp_path / "new.csv", has_validation=False) == "test"
     assert monitored_history_split(path, has_validation=True) == "val"
+
+
+def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, capsys):
+    from siamese_reid import training
+
+    now = iter([100.0, 100.0, 160.0, 160.0, 300.0])  # epochs of 60 s and 140 s: a mean of 100 s
+    monkeypatch.setattr(training.time, "monotonic", lambda: next(now))
+    clock = training.RunClock(total_epochs=12)
+    clock.on_train_begin()
+    for epoch in (0, 1):
+        clock.on_epoch_begin(epoch)
+        clock.on_epoch_end(epoch)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("epoch 1/12 took 60 s; about 11 min left")  # 11 epochs x 60 s
+    assert lines[1].startswith("epoch 2/12 took 2 min; about 17 min left")  # 10 epochs x 100 s
+    assert training.format_duration(3900) == "1 h 05 min"
