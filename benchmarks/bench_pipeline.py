@@ -14,6 +14,8 @@ Measured in one run, at the shapes of config.yaml (override with --set):
      the shipped config; the baseline: its faster precision policy).
 
     python benchmarks/bench_pipeline.py [--set data.image_height=128 ...] [--steps 20]
+    python benchmarks/bench_pipeline.py --config configs/market1501_cpu.yaml --only-pipeline \
+        --set data.train_dir=../shared/data/market1501-train/bounding_box_train ...   # 1. alone
 """
 
 import argparse
@@ -169,6 +171,9 @@ def main():
     parser.add_argument(
         "--only-shipped", action="store_true", help="measure only the shipped default against the baseline (7.)"
     )
+    parser.add_argument(
+        "--only-pipeline", action="store_true", help="measure only the tf.data P x K pipeline alone (1.)"
+    )
     arguments = parser.parse_args()
     # from_generator datasets have no known length: Keras warns when a warm-up pass ends them
     warnings.filterwarnings("ignore", message="Your input ran out of data")
@@ -193,6 +198,10 @@ def main():
     pk = pk_dataset(paths, labels, batches, size, config.augment, 0)
     results["pipeline_pk_images_per_s"] = images_per_second(pk, steps, pk_size, lambda batch: batch[0].numpy())
     print(f"tf.data P x K pipeline alone: {results['pipeline_pk_images_per_s']:.0f} images/s", flush=True)
+    if arguments.only_pipeline:
+        Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(arguments.output).write_text(json.dumps(results, indent=2))
+        return
 
     def compiled(model, loss_name):
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=build_loss(loss_name, 0.3, False, "L2"))

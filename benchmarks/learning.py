@@ -9,7 +9,7 @@ identities under the Market-1501 protocol:
 
 Tune a recipe on the validation split (`--set data.validation_fraction=0.3`; its numbers are
 printed as "validation"), never on the test rows. Writes <output_dir>/<run>/learning.json and
-prints a markdown table for the README, each number with its standard error over queries.
+prints a markdown table for docs/results.md, each number with its standard error over queries.
 """
 
 import argparse

@@ -6,14 +6,13 @@ range, so a typo or an out-of-range value fails before any work starts, naming t
 closest valid one.
 
 Keys that name an implementation (a backbone, a loss, an optimizer, ...) are checked against
-the dict that implements the choice, named here as "module:DICT" and looked up only when a
-value is validated: adding an entry to that dict is all it takes to make a new name valid, and
-the config cannot drift from the code.
+tuples of names kept here, so that loading a config is plain data and imports no TensorFlow;
+`CHOICE_SOURCES` names the dict each tuple mirrors, and a test keeps them equal (a new
+backbone is added to its dict and to its tuple here).
 """
 
 import dataclasses
 import difflib
-import importlib
 import math
 import types
 import typing
@@ -25,20 +24,55 @@ import yaml
 from siamese_reid.errors import ReIDError
 
 
-def _field(default, *, choices=None, minimum=None, maximum=None):
-    """A dataclass field carrying its validation rule in metadata.
+# The names each choice key accepts, beside the dict that implements the choice (in its order).
+# They are written out here so that loading a config imports no TensorFlow; CHOICE_SOURCES and a
+# test check that each tuple still lists its dict's keys, so the two cannot drift apart.
+LAYOUTS = ("market", "folders", "msmt17", "cuhk03_np")  # siamese_reid.data.datasets.LAYOUTS
+CUHK03_SUBSETS = ("detected", "labeled")  # siamese_reid.data.cuhk03.CUHK03_SUBSETS
+MSMT17_VAL = ("unused", "train")  # siamese_reid.data.msmt17.MSMT17_VAL
+BACKBONES = ("vgg16", "resnet50", "mobilenetv2")  # siamese_reid.model.embedding.BACKBONES
+POOLINGS = ("avg", "max", "gem")  # siamese_reid.model.embedding.POOLINGS
+BRANCHES = ("batched", "separate")  # siamese_reid.model.siamese.BRANCHES
+LOSSES = ("batch_hard", "semihard", "batch_all", "triplet")  # siamese_reid.losses.triplet.LOSSES
+LOSS_DISTANCE_METRICS = ("L2", "squared-L2", "angular")  # siamese_reid.losses.distances.DISTANCE_METRICS
+TRIPLET_FEATURES = ("embedding", "pre_bnneck")  # siamese_reid.model.training_model.TRIPLET_FEATURES
+ERASING_FILLS = ("random", "mean")  # siamese_reid.data.images.ERASING_FILLS
+SAMPLERS = ("pk", "triplet")  # siamese_reid.data.pipeline.SAMPLERS
+OPTIMIZERS = ("adam", "adamw", "sgd")  # siamese_reid.training.OPTIMIZERS
+SCHEDULES = ("cosine", "constant", "multistep")  # siamese_reid.training.SCHEDULES
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")  # siamese_reid.precision.PRECISIONS
+STRATEGIES = ("default", "mirrored", "multi_worker")  # siamese_reid.distribution.STRATEGIES
+EVALUATION_METRICS = ("euclidean", "cosine")  # siamese_reid.evaluation.distances.METRICS
+AP_DEFINITIONS = ("torchreid", "market_official")  # siamese_reid.evaluation.ranking.AP_DEFINITIONS
+LAST_STAGE_STRIDED_LAYERS = ("resnet50",)  # siamese_reid.model.embedding.LAST_STAGE_STRIDED_LAYERS
 
-    `choices` is "module:NAME", the dict (or tuple) of valid names in the module that
-    implements them.
-    """
+CHOICE_SOURCES = {
+    "LAYOUTS": "siamese_reid.data.datasets:LAYOUTS",
+    "CUHK03_SUBSETS": "siamese_reid.data.cuhk03:CUHK03_SUBSETS",
+    "MSMT17_VAL": "siamese_reid.data.msmt17:MSMT17_VAL",
+    "BACKBONES": "siamese_reid.model.embedding:BACKBONES",
+    "POOLINGS": "siamese_reid.model.embedding:POOLINGS",
+    "BRANCHES": "siamese_reid.model.siamese:BRANCHES",
+    "LOSSES": "siamese_reid.losses.triplet:LOSSES",
+    "LOSS_DISTANCE_METRICS": "siamese_reid.losses.distances:DISTANCE_METRICS",
+    "TRIPLET_FEATURES": "siamese_reid.model.training_model:TRIPLET_FEATURES",
+    "ERASING_FILLS": "siamese_reid.data.images:ERASING_FILLS",
+    "SAMPLERS": "siamese_reid.data.pipeline:SAMPLERS",
+    "OPTIMIZERS": "siamese_reid.training:OPTIMIZERS",
+    "SCHEDULES": "siamese_reid.training:SCHEDULES",
+    "PRECISIONS": "siamese_reid.precision:PRECISIONS",
+    "STRATEGIES": "siamese_reid.distribution:STRATEGIES",
+    "EVALUATION_METRICS": "siamese_reid.evaluation.distances:METRICS",
+    "AP_DEFINITIONS": "siamese_reid.evaluation.ranking:AP_DEFINITIONS",
+    "LAST_STAGE_STRIDED_LAYERS": "siamese_reid.model.embedding:LAST_STAGE_STRIDED_LAYERS",
+}
+
+
+def _field(default, *, choices=None, minimum=None, maximum=None):
+    """A dataclass field carrying its validation rule in metadata; `choices` is a tuple of the
+    valid names."""
     metadata = {"choices": choices, "minimum": minimum, "maximum": maximum}
     return dataclasses.field(default=default, metadata=metadata)
-
-
-def valid_names(reference):
-    """The valid names of a "module:NAME" choices reference, in the implementation's order."""
-    module_name, attribute = reference.split(":")
-    return list(getattr(importlib.import_module(module_name), attribute))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +80,7 @@ class ExtraTrainingSet:
     """One entry of data.extra_train: a dataset whose training split joins the main one's."""
 
     root: str = _field(dataclasses.MISSING)
-    layout: str = _field("market", choices="siamese_reid.data.datasets:LAYOUTS")
+    layout: str = _field("market", choices=LAYOUTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +89,9 @@ class DataConfig:
     train_dir: str | None = _field(None)
     query_dir: str | None = _field(None)
     gallery_dir: str | None = _field(None)
-    layout: str = _field("market", choices="siamese_reid.data.datasets:LAYOUTS")
-    cuhk03_subset: str = _field("detected", choices="siamese_reid.data.benchmarks:CUHK03_SUBSETS")
-    msmt17_val: str = _field("unused", choices="siamese_reid.data.benchmarks:MSMT17_VAL")
+    layout: str = _field("market", choices=LAYOUTS)
+    cuhk03_subset: str = _field("detected", choices=CUHK03_SUBSETS)
+    msmt17_val: str = _field("unused", choices=MSMT17_VAL)
     extra_train: tuple[ExtraTrainingSet, ...] = _field(())
     test_fraction: float = _field(0.5, minimum=0.05, maximum=0.95)
     # keras.applications backbones need at least 32x32 inputs.
@@ -85,26 +119,26 @@ class DemoConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = _field("vgg16", choices="siamese_reid.model.embedding:BACKBONES")
+    backbone: str = _field("vgg16", choices=BACKBONES)
     weights: str = _field("none")
     vgg_blocks: int = _field(3, minimum=1, maximum=5)
     last_stride: int = _field(2, minimum=1, maximum=2)
     freeze_blocks: int = _field(0, minimum=0, maximum=5)
-    pooling: str = _field("avg", choices="siamese_reid.model.embedding:POOLINGS")
+    pooling: str = _field("avg", choices=POOLINGS)
     stripes: int = _field(4, minimum=1, maximum=64)
     embedding_dim: int = _field(128, minimum=0)
     bnneck: bool = _field(True)
-    branches: str = _field("batched", choices="siamese_reid.model.siamese:BRANCHES")
+    branches: str = _field("batched", choices=BRANCHES)
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    name: str = _field("batch_hard", choices="siamese_reid.losses:LOSSES")
+    name: str = _field("batch_hard", choices=LOSSES)
     margin: float = _field(0.3, minimum=0.0)
     soft: bool = _field(False)
-    distance_metric: str = _field("L2", choices="siamese_reid.losses:DISTANCE_METRICS")
+    distance_metric: str = _field("L2", choices=LOSS_DISTANCE_METRICS)
     triplet_weight: float = _field(1.0, minimum=0.0)
-    triplet_feature: str = _field("embedding", choices="siamese_reid.model.training_model:TRIPLET_FEATURES")
+    triplet_feature: str = _field("embedding", choices=TRIPLET_FEATURES)
     id_weight: float = _field(0.0, minimum=0.0)
     label_smoothing: float = _field(0.1, minimum=0.0, maximum=1.0)
     center_weight: float = _field(0.0, minimum=0.0)
@@ -118,31 +152,31 @@ class AugmentConfig:
     pad: int = _field(4, minimum=0)
     random_erasing: bool = _field(False)
     erasing_probability: float = _field(0.5, minimum=0.0, maximum=1.0)
-    erasing_fill: str = _field("random", choices="siamese_reid.data.images:ERASING_FILLS")
+    erasing_fill: str = _field("random", choices=ERASING_FILLS)
     color_jitter: bool = _field(True)
     jitter_strength: float = _field(0.2, minimum=0.0, maximum=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    sampler: str = _field("pk", choices="siamese_reid.data.pipeline:SAMPLERS")
+    sampler: str = _field("pk", choices=SAMPLERS)
     identities_per_batch: int = _field(8, minimum=2)
     images_per_identity: int = _field(4, minimum=2)
     triplet_batch_size: int = _field(16, minimum=1)
     steps_per_epoch: int = _field(0, minimum=0)
     epochs: int = _field(150, minimum=1)
-    optimizer: str = _field("adam", choices="siamese_reid.training:OPTIMIZERS")
+    optimizer: str = _field("adam", choices=OPTIMIZERS)
     learning_rate: float = _field(3.0e-4, minimum=0.0)
     weight_decay: float = _field(0.0, minimum=0.0)
     warmup_epochs: int = _field(2, minimum=0)
-    schedule: str = _field("cosine", choices="siamese_reid.training:SCHEDULES")
+    schedule: str = _field("cosine", choices=SCHEDULES)
     # Epochs after which the multistep schedule multiplies the rate by lr_gamma.
     lr_milestones: tuple[int, ...] = _field((40, 70), minimum=1)
     lr_gamma: float = _field(0.1, minimum=0.0, maximum=1.0)
     seed: int = _field(0, minimum=0, maximum=2**32 - 1)
-    precision: str = _field("auto", choices="siamese_reid.precision:PRECISIONS")
+    precision: str = _field("auto", choices=PRECISIONS)
     xla: bool = _field(False)
-    strategy: str = _field("default", choices="siamese_reid.distribution:STRATEGIES")
+    strategy: str = _field("default", choices=STRATEGIES)
     # Logical CPU devices for the mirrored strategy (0 = use the GPUs, or the one CPU).
     cpu_replicas: int = _field(0, minimum=0, maximum=256)
 
@@ -151,10 +185,10 @@ class TrainingConfig:
 class EvaluationConfig:
     every_n_epochs: int = _field(10, minimum=0)
     batch_size: int = _field(64, minimum=1)
-    metric: str = _field("euclidean", choices="siamese_reid.evaluation.distances:METRICS")
+    metric: str = _field("euclidean", choices=EVALUATION_METRICS)
     flip_test: bool = _field(True)
     rerank: bool = _field(False)
-    ap_definition: str = _field("torchreid", choices="siamese_reid.evaluation.ranking:AP_DEFINITIONS")
+    ap_definition: str = _field("torchreid", choices=AP_DEFINITIONS)
     max_rank: int = _field(50, minimum=1)
     num_examples: int = _field(6, minimum=0)
     target_far: float = _field(0.01, minimum=0.0, maximum=1.0)
@@ -239,7 +273,7 @@ def _coerce(key, value, annotation, field):
         raise ReIDError(f"config key '{key}' must be a finite number, got {value!r}")
     rule = field.metadata
     if rule.get("choices"):
-        names = valid_names(rule["choices"])
+        names = list(rule["choices"])
         if value not in names:
             raise ReIDError(f"config key '{key}' must be one of {names}, got {value!r}" + _closest(str(value), names))
     if rule.get("minimum") is not None and value < rule["minimum"]:
@@ -317,7 +351,7 @@ def _check_recipe(model, loss, training):
         raise ReIDError("config keys 'loss.triplet_weight' and 'loss.id_weight' are both 0: set one of them above 0")
     if loss.triplet_feature == "pre_bnneck" and not model.bnneck:
         raise ReIDError("config key 'loss.triplet_feature' 'pre_bnneck' needs 'model.bnneck: true'")
-    strided = valid_names("siamese_reid.model.embedding:LAST_STAGE_STRIDED_LAYERS")
+    strided = list(LAST_STAGE_STRIDED_LAYERS)
     if model.last_stride == 1 and model.backbone not in strided:
         raise ReIDError(f"config key 'model.last_stride' 1 is implemented for model.backbone {strided} only")
     milestones = training.lr_milestones

@@ -45,7 +45,7 @@ from siamese_reid import reporting
 from siamese_reid.config import config_to_dict, load_config, replace, save_config
 from siamese_reid.data.datasets import dataset_name, read_dataset, read_extra_training
 from siamese_reid.data.demo import ensure_demo_dataset
-from siamese_reid.data.records import summarize_split
+from siamese_reid.data.readers import summarize_split
 from siamese_reid.data.scan import printable, scan_samples
 from siamese_reid.data.splits import person_samples, split_validation
 from siamese_reid.errors import ReIDError
@@ -328,9 +328,10 @@ def _report_sampling(train, training):
             )
 
 
-def _callbacks(tower, run_dir, evaluate, config, resuming):
+def _callbacks(tower, run_dir, evaluate, config, resuming, split):
     """The callbacks of `fit`; without periodic evaluation when `evaluate` is None (a worker
-    other than the chief: every worker runs the others, which read the same variables)."""
+    other than the chief: every worker runs the others, which read the same variables). `split`
+    ("val" or "test") names the scores of periodic evaluation."""
     import keras
 
     from siamese_reid.training import (
@@ -338,17 +339,22 @@ def _callbacks(tower, run_dir, evaluate, config, resuming):
         EmbeddingCheckpoint,
         HistoryLogger,
         PeriodicEvaluation,
+        RunClock,
         StopOnNonFiniteLoss,
+        evaluation_keys,
     )
 
     periods = (config.evaluation.every_n_epochs, config.training.epochs)
-    evaluation = [] if evaluate is None else [PeriodicEvaluation(evaluate, *periods)]
+    evaluation = [] if evaluate is None else [PeriodicEvaluation(evaluate, *periods, split=split)]
     return [
+        # first, so that an epoch's summary line is printed before its "epoch N: scoring..." line
+        keras.callbacks.ProgbarLogger(),
         StopOnNonFiniteLoss(),
         *evaluation,
-        EmbeddingCheckpoint(tower, run_dir, monitor="val_mAP"),
+        RunClock(config.training.epochs),  # after scoring, whose time counts in what is left
+        EmbeddingCheckpoint(tower, run_dir, monitor=f"{split}_mAP"),
         AtomicBackupAndRestore(str(Path(run_dir) / "backup")),
-        HistoryLogger(str(Path(run_dir) / "history.csv"), append=resuming),
+        HistoryLogger(str(Path(run_dir) / "history.csv"), append=resuming, extra_keys=evaluation_keys(split)),
         keras.callbacks.TensorBoard(str(Path(run_dir) / "tensorboard"), write_graph=False),
     ]
 
@@ -495,6 +501,7 @@ def _train(config, run_dir, strategy, resuming):
     from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
     from siamese_reid.model.training_model import fit_batches
     from siamese_reid.precision import resolve_precision
+    from siamese_reid.training import PeriodicEvaluation, monitored_history_split, peak_memory_gib
 
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.training.seed)
@@ -536,13 +543,23 @@ def _train(config, run_dir, strategy, resuming):
         )
     print(f"training {config.training.epochs} epochs of {steps} batches ({config.training.sampler} sampler)")
     started = time.time()
-    callbacks = _callbacks(tower, run_dir, scorer, config, resuming)
+    split = monitored_history_split(run_dir / "history.csv", data.has_validation)
+    callbacks = _callbacks(tower, run_dir, scorer, config, resuming, split)
     _fit(model, dataset, steps, config.training.epochs, callbacks, run_dir)
     elapsed = time.time() - started
-    print(f"training took {elapsed:.0f} s")
+    scoring = next((c.seconds for c in callbacks if isinstance(c, PeriodicEvaluation)), 0.0)
+    cost = {
+        "training_seconds": round(elapsed, 1),
+        "periodic_evaluation_seconds": round(scoring, 1),
+        "peak_memory_gib": round(peak_memory_gib(), 2),
+    }
+    print(
+        f"training took {elapsed:.0f} s, of which periodic evaluation {scoring:.0f} s "
+        f"({100 * scoring / max(elapsed, 1e-9):.1f}%); peak memory {cost['peak_memory_gib']:.2f} GiB"
+    )
     if not chief:
         return None
-    return _final_report(scorer.current_tower(), data, config, run_dir, {"training_seconds": elapsed}, scorer.latest)
+    return _final_report(scorer.current_tower(), data, config, run_dir, cost, scorer.latest)
 
 
 # Printed before the last silent stretch of a run (about 1 s on the demo, more on a busy machine).

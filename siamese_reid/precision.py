@@ -2,7 +2,7 @@
 
 bfloat16 has float32's range, so unlike float16 it needs no loss scaling: where the hardware
 computes it natively, mixed_bfloat16 is a free speed-up (1.67x float32 training on this project's
-AVX512_BF16 CPU, see README); where it does not, it is emulated and slower than float32.
+AVX512_BF16 CPU, see docs/benchmarks.md); where it does not, it is emulated and slower than float32.
 """
 
 from pathlib import Path

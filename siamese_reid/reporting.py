@@ -8,6 +8,7 @@ import csv
 import dataclasses
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # backend-free: works headless and shows inline in notebooks
 from PIL import Image
@@ -124,8 +125,12 @@ def _framed(path, color, size, width=4):
     return array
 
 
-def plot_retrieval_examples(query_indices, query_samples, gallery_samples, distances, top_k=5, identity_names=None):
-    """Query -> top-k gallery images; correct matches framed green, wrong ones red.
+def plot_retrieval_examples(
+    query_indices, query_samples, gallery_samples, distances, top_k=5, identity_names=None, chosen="chosen"
+):
+    """Query -> top-k gallery images; correct matches framed green, wrong ones red, under a
+    caption that says how many of the queries are shown, how they were `chosen` (e.g. "drawn
+    at random"), and what the colours mean.
 
     `distances` gives a query's row of distances as `distances[query_index]`: a matrix, or the
     rows the ranking was scored on (`Evaluation.rows`, or `analysis.run_distances` for a saved
@@ -158,12 +163,17 @@ def plot_retrieval_examples(query_indices, query_samples, gallery_samples, dista
                 axis.set_title(f"{column + 1}: id {name}\nd={distance:.3f}", fontsize=7)
         for axis in axes[row]:
             axis.axis("off")
+    figure.suptitle(
+        f"{rows} of {len(query_samples)} queries, {chosen}, and their top {top_k}\n"
+        "green frame: the same person (correct); red frame: another person (wrong)",
+        fontsize=8,
+    )
     figure.tight_layout()
     return figure
 
 
 def read_history(path):
-    """The training history CSV as {column: np.ndarray}; empty cells become NaN."""
+    """The training history CSV as {column: np.ndarray}; empty cells become NaN, epochs count from 1."""
     path = Path(path)
     if not path.is_file():
         return {}
@@ -171,7 +181,10 @@ def read_history(path):
         rows = list(csv.DictReader(handle))
     if not rows:
         return {}
-    return {key: np.array([_number(row.get(key)) for row in rows]) for key in rows[0]}
+    history = {key: np.array([_number(row.get(key)) for row in rows]) for key in rows[0]}
+    if "epoch" in history and history["epoch"][0] == 0:
+        history["epoch"] = history["epoch"] + 1  # written before epochs were numbered from 1
+    return history
 
 
 def _number(text):
@@ -197,7 +210,7 @@ def plot_loss_curves(history):
     indicators per epoch; None without a loss column."""
     if "loss" not in history:
         return None
-    epochs = history["epoch"] + 1
+    epochs = history["epoch"]
     figure, axes = _subplots(1, 2, figsize=(10, 4))
     loss_axis, stats_axis = axes[0]
     components = {key: label for key, label in _COMPONENT_LOSSES.items() if key in history}
@@ -227,15 +240,17 @@ def plot_loss_curves(history):
 
 
 def plot_retrieval_per_epoch(history, split_name="query / gallery"):
-    """Rank-1 and mAP of the epochs that were evaluated; None when none was."""
-    if "val_rank1" not in history or not np.isfinite(history["val_rank1"]).any():
+    """Rank-1 and mAP of the epochs that were evaluated, on `split_name`; None when none was.
+    Reads the columns of either split (val_* or test_*), whichever the run scored."""
+    split = next((split for split in ("val", "test") if f"{split}_rank1" in history), None)
+    if split is None or not np.isfinite(history[f"{split}_rank1"]).any():
         return None
-    finite = np.isfinite(history["val_rank1"])
-    epochs = history["epoch"][finite] + 1
+    finite = np.isfinite(history[f"{split}_rank1"])
+    epochs = history["epoch"][finite]
     figure, axes = _subplots(figsize=(6, 4))
     axis = axes[0, 0]
-    axis.plot(epochs, 100 * history["val_rank1"][finite], marker="o", label="rank-1")
-    axis.plot(epochs, 100 * history["val_mAP"][finite], marker="s", label="mAP")
+    axis.plot(epochs, 100 * history[f"{split}_rank1"][finite], marker="o", label="rank-1")
+    axis.plot(epochs, 100 * history[f"{split}_mAP"][finite], marker="s", label="mAP")
     axis.set(xlabel="epoch", ylabel="%", title=f"Retrieval on {split_name}", ylim=(0, 101))
     axis.grid(alpha=0.3)
     axis.legend()
@@ -405,6 +420,36 @@ def _search_legend(figure, colours_used):
     return 0 if not handles else 1 if one_row else len(handles)
 
 
+def describe_distance(distance):
+    """metrics.json's protocol.distance in words: "euclidean", or the name with its parameters."""
+    details = ", ".join(f"{key}={value}" for key, value in distance.items() if key != "name")
+    return f"{distance['name']} ({details})" if details else distance["name"]
+
+
+def plot_embedding_projection(points, pids):
+    """A 2-D projection of embeddings with one colour per identity (no colour is shared by two
+    identities), e.g. `analysis.project_2d` of a gallery. Returns the Figure.
+
+    Args:
+      points: float array of shape [num_images, 2].
+      pids: int array of shape [num_images], the identity of each point.
+    """
+    identities, colour_index = np.unique(pids, return_inverse=True)
+    # a seeded shuffle of evenly spaced hues: identities with adjacent numbers get distant hues
+    hues = np.random.default_rng(0).permutation(len(identities)) / max(len(identities), 1)
+    colours = matplotlib.colormaps["hsv"](hues)[colour_index]
+    figure, axes = _subplots(figsize=(6, 6))
+    axis = axes[0, 0]
+    axis.scatter(points[:, 0], points[:, 1], c=colours, s=12)
+    axis.set(
+        xlabel="first principal component",
+        ylabel="second principal component",
+        title=f"{len(points)} embeddings of {len(identities)} identities, one colour each",
+    )
+    figure.tight_layout()
+    return figure
+
+
 def protocol_record(settings, distance):
     """The protocol entry of metrics.json: what was really used to score."""
     return {
@@ -445,7 +490,12 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None, i
         rng = np.random.default_rng(0)
         chosen = rng.choice(len(query), min(settings.num_examples, len(query)), replace=False)
         figure = plot_retrieval_examples(
-            sorted(chosen.tolist()), query, gallery, evaluation.rows, identity_names=identity_names
+            sorted(chosen.tolist()),
+            query,
+            gallery,
+            evaluation.rows,
+            identity_names=identity_names,
+            chosen="drawn at random (seed 0)",
         )
         save_figure(figure, output_dir / "retrieval_examples.png", dpi=110)
     save_embeddings(output_dir / "query_embeddings.npz", evaluation.query_features, query)

@@ -5,6 +5,8 @@ callbacks is three small callbacks below.
 """
 
 import json
+import resource
+import time
 from pathlib import Path
 
 import keras
@@ -151,52 +153,80 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):
-    """Adds val_rank1 / val_mAP / val_mINP to the epoch logs every `every_n_epochs` epochs.
+    """Adds <split>_rank1 / <split>_mAP / <split>_mINP to the epoch logs every `every_n_epochs`
+    epochs, named for the split scored ("val" or "test"), so the progress bar, history.csv and
+    the plots say which split a score comes from.
 
     Args:
       evaluate: function of the 0-based epoch returning a metrics dict (rank1, mAP, mINP);
         it reports the result itself.
       every_n_epochs: evaluation period; the last epoch is always evaluated.
       total_epochs: number of epochs of the run.
+      split: "val" (held-out training identities) or "test" (query / gallery).
     """
 
-    def __init__(self, evaluate, every_n_epochs, total_epochs):
+    def __init__(self, evaluate, every_n_epochs, total_epochs, split="val"):
         super().__init__()
         self.evaluate = evaluate
         self.every_n_epochs = every_n_epochs
         self.total_epochs = total_epochs
+        self.split = split
+        self.seconds = 0.0  # spent scoring, for the report: periodic evaluation must stay cheap
 
     def on_epoch_end(self, epoch, logs=None):
-        keys = ("rank1", "mAP", "mINP")
         is_last = epoch + 1 == self.total_epochs
         if not is_last and (self.every_n_epochs == 0 or (epoch + 1) % self.every_n_epochs):
-            return  # no val_* entries: the progress bar shows only what was computed
+            return  # no entries: the progress bar shows only what was computed
+        started = time.monotonic()
         metrics = self.evaluate(epoch)
+        self.seconds += time.monotonic() - started
         if logs is not None:
-            logs.update({f"val_{key}": metrics[key] for key in keys})
+            logs.update(dict(zip(evaluation_keys(self.split), (metrics[key] for key in RANKING_KEYS), strict=True)))
 
 
-# What PeriodicEvaluation adds to the logs of the epochs it evaluates.
-EVALUATION_KEYS = ("val_rank1", "val_mAP", "val_mINP")
+RANKING_KEYS = ("rank1", "mAP", "mINP")
+
+
+def evaluation_keys(split):
+    """What PeriodicEvaluation adds to the logs of the epochs it evaluates on `split`."""
+    return tuple(f"{split}_{key}" for key in RANKING_KEYS)
+
+
+def monitored_history_split(history_path, has_validation):
+    """"val" with a validation split, else "test"; a run folder written before scores were
+    named for their split keeps "val" for its test scores, so a resumed history.csv keeps one
+    set of columns."""
+    if not has_validation and Path(history_path).is_file():
+        header = Path(history_path).read_text().partition("\n")[0].split(",")
+        if "val_mAP" in header:
+            return "val"
+    return "val" if has_validation else "test"
 
 
 class HistoryLogger(keras.callbacks.CSVLogger):
-    """keras.callbacks.CSVLogger with its columns fixed up front, evaluation ones included.
+    """keras.callbacks.CSVLogger with its columns fixed up front, evaluation ones included, and
+    epochs numbered from 1 as on the console and in best.json.
 
     CSVLogger takes its columns from the first epoch's logs; periodic evaluation adds its
     metrics only to the epochs it evaluates, so they are declared here and written as "NA" in
     the other epochs (instead of NaN entries in every epoch's logs, which the progress bar
-    would print as if the run had diverged).
+    would print as if the run had diverged). A file written before epochs were numbered from 1
+    (its first epoch is 0) keeps its numbering when a resumed run appends to it.
     """
 
-    def __init__(self, filename, append=False, extra_keys=EVALUATION_KEYS):
+    def __init__(self, filename, append=False, extra_keys=evaluation_keys("val")):
         super().__init__(filename, append=append)
         self.extra_keys = extra_keys
+        self.first_epoch_number = 1
+        if append and Path(filename).is_file():
+            rows = Path(filename).read_text().splitlines()
+            if len(rows) > 1 and rows[1].split(",")[0] == "0":
+                self.first_epoch_number = 0
 
     def on_epoch_end(self, epoch, logs=None):
         if self.keys is None:
             self.keys = sorted(set(logs or {}) | set(self.extra_keys))
-        super().on_epoch_end(epoch, logs)
+        super().on_epoch_end(epoch + self.first_epoch_number, logs)
 
 
 class EmbeddingCheckpoint(keras.callbacks.Callback):
@@ -206,8 +236,8 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
     when `data.validation_fraction` holds one out, else query/gallery, i.e. test data, and
     then it is for monitoring, not for reporting results.
 
-    The monitored value is `monitor`: "val_mAP" (higher is better; epochs without evaluation
-    are skipped) with `PeriodicEvaluation`, else "loss" (lower is better).
+    The monitored value is `monitor`: "val_mAP" or "test_mAP" (higher is better; epochs without
+    evaluation are skipped) with `PeriodicEvaluation`, else "loss" (lower is better).
 
     The files hold the tower alone, uncompiled: no optimizer state (the resumable state is in
     backup/) and no reference to this package's loss and metric functions, so
@@ -232,7 +262,7 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self._save("last.keras")
-        key, sign = self.monitor, (1.0 if self.monitor.startswith("val_") else -1.0)
+        key, sign = self.monitor, (1.0 if self.monitor.endswith("_mAP") else -1.0)
         value = float(logs.get(key, np.nan))
         if not np.isfinite(value):
             return
@@ -270,3 +300,46 @@ def resume_epoch(backup_dir):
     if not metadata.exists():
         return 0
     return int(json.loads(metadata.read_text()).get("epoch", 0))
+
+
+def peak_memory_gib():
+    """The largest resident memory this process has held so far, in GiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def format_duration(seconds):
+    """'42 s', '17 min' or '1 h 05 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class RunClock(keras.callbacks.Callback):
+    """Prints, after each epoch, how long it took and how long the run has left, from the mean
+    epoch of this session (periodic evaluation included: place it after PeriodicEvaluation), so a
+    run of hours says when it will end. A resumed run counts from its first new epoch."""
+
+    def __init__(self, total_epochs):
+        super().__init__()
+        self.total_epochs = total_epochs
+        self.first_epoch = None
+
+    def on_train_begin(self, logs=None):
+        self.started = self.epoch_started = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+        self.epoch_started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        epochs_left = self.total_epochs - epoch - 1
+        mean_epoch = (now - self.started) / (epoch + 1 - self.first_epoch)
+        line = f"epoch {epoch + 1}/{self.total_epochs} took {format_duration(now - self.epoch_started)}"
+        if epochs_left:
+            left = epochs_left * mean_epoch
+            finish = time.strftime("%H:%M", time.localtime(time.time() + left))
+            line += f"; about {format_duration(left)} left (done near {finish})"
+        print(line, flush=True)

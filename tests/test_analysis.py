@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from siamese_reid.analysis import project_2d, worst_queries
-from siamese_reid.data.records import Sample
+from siamese_reid.data.readers import Sample
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.threshold import accept_rates, fit_threshold, pair_distances
 

@@ -254,3 +254,29 @@ def test_a_run_saved_before_stripes_existed_keeps_its_global_pooling(tmp_path):
     # a short hand-written config gets today's default
     (tmp_path / "short.yaml").write_text("model:\n  pooling: gem\n")
     assert load_config(tmp_path / "short.yaml").model.stripes == Config().model.stripes == 4
+
+
+def test_loading_a_config_imports_no_tensorflow():
+    # a config is plain data: a notebook, a service or a CLI that only reads one starts at once
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from siamese_reid.config import load_config; "
+        f"load_config({str(PROJECT_ROOT / 'config.yaml')!r}, ['model.backbone=resnet50']); "
+        "print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_choice_names_of_the_config_are_those_of_the_code():
+    import importlib
+
+    from siamese_reid import config
+
+    for constant, source in config.CHOICE_SOURCES.items():
+        module_name, attribute = source.split(":")
+        implemented = tuple(getattr(importlib.import_module(module_name), attribute))
+        assert getattr(config, constant) == implemented, constant

@@ -5,7 +5,7 @@ import tensorflow as tf
 from siamese_reid.config import AugmentConfig
 from siamese_reid.data import images, samplers
 from siamese_reid.data.pipeline import inference_dataset, pk_dataset, triplet_dataset
-from siamese_reid.data.records import read_market_folder
+from siamese_reid.data.readers import read_market_folder
 from siamese_reid.errors import ReIDError
 from tests.conftest import write_image
 

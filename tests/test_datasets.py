@@ -1,5 +1,5 @@
-"""MSMT17, CUHK03-NP and several datasets in one training run, on tiny trees in each release's
-exact layout. Expected records are written out from what each fixture put on disk, not derived
+"""read_dataset over every layout (MSMT17, CUHK03-NP) and several datasets in one training
+run, on tiny trees in each release's exact layout. Expected records are written out from what each fixture put on disk, not derived
 with the readers' own code."""
 
 import json

@@ -8,7 +8,7 @@ import pytest
 from siamese_reid.config import DataConfig, DemoConfig
 from siamese_reid.data.datasets import read_dataset
 from siamese_reid.data.demo import ensure_demo_dataset, generate_demo_dataset
-from siamese_reid.data.records import summarize_split
+from siamese_reid.data.readers import summarize_split
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.baselines import colour_histogram_features
 from siamese_reid.evaluation.distances import compute_distances

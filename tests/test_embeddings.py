@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from siamese_reid.data.records import Sample
+from siamese_reid.data.readers import Sample
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.embeddings import load_embeddings, save_embeddings
 
@@ -23,7 +23,7 @@ def test_embeddings_round_trip_without_pickle(tmp_path):
 def test_flip_test_embedding_is_the_normalised_mean_of_image_and_mirror(tiny_demo, batch_size, tmp_path):
     from siamese_reid.config import ModelConfig
     from siamese_reid.data.images import decode_image
-    from siamese_reid.data.records import read_market_folder
+    from siamese_reid.data.readers import read_market_folder
     from siamese_reid.evaluation.embeddings import extract_embeddings
     from siamese_reid.model.embedding import build_embedding_model
 
@@ -50,7 +50,7 @@ def test_an_evaluated_model_is_not_kept_alive(tiny_demo):
     import weakref
 
     from siamese_reid.config import ModelConfig
-    from siamese_reid.data.records import read_market_folder
+    from siamese_reid.data.readers import read_market_folder
     from siamese_reid.evaluation.embeddings import extract_embeddings
     from siamese_reid.model.embedding import build_embedding_model
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from siamese_reid.data.pipeline import inference_dataset
-from siamese_reid.data.records import Sample
+from siamese_reid.data.readers import Sample
 from siamese_reid.data.scan import scan_samples
 
 HEIGHT, WIDTH = 5, 7  # an odd width, so rows need padding to 4 bytes

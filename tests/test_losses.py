@@ -205,7 +205,7 @@ def test_identities_above_two_to_the_24_stay_apart():
 
     from siamese_reid.config import AugmentConfig, TrainingConfig
     from siamese_reid.data.pipeline import training_dataset
-    from siamese_reid.data.records import Sample
+    from siamese_reid.data.readers import Sample
     from tests.conftest import write_image
 
     with tempfile.TemporaryDirectory() as folder:

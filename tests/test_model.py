@@ -326,7 +326,7 @@ def test_the_triplet_loss_is_computed_on_the_pre_bn_feature():
 
 
 def test_identity_centres_move_by_one_sgd_step_per_batch_as_defined():
-    from siamese_reid.identity_losses import CenterLoss
+    from siamese_reid.losses.identity import CenterLoss
     from siamese_reid.model.training_model import build_pk_training_model
 
     tower = bnneck_tower()
@@ -349,7 +349,7 @@ def test_identity_centres_move_by_one_sgd_step_per_batch_as_defined():
 
 
 def test_the_saved_tower_holds_no_classifier_or_centres_and_loads_with_plain_keras(tmp_path):
-    from siamese_reid.identity_losses import CenterLoss, LabelSmoothedCrossEntropy
+    from siamese_reid.losses.identity import CenterLoss, LabelSmoothedCrossEntropy
     from siamese_reid.losses import TripletHardLoss
     from siamese_reid.model.training_model import build_pk_training_model, fit_batches
     from siamese_reid.training import EmbeddingCheckpoint
@@ -387,7 +387,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import dataclasses, keras
 from siamese_reid.config import ModelConfig
-from siamese_reid.identity_losses import CenterLoss, center_update
+from siamese_reid.losses.identity import CenterLoss, center_update
 from siamese_reid.model import build_embedding_model
 from siamese_reid.model.training_model import build_pk_training_model
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

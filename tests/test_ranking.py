@@ -218,7 +218,7 @@ def test_an_image_in_both_query_and_gallery_never_matches_itself(tmp_path):
     # Folders layout with --query_dir and --gallery_dir at the same folder: query camera 1,
     # gallery camera 2, so without this rule every query found itself at distance 0.
     from siamese_reid.config import EvaluationConfig
-    from siamese_reid.data.records import Sample
+    from siamese_reid.data.readers import Sample
     from siamese_reid.evaluation import evaluate_features
 
     rng = np.random.default_rng(0)
@@ -382,7 +382,7 @@ def test_many_queries_with_thousands_of_matches_stay_within_budget():
 def test_same_image_pairs_see_through_linked_folders_files_and_relative_paths(tmp_path, monkeypatch):
     import os
 
-    from siamese_reid.data.records import Sample
+    from siamese_reid.data.readers import Sample
     from siamese_reid.evaluation.evaluator import same_image_pairs
 
     images = tmp_path / "images"

@@ -11,7 +11,7 @@ import pytest
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation import evaluate_ranking, rerank_distances
-from siamese_reid.evaluation.ranking import rank_distance_rows
+from siamese_reid.evaluation.ranking import evaluate_ranking
 from siamese_reid.evaluation.rerank import KReciprocalReranker, _nearest_neighbours
 
 
@@ -155,7 +155,7 @@ def test_ranking_metrics_on_reranked_distances_equal_the_dense_algorithms():
     reranker.rows_per_block = 7  # streamed in blocks that do not divide the 60 queries
     for got in (
         evaluate_ranking(rerank_distances(query, gallery), *labels, max_rank=20),
-        rank_distance_rows(reranker, *labels, max_rank=20),
+        evaluate_ranking(reranker, *labels, max_rank=20),
     ):
         np.testing.assert_array_equal(got.cmc, expected.cmc)
         np.testing.assert_allclose([got.mean_ap, got.mean_inp], [expected.mean_ap, expected.mean_inp], atol=1e-12)

@@ -13,7 +13,7 @@ import pytest
 
 from siamese_reid import experiment
 from siamese_reid.config import load_config
-from siamese_reid.data.records import read_market_folder
+from siamese_reid.data.readers import read_market_folder
 from siamese_reid.errors import ReIDError
 from tests.conftest import PROJECT_ROOT
 
@@ -96,7 +96,7 @@ def test_training_improves_retrieval_on_held_out_identities(tmp_path):
     ):
         assert (run_dir / name).is_file(), name
     assert set(metrics) >= {"rank1", "rank5", "rank10", "mAP", "mINP", "num_queries", "num_gallery", "protocol"}
-    assert "val_mAP" in history.dtype.names
+    assert "test_mAP" in history.dtype.names and "val_mAP" not in history.dtype.names  # scored on query/gallery
 
 
 TINY = ["training.epochs=1", "training.identities_per_batch=4", "training.images_per_identity=2"]
@@ -237,7 +237,7 @@ def test_resume_after_kill_continues_with_the_right_epoch(tmp_path, tiny_demo):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resuming from the end of epoch {killed_at}" in result.stdout
     history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
-    assert list(history["epoch"].astype(int)) == list(range(4))  # no epoch lost, none repeated
+    assert list(history["epoch"].astype(int)) == [1, 2, 3, 4]  # no epoch lost, none repeated
     assert (run_dir / "metrics.json").is_file()
     again = resume(run_dir)
     assert again.returncode == 2 and "already finished" in again.stderr
@@ -445,14 +445,26 @@ def test_queries_without_any_possible_match_fail_before_training(tmp_path):
 
 def test_epochs_without_evaluation_show_no_nan_and_history_keeps_the_columns(tmp_path, tiny_demo, capsys):
     # `val_rank1: nan` in the progress bar read like a diverged loss to a newcomer
-    _, run_dir = run_train(
+    metrics, run_dir = run_train(
         tmp_path, FAST + demo_settings(tiny_demo) + TINY + ["training.epochs=3", "evaluation.every_n_epochs=2"]
     )
     output = capsys.readouterr().out
+    # a long run says how long it has left, what scoring cost and how much memory it took
+    assert "epoch 1/3 took" in output and "left (done near" in output and "epoch 3/3 took" in output
+    assert 0 < metrics["periodic_evaluation_seconds"] < metrics["training_seconds"]
+    assert 0.1 < metrics["peak_memory_gib"] < 24
     assert "nan" not in output.lower()
     history = reporting_history(run_dir)
-    assert list(np.isfinite(history["val_mAP"])) == [False, True, True]  # epochs 2 and 3 (the last)
-    assert json.loads((run_dir / "best.json").read_text())["epoch"] in (2, 3)
+    # no validation split: the scores are named for the test split they come from
+    assert list(np.isfinite(history["test_mAP"])) == [False, True, True]  # epochs 2 and 3 (the last)
+    assert list(history["epoch"]) == [1, 2, 3]  # numbered as on the console and in best.json
+    best = json.loads((run_dir / "best.json").read_text())
+    assert history["test_mAP"][best["epoch"] - 1] == pytest.approx(best["test_mAP"])
+    # each epoch's summary line comes before its scoring line
+    lines = output.splitlines()
+    scoring = next(index for index, line in enumerate(lines) if line.startswith("epoch 2: scoring on"))
+    assert "loss" in lines[scoring - 1] or "loss" in lines[scoring - 2], lines[: scoring + 1]
+    assert lines.index("Epoch 3/3") > scoring
 
 
 def reporting_history(run_dir):
@@ -528,3 +540,37 @@ def test_every_strong_baseline_trick_at_once_trains_and_saves_the_tower_alone(tm
     backbone = next(layer for layer in saved.layers if isinstance(layer, keras.Model))
     assert backbone.output.shape[1:3] == (4, 2)  # last stride 1 at 64x32 (2x1 with stride 2)
     assert 0.0 <= metrics["mAP"] <= 1.0
+
+
+def test_a_history_written_by_an_older_version_keeps_its_columns_and_numbering(tmp_path):
+    # epochs numbered from 0 and test scores named val_*: a resumed run appends rows like them
+    from siamese_reid.training import HistoryLogger, monitored_history_split
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_mAP,val_mINP,val_rank1\n0,1.0,NA,NA,NA\n1,0.9,0.5,0.1,0.6\n")
+    split = monitored_history_split(path, has_validation=False)
+    assert split == "val"
+    logger = HistoryLogger(str(path), append=True, extra_keys=(f"{split}_mAP", f"{split}_mINP", f"{split}_rank1"))
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"loss": 0.8})
+    logger.on_train_end()
+    assert path.read_text().splitlines()[-1].split(",")[:3] == ["2", "0.8", "NA"]
+    assert list(reporting_history(tmp_path.parent / tmp_path.name)["epoch"]) == [1, 2, 3]
+    assert monitored_history_split(tmp_path / "new.csv", has_validation=False) == "test"
+    assert monitored_history_split(path, has_validation=True) == "val"
+
+
+def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, capsys):
+    from siamese_reid import training
+
+    now = iter([100.0, 100.0, 160.0, 160.0, 300.0])  # epochs of 60 s and 140 s: a mean of 100 s
+    monkeypatch.setattr(training.time, "monotonic", lambda: next(now))
+    clock = training.RunClock(total_epochs=12)
+    clock.on_train_begin()
+    for epoch in (0, 1):
+        clock.on_epoch_begin(epoch)
+        clock.on_epoch_end(epoch)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("epoch 1/12 took 60 s; about 11 min left")  # 11 epochs x 60 s
+    assert lines[1].startswith("epoch 2/12 took 2 min; about 17 min left")  # 10 epochs x 100 s
+    assert training.format_duration(3900) == "1 h 05 min"

@@ -26,7 +26,7 @@ def main(argv=None):
     parser.add_argument("--weights", default=None, help="an embedding model file (.keras)")
     add_common_arguments(parser)
     arguments = parser.parse_args(argv)
-    import_tensorflow_quietly()  # config validation reads names from modules that import it
+    import_tensorflow_quietly()  # before the library imports it, without its start-up noise
     if bool(arguments.run) == bool(arguments.weights):
         raise ReIDError("give exactly one of --run RUN_DIR or --weights MODEL.keras")
     if arguments.run:

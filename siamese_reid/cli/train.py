@@ -20,7 +20,7 @@ def main(argv=None):
     add_common_arguments(parser)
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     arguments = parser.parse_args(argv)
-    # config validation reads names from modules that import TensorFlow
+    # TensorFlow first, without its start-up noise; a bad config still fails before any training
     if not import_tensorflow_quietly():
         print("note: no GPU found; training on the CPU")
     if arguments.resume:

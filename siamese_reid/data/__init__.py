@@ -1,13 +1,14 @@
-"""Data: records -> splits -> samplers -> tf.data.
+"""Data: readers -> splits -> samplers -> tf.data.
 
 Readers, splits, samplers and the demo dataset are pure Python and numpy; the tf.data
 pipeline and image ops need TensorFlow and are imported on first use.
 """
 
-from siamese_reid.data.benchmarks import read_cuhk03_np, read_msmt17
+from siamese_reid.data.cuhk03 import read_cuhk03_np
+from siamese_reid.data.msmt17 import read_msmt17
 from siamese_reid.data.datasets import LAYOUTS, read_dataset, read_extra_training
 from siamese_reid.data.demo import ensure_demo_dataset, generate_demo_dataset
-from siamese_reid.data.records import (
+from siamese_reid.data.readers import (
     DatasetSplits,
     Sample,
     parse_market_name,

@@ -11,8 +11,9 @@ import dataclasses
 from pathlib import Path
 from typing import NamedTuple
 
-from siamese_reid.data.benchmarks import guess_layout, read_cuhk03_np, read_msmt17
-from siamese_reid.data.records import (
+from siamese_reid.data.cuhk03 import CUHK03_SUBSETS, read_cuhk03_np
+from siamese_reid.data.msmt17 import MSMT17_VERSIONS, read_msmt17
+from siamese_reid.data.readers import (
     assign_split_cameras,
     read_folders_dataset,
     read_identity_folders,
@@ -29,6 +30,18 @@ def _read_market(data, need_train):
         if layout is None:
             raise
         raise ReIDError(f"{error}; '{data.root}' looks like data.layout {layout}: set data.layout={layout}") from None
+
+
+def guess_layout(root):
+    """The layout ("msmt17" or "cuhk03_np") whose release `root` looks like, else None (for hints)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return None
+    if (root / "list_train.txt").is_file() or any((root / version).is_dir() for version in MSMT17_VERSIONS):
+        return "msmt17"
+    if any((root / subset / "bounding_box_train").is_dir() for subset in CUHK03_SUBSETS):
+        return "cuhk03_np"
+    return None
 
 
 # data.layout -> reader(data section, need_train) -> DatasetSplits

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from siamese_reid.data.records import Sample
+from siamese_reid.data.readers import Sample
 from siamese_reid.files import write_atomically
 
 TF_DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}

@@ -10,7 +10,7 @@
 
 import numpy as np
 
-from siamese_reid.data.records import Sample
+from siamese_reid.data.readers import Sample
 from siamese_reid.errors import ReIDError
 
 JUNK_PID = -1

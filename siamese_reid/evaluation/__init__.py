@@ -18,7 +18,6 @@ from siamese_reid.evaluation.ranking import (
     evaluate_embeddings,
     evaluate_ranking,
     protocol_gallery_mask,
-    rank_distance_rows,
     top_k_gallery,
 )
 from siamese_reid.evaluation.rerank import KReciprocalReranker, rerank_distances
@@ -39,7 +38,6 @@ __all__ = [
     "evaluate_model",
     "evaluate_ranking",
     "protocol_gallery_mask",
-    "rank_distance_rows",
     "rerank_distances",
     "scoring_distance_rows",
     "top_k_gallery",

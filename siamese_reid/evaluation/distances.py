@@ -215,27 +215,22 @@ def compute_distances(query_features, gallery_features, metric="euclidean", chun
     return output
 
 
-class MatrixRows:
-    """A whole distance matrix behind the row interface of `QueryGalleryDistances`."""
+class MatrixRows(DistanceRows):
+    """A whole distance matrix behind the row interface of `QueryGalleryDistances`, read
+    `rows_per_block` rows at a time (2**25 distances by default, so a check of one block's
+    values never copies the whole matrix)."""
 
     def __init__(self, matrix, rows_per_block=None):
         self.matrix = np.asarray(matrix)
-        self.rows_per_block = rows_per_block or max(1, 2**25 // max(self.matrix.shape[1], 1))
-
-    @property
-    def shape(self):
-        return self.matrix.shape
-
-    def __len__(self):
-        return len(self.matrix)
-
-    def __getitem__(self, query_index):
-        return self.matrix[query_index]
+        if self.matrix.ndim != 2:
+            raise ReIDError(f"distances must be a 2-D [queries, gallery] array, got shape {self.matrix.shape}")
+        self.num_query, self.num_gallery = self.matrix.shape
+        self.rows_per_block = rows_per_block or max(1, 2**25 // max(self.num_gallery, 1))
 
     def distances(self, start, stop):
         return self.matrix[start:stop]
 
 
-def as_rows(distances):
+def as_rows(distances, rows_per_block=None):
     """`distances` with the row interface: row objects as they are, a matrix wrapped."""
-    return distances if hasattr(distances, "rows_per_block") else MatrixRows(distances)
+    return distances if hasattr(distances, "rows_per_block") else MatrixRows(distances, rows_per_block)

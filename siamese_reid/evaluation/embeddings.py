@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from siamese_reid.console import progress_bar
 from siamese_reid.data.pipeline import inference_dataset
-from siamese_reid.data.records import Sample
+from siamese_reid.data.readers import Sample
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_atomically
 

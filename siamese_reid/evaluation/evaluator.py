@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from siamese_reid.evaluation.distances import QueryGalleryDistances
-from siamese_reid.evaluation.ranking import RankingResult, evaluate_embeddings, rank_distance_rows
+from siamese_reid.evaluation.ranking import RankingResult, evaluate_embeddings, evaluate_ranking
 from siamese_reid.evaluation.rerank import RERANK_PARAMETERS, KReciprocalReranker
 
 RERANKED = "k-reciprocal re-ranking"
@@ -94,7 +94,7 @@ def evaluate_features(query_features, gallery_features, query_samples, gallery_s
     pairs = same_image_pairs(query_samples, gallery_samples)
     rows = scoring_distance_rows(query_features, gallery_features, settings.metric, settings.rerank, verbose=verbose)
     if settings.rerank:
-        ranking = rank_distance_rows(rows, *labels, settings.max_rank, settings.ap_definition, pairs)
+        ranking = evaluate_ranking(rows, *labels, settings.max_rank, settings.ap_definition, same_image_pairs=pairs)
     else:
         ranking = evaluate_embeddings(
             query_features,

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from siamese_reid.errors import ReIDError
-from siamese_reid.evaluation.distances import DEFAULT_MEMORY_BUDGET_BYTES, QueryGalleryDistances
+from siamese_reid.evaluation.distances import DEFAULT_MEMORY_BUDGET_BYTES, QueryGalleryDistances, as_rows
 
 # Bytes a query block holds per true match while it is ranked: its column (int64), distance
 # (float32), column in ranking order (int64) and count of images before it (int64), and slack.
@@ -40,9 +40,7 @@ class RankingResult:
     query_first_match_ranks: np.ndarray
 
 
-def _check_inputs(shape, ndim, query_pids, gallery_pids, query_camids, gallery_camids):
-    if ndim != 2:
-        raise ReIDError(f"distances must be a 2-D [queries, gallery] array, got shape {shape}")
+def _check_inputs(shape, query_pids, gallery_pids, query_camids, gallery_camids):
     num_query, num_gallery = shape
     if num_query == 0 or num_gallery == 0:
         raise ReIDError(f"empty query or gallery set (distances of shape {shape})")
@@ -255,7 +253,7 @@ def evaluate_ranking(
     chunk_size=None,
     same_image_pairs=None,
 ):
-    """Evaluates a query x gallery distance matrix under the Market-1501 protocol.
+    """Evaluates query x gallery distances under the Market-1501 protocol, block by block.
 
     Protocol, for each query:
       * gallery images of the same identity taken by the same camera are ignored: re-ID asks
@@ -268,13 +266,16 @@ def evaluate_ranking(
       * tied distances keep gallery order (the earlier gallery image ranks first).
 
     Args:
-      distances: float array [num_query, num_gallery]; smaller means more similar.
+      distances: float array [num_query, num_gallery], or distances computed on demand: any
+        object with `shape`, `rows_per_block` and `distances(start, stop)`, such as
+        `QueryGalleryDistances` or a re-ranker (no query x gallery matrix is then held).
+        Smaller means more similar.
       query_pids, gallery_pids: int arrays [num_query], [num_gallery].
       query_camids, gallery_camids: int arrays, same shapes.
       max_rank: length of the CMC curve (may exceed the gallery size).
       ap_definition: a key of `AP_DEFINITIONS`: "torchreid" (mean precision at each match)
         or "market_official" (the official Market-1501 code's trapezoid rule).
-      chunk_size: queries checked for NaN together (bounds that check's temporary).
+      chunk_size: with a matrix, queries ranked together (bounds each block's temporaries).
       same_image_pairs: optional int array [n, 2] of (query index, gallery index) pairs that
         are the same image file (a folder used as both query and gallery): each is ignored for
         its query, so no image ever counts as its own match.
@@ -286,16 +287,15 @@ def evaluate_ranking(
     Reference: Zheng et al., Scalable Person Re-identification: A Benchmark, ICCV 2015;
     Ye et al., Deep Learning for Person Re-identification: A Survey and Outlook, TPAMI 2021.
     """
-    distances = np.asarray(distances)
+    rows = as_rows(distances, chunk_size)
     query_pids, gallery_pids = np.asarray(query_pids), np.asarray(gallery_pids)
     query_camids, gallery_camids = np.asarray(query_camids), np.asarray(gallery_camids)
-    _check_inputs(distances.shape, distances.ndim, query_pids, gallery_pids, query_camids, gallery_camids)
+    _check_inputs(rows.shape, query_pids, gallery_pids, query_camids, gallery_camids)
     accumulator = _accumulator(
         query_pids, gallery_pids, query_camids, gallery_camids, max_rank, ap_definition, same_image_pairs
     )
-    chunk_size = chunk_size or max(1, 2**25 // distances.shape[1])
-    for start in range(0, len(query_pids), chunk_size):
-        accumulator.add_rows(start, distances[start : start + chunk_size])
+    for start in range(0, rows.shape[0], rows.rows_per_block):
+        accumulator.add_rows(start, rows.distances(start, start + rows.rows_per_block))
     return accumulator.result()
 
 
@@ -328,7 +328,7 @@ def evaluate_embeddings(
     distances = QueryGalleryDistances(query_features, gallery_features, metric, memory_budget_bytes)
     query_pids, gallery_pids = np.asarray(query_pids), np.asarray(gallery_pids)
     query_camids, gallery_camids = np.asarray(query_camids), np.asarray(gallery_camids)
-    _check_inputs(distances.shape, 2, query_pids, gallery_pids, query_camids, gallery_camids)
+    _check_inputs(distances.shape, query_pids, gallery_pids, query_camids, gallery_camids)
     accumulator = _accumulator(
         query_pids, gallery_pids, query_camids, gallery_camids, max_rank, ap_definition, same_image_pairs
     )
@@ -378,21 +378,6 @@ def _count_row_slice(accumulator, index, sorted_matches, matches, row, gallery_s
     nearer = np.flatnonzero(row <= sorted_matches[0][-1])
     others = accumulator.non_matches(nearer + gallery_start, matches, index)
     return _count_before(*sorted_matches, row[others - gallery_start], others)
-
-
-def rank_distance_rows(
-    rows, query_pids, gallery_pids, query_camids, gallery_camids, max_rank=50, ap_definition="torchreid", pairs=None
-):
-    """Ranks distances that `rows` computes block by block: any object with `shape`,
-    `rows_per_block` and `distances(start, stop)`, such as `QueryGalleryDistances` or a
-    re-ranker. Args and result as `evaluate_ranking`."""
-    query_pids, gallery_pids = np.asarray(query_pids), np.asarray(gallery_pids)
-    query_camids, gallery_camids = np.asarray(query_camids), np.asarray(gallery_camids)
-    _check_inputs(rows.shape, 2, query_pids, gallery_pids, query_camids, gallery_camids)
-    accumulator = _accumulator(query_pids, gallery_pids, query_camids, gallery_camids, max_rank, ap_definition, pairs)
-    for start in range(0, rows.shape[0], rows.rows_per_block):
-        accumulator.add_rows(start, rows.distances(start, start + rows.rows_per_block))
-    return accumulator.result()
 
 
 def protocol_gallery_mask(query_pid, query_camid, gallery_pids, gallery_camids):

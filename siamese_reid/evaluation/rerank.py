@@ -11,7 +11,7 @@ N = Q + G images (exact search with faiss) and from each image's farthest distan
 - time is two exact passes over the N x N distances (faiss for the neighbours, BLAS blocks for
   the row maxima) plus work proportional to the non-zeros and to Q x G.
 
-Measured sizes and times are in README.md (benchmarks/bench_rerank.py).
+Measured sizes and times are in docs/benchmarks.md (benchmarks/bench_rerank.py).
 
 Reference: Zhong et al., Re-ranking Person Re-identification with k-reciprocal Encoding,
 https://arxiv.org/abs/1701.08398 (authors' code: github.com/zhunzhong07/person-re-ranking)
@@ -179,7 +179,7 @@ class KReciprocalReranker(DistanceRows):
     encodings with local query expansion); `distances(start, stop)` then gives the re-ranked
     distances of queries [start, stop) to the whole gallery. It has the row interface of
     `QueryGalleryDistances` (`shape`, `rows_per_block`, `distances`, `rows[query_index]`), so
-    `rank_distance_rows` ranks it block by block without a Q x G matrix.
+    `evaluate_ranking` ranks it block by block without a Q x G matrix.
 
     As in the authors' code: distances are squared euclidean, each image's row of the
     (Q + G) x (Q + G) matrix is divided by its maximum, ranks come from those distances with the

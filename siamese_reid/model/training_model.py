@@ -17,7 +17,7 @@ https://arxiv.org/abs/1903.07071 (BNNeck: figure 5 and section 4.5).
 import keras
 from keras import ops
 
-from siamese_reid.identity_losses import CenterLoss, LabelSmoothedCrossEntropy, center_distances, center_update
+from siamese_reid.losses.identity import CenterLoss, LabelSmoothedCrossEntropy, center_distances, center_update
 from siamese_reid.losses import build_loss, make_triplet_metrics
 
 

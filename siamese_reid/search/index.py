@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese_reid.data.records import IMAGE_SUFFIXES, parse_market_name
+from siamese_reid.data.readers import IMAGE_SUFFIXES, parse_market_name
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_atomically, write_json
 

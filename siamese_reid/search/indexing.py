@@ -19,7 +19,7 @@ import numpy as np
 from siamese_reid.config import load_config
 from siamese_reid.console import progress_bar
 from siamese_reid.data.demo import is_demo_data
-from siamese_reid.data.records import Sample
+from siamese_reid.data.readers import Sample
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.errors import ArgumentError, ReIDError
 from siamese_reid.files import create_folder

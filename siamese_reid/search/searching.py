@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese_reid.data.records import Sample, parse_market_name
+from siamese_reid.data.readers import Sample, parse_market_name
 from siamese_reid.data.scan import check_image, scan_samples
 from siamese_reid.errors import ArgumentError, ReIDError
 from siamese_reid.search import index as index_files

@@ -1,4 +1,4 @@
-"""Readers for two public benchmarks' release layouts: MSMT17 (V1 and V2) and CUHK03-NP.
+"""Reader of MSMT17's release layout (V1 and V2).
 
 MSMT17 gives its split in list files, one `<identity folder>/<file name> <identity>` per line,
 such as `0000/0000_000_01_0303morning_0008_0.jpg 0`. The camera (1..15) is the third field of
@@ -8,21 +8,15 @@ identity k becomes k + 1 + (the largest training identity + 1), so that within t
 number always names one person (1..4,101 for the release), as in Market-1501. Figures name
 each identity by its folder (e.g. mask_test_v2/0004) through `DatasetSplits.identity_names`.
 
-CUHK03-NP is Market-1501's layout in two subsets of the same people and images, detected/ (boxes
-from a DPM detector) and labeled/ (boxes drawn by hand), with names such as 0001_c1_1.png
-(identity, camera 1 or 2 of its camera pair, image number).
-
 Reference:
   Wei et al., Person Transfer GAN to Bridge Domain Gap for Person Re-Identification, CVPR 2018.
-  Zhong et al., Re-ranking Person Re-identification with k-reciprocal Encoding, CVPR 2017.
 """
 
-import dataclasses
 import os
 import re
 from pathlib import Path
 
-from siamese_reid.data.records import DatasetSplits, Sample, read_market_dataset
+from siamese_reid.data.readers import DatasetSplits, Sample, existing_folder, require_root_only
 from siamese_reid.errors import ReIDError
 
 # release folder -> (training image folder, test image folder); both have the same list files
@@ -34,34 +28,12 @@ MSMT17_LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_galler
 # the published numbers compared against are theirs; the paper's training set includes them.
 MSMT17_VAL = {"unused": "not read", "train": "added to the training split (the paper's 32,621 images)"}
 
-CUHK03_SUBSETS = ("detected", "labeled")
-MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
-
 # <identity folder>/<file name> <identity>; the camera is checked in the file name afterwards
 _MSMT17_LINE = re.compile(r"^((?:(\S*)/)?([^/\s]+))\s+([0-9]+)$")
 _DIGITS = re.compile(r"[0-9]+")
 _MSMT17_EXPECTED = (
     f"MSMT17_V1/ (train/, test/) or MSMT17_V2/ (mask_train_v2/, mask_test_v2/), each with {', '.join(MSMT17_LISTS)}"
 )
-
-
-def _require_root_only(data, layout):
-    given = [f"data.{name}" for name in ("train_dir", "query_dir", "gallery_dir") if getattr(data, name)]
-    if given:
-        raise ReIDError(
-            f"{', '.join(given)} cannot be used with data.layout {layout}, whose release fixes the split: "
-            "set data.root only (layout market takes folders of your own)"
-        )
-    if not data.root:
-        raise ReIDError(f"data.layout {layout} needs data.root, the dataset's folder")
-
-
-def _existing_folder(root):
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise ReIDError(f"data.root '{root}' does not exist or is not a folder")
-    return root
-
 
 def find_msmt17(root):
     """The MSMT17 release folder at `root` or directly inside it (the archives often nest
@@ -70,7 +42,7 @@ def find_msmt17(root):
     Returns:
       (absolute release folder, "MSMT17_V1" or "MSMT17_V2").
     """
-    root = _existing_folder(root)
+    root = existing_folder(root)
     inside = [root / version for version in MSMT17_VERSIONS if (root / version).is_dir()]
     if len(inside) > 1:
         raise ReIDError(f"'{root}' holds both MSMT17_V1/ and MSMT17_V2/: point data.root at the one to use")
@@ -142,7 +114,7 @@ def read_msmt17(data, need_train):
     """Layout msmt17: the split MSMT17's list files give (see the module docstring); list_val.txt
     joins training when data.msmt17_val is "train". `need_train` changes nothing: the training
     list numbers the test identities."""
-    _require_root_only(data, "msmt17")
+    require_root_only(data, "msmt17")
     release, version = find_msmt17(data.root)
     train_folder, test_folder = (release / name for name in MSMT17_VERSIONS[version])
     for folder in (train_folder, test_folder):
@@ -167,44 +139,3 @@ def read_msmt17(data, need_train):
     }
     names = {pid + offsets[split]: folder for split, listed in entries.items() for _, pid, _, folder in listed}
     return DatasetSplits(splits["train"], splits["query"], splits["gallery"], warnings, names)
-
-
-def find_cuhk03_subset(root, subset):
-    """The folder of CUHK03-NP's `subset` ("detected" or "labeled"): root/<subset>/, or root
-    itself when it holds Market-1501's folders and is not named after the other subset."""
-    root = _existing_folder(root)
-    subsets = {child.name.lower(): child for child in root.iterdir() if child.name.lower() in CUHK03_SUBSETS}
-    if subset in subsets and subsets[subset].is_dir():
-        return subsets[subset].resolve()
-    other = next(name for name in CUHK03_SUBSETS if name != subset)
-    if any((root / folder).is_dir() for folder in MARKET_FOLDERS):
-        if root.name.lower() == other:
-            raise ReIDError(
-                f"data.root '{root}' is CUHK03-NP's {other} subset but data.cuhk03_subset is {subset}: "
-                f"set data.cuhk03_subset={other}, or point data.root at the cuhk03-np folder"
-            )
-        return root.resolve()
-    hint = f" (it has {other}/: set data.cuhk03_subset={other})" if other in subsets else ""
-    raise ReIDError(
-        f"data.root '{root}' holds neither {subset}/ nor {', '.join(MARKET_FOLDERS)}{hint}: point it at "
-        f"cuhk03-np/ (holding detected/ and labeled/) or at cuhk03-np/{subset}/"
-    )
-
-
-def read_cuhk03_np(data, need_train):
-    """Layout cuhk03_np: the data.cuhk03_subset subset, read as Market-1501 (cameras 1 and 2)."""
-    _require_root_only(data, "cuhk03_np")
-    folder = find_cuhk03_subset(data.root, data.cuhk03_subset)
-    return read_market_dataset(dataclasses.replace(data, root=str(folder)), need_train)
-
-
-def guess_layout(root):
-    """The layout ("msmt17" or "cuhk03_np") whose release `root` looks like, else None (for hints)."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        return None
-    if (root / "list_train.txt").is_file() or any((root / version).is_dir() for version in MSMT17_VERSIONS):
-        return "msmt17"
-    if any((root / subset / "bounding_box_train").is_dir() for subset in CUHK03_SUBSETS):
-        return "cuhk03_np"
-    return None

@@ -15,6 +15,7 @@ import numpy as np
 
 from siamese_reid.errors import ReIDError
 
+MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".gif", ".tif", ".tiff")
 
 # Market-1501: 0002_c1s1_000451_03.jpg; DukeMTMC-reID: 0001_c2_f0046182.jpg; junk: -1_c1s1_...
@@ -237,3 +238,23 @@ def summarize_split(samples):
         "cameras": len({s.camid for s in samples}),
         "single_image_identities": len([pid for pid, n in counts.items() if n == 1 and pid > 0]),
     }
+
+
+def require_root_only(data, layout):
+    """For layouts whose release fixes the split: data.root is given, and no data.*_dir."""
+    given = [f"data.{name}" for name in ("train_dir", "query_dir", "gallery_dir") if getattr(data, name)]
+    if given:
+        raise ReIDError(
+            f"{', '.join(given)} cannot be used with data.layout {layout}, whose release fixes the split: "
+            "set data.root only (layout market takes folders of your own)"
+        )
+    if not data.root:
+        raise ReIDError(f"data.layout {layout} needs data.root, the dataset's folder")
+
+
+def existing_folder(root):
+    """data.root as an existing folder, or a one-line error."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ReIDError(f"data.root '{root}' does not exist or is not a folder")
+    return root

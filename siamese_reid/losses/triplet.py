@@ -22,100 +22,17 @@ Reference: Schroff et al., FaceNet (semi-hard), https://arxiv.org/abs/1503.03832
 Hermans et al., In Defense of the Triplet Loss (batch hard), https://arxiv.org/abs/1703.07737.
 """
 
-from collections.abc import Callable
-from typing import NamedTuple
-
 import keras
 from keras import ops
 
-_EPSILON = 1e-12
+from siamese_reid.losses.distances import label_masks, metric_named, pairwise_distances, triplet_distances
 
-
-def _safe_sqrt(squared):
-    """sqrt with a finite gradient at 0.
-
-    sqrt has an infinite derivative at 0: take it of a value bounded away from zero and mask
-    the exact zeros afterwards, so gradients stay finite for identical embeddings.
-    """
-    is_zero = ops.cast(squared <= 0.0, "float32")
-    return ops.sqrt(squared + is_zero * _EPSILON) * (1.0 - is_zero)
-
-
-def _unit(embeddings):
-    return embeddings / ops.maximum(ops.norm(embeddings, axis=-1, keepdims=True), _EPSILON)
-
-
-def _pairwise_squared_l2(embeddings):
-    squared_norms = ops.sum(ops.square(embeddings), axis=1, keepdims=True)
-    squared = squared_norms - 2.0 * ops.matmul(embeddings, ops.transpose(embeddings))
-    return ops.maximum(squared + ops.transpose(squared_norms), 0.0)
-
-
-def _pairwise_angular(embeddings):
-    normalized = _unit(embeddings)
-    return ops.maximum(1.0 - ops.matmul(normalized, ops.transpose(normalized)), 0.0)
-
-
-def _paired_squared_l2(first, second):
-    return ops.sum(ops.square(first - second), axis=-1)
-
-
-def _paired_angular(first, second):
-    return ops.maximum(1.0 - ops.sum(_unit(first) * _unit(second), axis=-1), 0.0)
-
-
-class DistanceMetric(NamedTuple):
-    """One distance, between all rows of a batch (pairwise) and between paired rows."""
-
-    pairwise: Callable
-    paired: Callable
-
-
-# loss.distance_metric -> DistanceMetric
-DISTANCE_METRICS = {
-    "L2": DistanceMetric(
-        lambda x: _safe_sqrt(_pairwise_squared_l2(x)), lambda a, b: _safe_sqrt(_paired_squared_l2(a, b))
-    ),
-    "squared-L2": DistanceMetric(_pairwise_squared_l2, _paired_squared_l2),
-    "angular": DistanceMetric(_pairwise_angular, _paired_angular),
-}
-
-
-def _distance_metric(name):
-    if name not in DISTANCE_METRICS:
-        raise ValueError(f"distance_metric must be one of {list(DISTANCE_METRICS)}, got {name!r}")
-    return DISTANCE_METRICS[name]
-
-
-def pairwise_distances(embeddings, distance_metric="L2"):
-    """Distances between all rows of `embeddings` [batch, dim]; returns float32 [batch, batch].
-
-    The diagonal is exactly zero. "angular" is 1 - cosine similarity, clipped at 0.
-    """
-    metric = _distance_metric(distance_metric)
-    embeddings = ops.cast(embeddings, "float32")
-    off_diagonal = 1.0 - ops.eye(ops.shape(embeddings)[0], dtype="float32")
-    return metric.pairwise(embeddings) * off_diagonal
-
-
-def _label_masks(y_true):
-    # a column against a row by broadcasting: transposing the integer labels would send them
-    # to oneDNN, which logs an "E0000 ... supports DT_INT32 only with AVX-512" line on most CPUs
-    labels = ops.reshape(y_true, (-1, 1))
-    same = ops.equal(labels, ops.reshape(y_true, (1, -1)))
-    batch_size = ops.shape(labels)[0]
-    not_self = ops.logical_not(ops.cast(ops.eye(batch_size), "bool"))
-    positives = ops.logical_and(same, not_self)
-    negatives = ops.logical_not(same)
-    return positives, negatives
-
-
-def _masked_mean(values, mask):
+def masked_mean(values, mask):
     mask = ops.cast(mask, "float32")
     return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
-def _hardest_pairs(distances, positives, negatives):
+def hardest_pairs(distances, positives, negatives):
     """Batch-hard mining: for every anchor, the distance to its farthest positive and to its
     closest negative, and whether it has both (a triplet exists)."""
     hardest_positive = ops.max(ops.where(positives, distances, -1.0), axis=1)
@@ -138,10 +55,10 @@ def triplet_hard_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L
       float32 scalar: the mean over anchors that have a positive and a negative.
     """
     distances = pairwise_distances(y_pred, distance_metric)
-    hardest_positive, hardest_negative, valid = _hardest_pairs(distances, *_label_masks(y_true))
+    hardest_positive, hardest_negative, valid = hardest_pairs(distances, *label_masks(y_true))
     difference = hardest_positive - hardest_negative
     losses = ops.softplus(difference) if soft else ops.relu(difference + margin)
-    return _masked_mean(losses, valid)
+    return masked_mean(losses, valid)
 
 
 def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):
@@ -153,7 +70,7 @@ def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):
     Args: as `triplet_hard_loss`, without `soft`.
     """
     distances = pairwise_distances(y_pred, distance_metric)
-    positives, negatives = _label_masks(y_true)
+    positives, negatives = label_masks(y_true)
     # [anchor, positive, negative] cube: negatives farther than the positive of the pair.
     d_an = distances[:, None, :]
     d_ap = distances[:, :, None]
@@ -165,7 +82,7 @@ def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):
     chosen = ops.where(ops.any(farther, axis=2), semihard, hardest_fallback)
     losses = ops.relu(distances - chosen + margin)
     valid = ops.logical_and(positives, ops.any(negatives, axis=1, keepdims=True))
-    return _masked_mean(losses, valid)
+    return masked_mean(losses, valid)
 
 
 def triplet_batch_all_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L2"):
@@ -175,12 +92,12 @@ def triplet_batch_all_loss(y_true, y_pred, margin=1.0, soft=False, distance_metr
     which are inactive late in training, shrinks the gradient towards zero).
     """
     distances = pairwise_distances(y_pred, distance_metric)
-    positives, negatives = _label_masks(y_true)
+    positives, negatives = label_masks(y_true)
     difference = distances[:, :, None] - distances[:, None, :]
     losses = ops.softplus(difference) if soft else ops.relu(difference + margin)
     valid = ops.logical_and(positives[:, :, None], negatives[:, None, :])
     active = ops.logical_and(valid, losses > 1e-16)
-    return _masked_mean(losses, active)
+    return masked_mean(losses, active)
 
 
 def triplet_margin_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L2"):
@@ -189,17 +106,10 @@ def triplet_margin_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric=
     `y_true` is ignored (it carries the anchor identities for bookkeeping only).
     """
     del y_true
-    d_ap, d_an = _triplet_distances(y_pred, distance_metric)
+    d_ap, d_an = triplet_distances(y_pred, distance_metric)
     difference = d_ap - d_an
     losses = ops.softplus(difference) if soft else ops.relu(difference + margin)
     return ops.mean(losses)
-
-
-def _triplet_distances(y_pred, distance_metric):
-    metric = _distance_metric(distance_metric)
-    y_pred = ops.cast(y_pred, "float32")
-    anchor, positive, negative = y_pred[:, 0], y_pred[:, 1], y_pred[:, 2]
-    return metric.paired(anchor, positive), metric.paired(anchor, negative)
 
 
 def _replicas_in_sync():
@@ -232,7 +142,7 @@ def _all_gather(context, values):
     return tf.cast(context.all_reduce("sum", tf.pad(values, padding)), dtype)
 
 
-def _global_batch(y_true, y_pred):
+def global_batch(y_true, y_pred):
     """Every replica's labels and embeddings, in replica order (the batch itself on one device)."""
     context = _replicas_in_sync()
     if context is None:
@@ -253,7 +163,7 @@ def _loss_on_global_batch(loss_function, y_true, y_pred, **arguments):
     the step and the logged loss were N times too large. With it the logged loss is L.
     """
     context = _replicas_in_sync()
-    loss = loss_function(*_global_batch(y_true, y_pred), **arguments)
+    loss = loss_function(*global_batch(y_true, y_pred), **arguments)
     return loss if context is None else loss / context.num_replicas_in_sync
 
 
@@ -266,7 +176,7 @@ class _TripletLoss(keras.losses.Loss):
         self, margin=1.0, soft=False, distance_metric="L2", name=None, reduction="sum_over_batch_size", dtype=None
     ):
         super().__init__(name=name or type(self).__name__, reduction=reduction, dtype=dtype)
-        _distance_metric(distance_metric)  # fail at construction, not at the first batch
+        metric_named(distance_metric)  # fail at construction, not at the first batch
         self.margin = margin
         self.soft = soft
         self.distance_metric = distance_metric
@@ -303,7 +213,7 @@ class TripletSemiHardLoss(keras.losses.Loss):
 
     def __init__(self, margin=1.0, distance_metric="L2", name=None, reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name or type(self).__name__, reduction=reduction, dtype=dtype)
-        _distance_metric(distance_metric)
+        metric_named(distance_metric)
         self.margin = margin
         self.distance_metric = distance_metric
 
@@ -353,40 +263,3 @@ def build_loss(name, margin, soft, distance_metric):
             raise ValueError("the semihard loss has no soft-margin variant: set loss.soft to false")
         return TripletSemiHardLoss(margin=margin, distance_metric=distance_metric)
     return LOSSES[name](margin=margin, soft=soft, distance_metric=distance_metric)
-
-
-# Statistics that reveal collapse (all embeddings equal: every distance 0, loss = margin).
-def _batch_distance_stats(y_true, y_pred, distance_metric):
-    if len(y_pred.shape) == 3:  # explicit triplets
-        d_ap, d_an = _triplet_distances(y_pred, distance_metric)
-        return d_ap, d_an, ops.ones_like(d_ap, dtype="bool"), ops.ones_like(d_an, dtype="bool")
-    y_true, y_pred = _global_batch(y_true, y_pred)  # the pairs of the whole batch, as the loss mines
-    distances = pairwise_distances(y_pred, distance_metric)
-    positives, negatives = _label_masks(y_true)
-    return distances, distances, positives, negatives
-
-
-def make_triplet_metrics(distance_metric, margin):
-    """Returns metric functions: mean positive / negative distance, active-triplet fraction.
-
-    For P x K batches a triplet is active when its hardest negative is closer than the hardest
-    positive plus the margin; for explicit triplets when d_an < d_ap + margin.
-    """
-
-    def mean_positive_distance(y_true, y_pred):
-        d_ap, _, positives, _ = _batch_distance_stats(y_true, y_pred, distance_metric)
-        return _masked_mean(d_ap, positives)
-
-    def mean_negative_distance(y_true, y_pred):
-        _, d_an, _, negatives = _batch_distance_stats(y_true, y_pred, distance_metric)
-        return _masked_mean(d_an, negatives)
-
-    def active_triplet_fraction(y_true, y_pred):
-        if len(y_pred.shape) == 3:
-            d_ap, d_an = _triplet_distances(y_pred, distance_metric)
-            return ops.mean(ops.cast(d_an < d_ap + margin, "float32"))
-        distances, _, positives, negatives = _batch_distance_stats(y_true, y_pred, distance_metric)
-        hardest_positive, hardest_negative, valid = _hardest_pairs(distances, positives, negatives)
-        return _masked_mean(ops.cast(hardest_negative < hardest_positive + margin, "float32"), valid)
-
-    return [mean_positive_distance, mean_negative_distance, active_triplet_fraction]

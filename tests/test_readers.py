@@ -5,7 +5,7 @@ import pytest
 
 from siamese_reid.config import DataConfig
 from siamese_reid.data.datasets import read_dataset
-from siamese_reid.data.records import (
+from siamese_reid.data.readers import (
     Sample,
     parse_market_name,
     read_market_folder,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from siamese_reid.identity_losses import center_distances, center_loss, center_update, label_smoothed_cross_entropy
+from siamese_reid.losses.identity import center_distances, center_loss, center_update, label_smoothed_cross_entropy
 
 
 def reference_label_smoothed_cross_entropy(labels, logits, epsilon):
@@ -26,7 +26,7 @@ def reference_label_smoothed_cross_entropy(labels, logits, epsilon):
 @pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.5])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_label_smoothed_cross_entropy_matches_reference(epsilon, dtype):
-    from siamese_reid.identity_losses import LabelSmoothedCrossEntropy
+    from siamese_reid.losses.identity import LabelSmoothedCrossEntropy
 
     rng = np.random.default_rng(11)
     labels = rng.integers(0, 7, 10)
@@ -100,7 +100,7 @@ def test_center_update_is_one_sgd_step_on_the_center_loss():
     [("LabelSmoothedCrossEntropy", {"label_smoothing": 0.2}), ("CenterLoss", {})],
 )
 def test_identity_losses_serialisation_round_trip(loss_class, kwargs):
-    import siamese_reid.identity_losses as losses
+    import siamese_reid.losses.identity as losses
 
     loss = getattr(losses, loss_class)(**kwargs)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))

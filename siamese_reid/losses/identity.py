@@ -2,7 +2,7 @@
 smoothing on an identity classifier, and the center loss with its centre update.
 
 Each is a pure function plus a thin `keras.losses.Loss` class, as the triplet losses in
-`siamese_reid.losses`, tested against NumPy written from the definitions.
+`siamese_reid.losses.triplet`, tested against NumPy written from the definitions.
 
 Reference: Luo et al., Bag of Tricks and A Strong Baseline for Deep Person Re-identification,
 https://arxiv.org/abs/1903.07071; reference code https://github.com/michuanhaohao/reid-strong-baseline

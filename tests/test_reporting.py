@@ -1,0 +1,42 @@
+"""Figures a user looks at: they say what they show."""
+
+import numpy as np
+
+from siamese_reid.data.readers import Sample
+from siamese_reid.reporting import plot_retrieval_examples
+from tests.conftest import write_image
+
+
+def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_path):
+    samples = []
+    for index, (pid, camid) in enumerate([(1, 1), (2, 1), (1, 2), (2, 2), (3, 2)]):
+        write_image(tmp_path / f"{index}.png", seed=index)
+        samples.append(Sample(str(tmp_path / f"{index}.png"), pid, camid))
+    query, gallery = samples[:2], samples[2:]
+    distances = np.array([[0.1, 0.5, 0.9], [0.2, 0.4, 0.8]])
+    figure = plot_retrieval_examples([1], query, gallery, distances, top_k=2, chosen="drawn at random (seed 0)")
+    caption = figure._suptitle.get_text()
+    assert "1 of 2 queries, drawn at random (seed 0)" in caption
+    assert "green" in caption and "same person" in caption and "red" in caption and "another person" in caption
+
+
+def test_the_ranked_distance_is_said_in_words():
+    from siamese_reid.reporting import describe_distance
+
+    assert describe_distance({"name": "euclidean"}) == "euclidean"
+    assert describe_distance({"name": "k_reciprocal", "k1": 20, "k2": 6}) == "k_reciprocal (k1=20, k2=6)"
+
+
+def test_embedding_projection_gives_every_identity_its_own_colour_and_labels_its_axes():
+    from siamese_reid.reporting import plot_embedding_projection
+
+    pids = np.repeat(np.arange(1, 46), 2)  # 45 identities: more than any qualitative colour map
+    points = np.random.default_rng(0).normal(size=(len(pids), 2))
+    figure = plot_embedding_projection(points, pids)
+    axis = figure.axes[0]
+    colours = axis.collections[0].get_facecolors()
+    distinct = {tuple(np.round(colour, 6)) for colour in colours}
+    assert len(distinct) == 45
+    # the two images of one identity share their colour
+    np.testing.assert_array_equal(colours[0], colours[1])
+    assert axis.get_xlabel() and axis.get_ylabel() and "45 identities" in axis.get_title()
