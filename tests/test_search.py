@@ -550,26 +550,24 @@ def test_info_and_index_on_the_command_line(trained_run, tiny_demo, tmp_path):
 
 def test_a_run_on_the_demo_is_recognised_from_its_config(tmp_path):
     from siamese_reid.config import DataConfig, DemoConfig
-    from siamese_reid.data.demo import is_demo_data
+    from siamese_reid.data.demo import is_demo_run
 
     demo = DemoConfig(dir=str(tmp_path / "demo"))
-    assert is_demo_data(DataConfig(), demo)  # nothing set: train.py uses the demo
-    assert is_demo_data(DataConfig(root=str(tmp_path / "demo")), demo)  # a run's saved config
-    assert not is_demo_data(DataConfig(root=str(tmp_path / "market")), demo)
-    assert not is_demo_data(DataConfig(train_dir=str(tmp_path / "mine")), demo)
+    assert is_demo_run(DataConfig(root=str(tmp_path / "demo")), demo)  # what train.py saves on the demo
+    assert not is_demo_run(DataConfig(root=str(tmp_path / "market")), demo)
+    assert not is_demo_run(DataConfig(train_dir=str(tmp_path / "mine")), demo)
+    # no dataset in a run's config: not written by training (an imported model), not the demo
+    assert not is_demo_run(DataConfig(), demo)
     (tmp_path / "copied").mkdir()
     (tmp_path / "copied" / "demo_spec.json").write_text("{}")  # a demo folder generated elsewhere
-    assert is_demo_data(DataConfig(root=str(tmp_path / "copied")), demo)
+    assert is_demo_run(DataConfig(root=str(tmp_path / "copied")), demo)
 
 
 def test_search_warns_when_the_run_trained_on_the_demo(trained_run, tiny_demo, tmp_path):
-    from siamese_reid.config import save_config
-
-    demo_run = tmp_path / "demo_run"
-    shutil.copytree(trained_run, demo_run, ignore=shutil.ignore_patterns("export", "evaluations"))
-    # what train.py saves when data.root is not set: the demo folder it generated
-    config = load_config(demo_run / "config.yaml", [f"demo.dir={tiny_demo}", f"data.root={tiny_demo}"])
-    save_config(config, demo_run / "config.yaml")
+    # a run trained as train.py does with data.root not set: on the demo, generated into demo.dir
+    demo_settings = [f"demo.dir={tmp_path / 'demo'}", "demo.num_train_identities=8", "demo.num_test_identities=6"]
+    demo_run = experiment.create_run_dir(tmp_path / "runs", "on-the-demo")
+    experiment.train(load_config(PROJECT_ROOT / "config.yaml", SETTINGS + demo_settings), demo_run)
     index_dir = tmp_path / "index"
     indexed = command("search.py", "index", "--run", demo_run, "--images", tiny_demo / "query", "--index", index_dir)
     warning = f"warning: run '{demo_run}' was trained on the built-in demo dataset (synthetic people)"

@@ -18,7 +18,7 @@ import numpy as np
 
 from siamese_reid.config import load_config
 from siamese_reid.console import progress_bar
-from siamese_reid.data.demo import is_demo_data
+from siamese_reid.data.demo import is_demo_run
 from siamese_reid.data.readers import Sample
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.errors import ArgumentError, ReIDError
@@ -155,7 +155,7 @@ def trained_on_demo(header):
         config = load_config(config_path)
     except ReIDError:  # a config this version cannot read must not stop a search
         return None
-    return is_demo_data(config.data, config.demo)
+    return is_demo_run(config.data, config.demo)
 
 
 @contextlib.contextmanager
