@@ -8,7 +8,7 @@ transform, so they run on the tf.data hot path of any caller, with no Python in 
 
 An EXIF block that cannot be read (truncated, offsets outside its segment, a tag of the wrong
 type, a value outside 1..8) counts as orientation 1, the pixels as stored: a bad block never
-stops a run. Other formats with an orientation (PNG's eXIf chunk, TIFF, WebP) are made upright
+stops a run. Other formats with an orientation (PNG's eXIf chunk, TIFF) are made upright
 by the image scan, which converts them with Pillow (see scan.py).
 
 Reference: CIPA DC-008-2019 (Exif 2.32), 4.6.4 A "Orientation" and 4.5.2 (TIFF structure);
@@ -97,7 +97,8 @@ def _orientation_in_tiff(data_bytes, tiff_start, segment_end):
     # appended 1 is read
     first = tf.minimum(tf.reduce_min(tf.where(matches, tf.range(count, dtype=tf.int64), count)), count)
     value = tf.gather(tf.concat([values, [1]], axis=0), first)
-    usable = (tiff_start >= 0) & readable_order & (value >= 1) & (value <= 8)
+    header_inside = (tiff_start >= 0) & (tiff_start + 8 <= segment_end)
+    usable = header_inside & readable_order & (value >= 1) & (value <= 8)
     return tf.where(usable, value, 1)
 
 

@@ -5,8 +5,8 @@ What TensorFlow's decoders would read wrongly or not at all is converted once to
 cache folder: PGM/PPM and TIFF (16-bit greyscale scaled to 8 bits, not clipped), and BMPs
 other than uncompressed 24/32-bit colour (TensorFlow rejects 1-bit, 16-bit, RLE-compressed
 and padded BMPs in the middle of training, and reads an 8-bit palette BMP as grey palette
-indices). Files other than JPEGs whose EXIF orientation is not 1 (a PNG's eXIf chunk, TIFF,
-WebP) are converted upright, as a viewer shows them; a JPEG is turned upright when it is decoded
+indices). Files other than JPEGs whose EXIF orientation is not 1 (a PNG's eXIf chunk, TIFF)
+are converted upright, as a viewer shows them; a JPEG is turned upright when it is decoded
 (see orientation.py). Files whose names are not UTF-8 are copied under ASCII names (tf.constant
 cannot hold them). So the tf.data hot path only sees files it decodes correctly.
 """
