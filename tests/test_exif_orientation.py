@@ -101,6 +101,12 @@ def test_apply_orientation_is_exact_eagerly_and_in_dataset_map(orientation):
     np.testing.assert_array_equal(next(iter(dataset)).numpy(), upright)
 
 
+@pytest.mark.parametrize("orientation", [0, 9, -1, 65535])
+def test_orientations_outside_1_to_8_leave_the_pixels_as_stored(orientation):
+    stored = upright_picture()
+    np.testing.assert_array_equal(apply_orientation(tf.constant(stored), orientation).numpy(), stored)
+
+
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
 def test_jpeg_decodes_upright_eagerly_and_in_dataset_map(tmp_path, orientation):
     upright = upright_picture()
@@ -110,6 +116,9 @@ def test_jpeg_decodes_upright_eagerly_and_in_dataset_map(tmp_path, orientation):
     np.testing.assert_array_equal(eager, in_map)
     assert mean_error(eager, upright) < JPEG_MEAN_ERROR
     assert mean_error(eager, pillow_upright(path)) < 0.5  # the same JPEG decoded by Pillow
+    # resized as well (the decoder resizes before it turns): the same as resizing the upright picture
+    smaller = tf.image.resize(tf.constant(upright, tf.float32), [HEIGHT // 2, WIDTH // 2], antialias=True)
+    assert mean_error(decode_image(str(path), HEIGHT // 2, WIDTH // 2), smaller) < JPEG_MEAN_ERROR
     if orientation in (2, 3, 4):  # same shape as stored: the picture read as stored is far off
         assert mean_error(stored_pixels(upright, orientation), upright) > 10 * JPEG_MEAN_ERROR
 

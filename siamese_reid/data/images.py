@@ -7,7 +7,7 @@ pipeline is reproducible from its seed whatever the thread scheduling.
 
 import tensorflow as tf
 
-from siamese_reid.data.orientation import apply_orientation, exif_orientation
+from siamese_reid.data.orientation import apply_orientation, exif_orientation, is_transposed
 
 
 def decode_image(path, height, width):
@@ -20,8 +20,12 @@ def decode_image(path, height, width):
     """
     data = tf.io.read_file(path)
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image = apply_orientation(image, exif_orientation(data))
-    image = tf.image.resize(tf.cast(image, tf.float32), [height, width], antialias=True)
+    orientation = exif_orientation(data)
+    # resized before it is turned, which is cheaper (a phone photo has millions of pixels) and
+    # the same: a picture stored transposed is resized to the transposed size
+    stored_size = tf.where(is_transposed(orientation), [width, height], [height, width])
+    image = tf.image.resize(tf.cast(image, tf.float32), stored_size, antialias=True)
+    image = apply_orientation(image, orientation)
     image.set_shape([height, width, 3])
     return image
 
