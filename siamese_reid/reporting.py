@@ -14,6 +14,7 @@ from matplotlib.figure import Figure  # backend-free: works headless and shows i
 from PIL import Image
 
 from siamese_reid import files
+from siamese_reid.data.scan import upright
 from siamese_reid.evaluation.ranking import protocol_gallery_mask, top_k_gallery
 
 
@@ -117,7 +118,8 @@ def plot_cmc(cmc, label=None):
 
 
 def _framed(path, color, size, width=4):
-    image = Image.open(path).convert("RGB").resize((size[1], size[0]))
+    with Image.open(path) as stored:
+        image = upright(stored).convert("RGB").resize((size[1], size[0]))
     array = np.asarray(image).copy()
     if color is not None:
         rgb = {"green": (0, 200, 0), "red": (230, 0, 0), "blue": (30, 90, 230)}[color]

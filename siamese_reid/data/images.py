@@ -7,16 +7,25 @@ pipeline is reproducible from its seed whatever the thread scheduling.
 
 import tensorflow as tf
 
+from siamese_reid.data.orientation import apply_orientation, exif_orientation, is_transposed
+
 
 def decode_image(path, height, width):
     """Reads a JPEG/PNG/BMP/GIF file as float32 RGB in [0, 255], shape [height, width, 3].
 
-    Greyscale is replicated to three channels and alpha is dropped, so every image reaches
-    the model as RGB.
+    A JPEG is turned upright by its EXIF orientation, as a viewer shows it (phones store
+    portrait photos sideways with a tag that says so); the image scan has already made other
+    formats upright. Greyscale is replicated to three channels and alpha is dropped, so every
+    image reaches the model as RGB.
     """
     data = tf.io.read_file(path)
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image = tf.image.resize(tf.cast(image, tf.float32), [height, width], antialias=True)
+    orientation = exif_orientation(data)
+    # resized before it is turned, which is cheaper (a phone photo has millions of pixels) and
+    # the same: a picture stored transposed is resized to the transposed size
+    stored_size = tf.where(is_transposed(orientation), [width, height], [height, width])
+    image = tf.image.resize(tf.cast(image, tf.float32), stored_size, antialias=True)
+    image = apply_orientation(image, orientation)
     image.set_shape([height, width, 3])
     return image
 

@@ -5,8 +5,10 @@ What TensorFlow's decoders would read wrongly or not at all is converted once to
 cache folder: PGM/PPM and TIFF (16-bit greyscale scaled to 8 bits, not clipped), and BMPs
 other than uncompressed 24/32-bit colour (TensorFlow rejects 1-bit, 16-bit, RLE-compressed
 and padded BMPs in the middle of training, and reads an 8-bit palette BMP as grey palette
-indices). Files whose names are not UTF-8 are copied under ASCII names (tf.constant cannot
-hold them). So the tf.data hot path only sees files it decodes correctly.
+indices). Files other than JPEGs whose EXIF orientation is not 1 (a PNG's eXIf chunk, TIFF)
+are converted upright, as a viewer shows them; a JPEG is turned upright when it is decoded
+(see orientation.py). Files whose names are not UTF-8 are copied under ASCII names (tf.constant
+cannot hold them). So the tf.data hot path only sees files it decodes correctly.
 """
 
 import functools
@@ -28,8 +30,9 @@ TF_DECODABLE_FORMATS = {"JPEG", "PNG", "BMP", "GIF"}
 def _converted_path(path, cache_dir, suffix):
     # keyed on the file's size and modification time too: an edited file gets a new copy
     stat = Path(path).stat()
-    # "v2": copies made before 16-bit greyscale was converted correctly are not reused
-    key = f"v2|{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    # "v3": copies made before 16-bit greyscale was converted correctly (v1) or before the
+    # EXIF orientation was applied (v2) are not reused
+    key = f"v3|{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     # absolute, so the recorded path resolves from any working folder (a notebook, evaluate.py)
     return Path(cache_dir).resolve() / f"{digest}{suffix}"
@@ -37,9 +40,46 @@ def _converted_path(path, cache_dir, suffix):
 
 def check_image(path):
     """Returns the Pillow format name of a fully decodable image; raises OSError otherwise."""
+    return _image_facts(path)[0]
+
+
+def _image_facts(path):
+    """(Pillow format name, EXIF orientation) of a fully decodable image; raises OSError otherwise."""
     with Image.open(path) as image:
         image.load()  # decodes every pixel: truncated and corrupt files raise here
-        return image.format
+        return image.format, exif_orientation(image)
+
+
+# EXIF orientation -> the Pillow transpose that turns the stored pixels upright (1: none)
+_UPRIGHT_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def exif_orientation(image):
+    """The EXIF orientation (1..8) of an open Pillow image; 1 when it has none or it cannot be
+    read (a damaged EXIF block must not cost the image: its pixels are still good)."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # Pillow's EXIF parser raises many types on damaged blocks (struct.error, ...)
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def upright(image):
+    """An open Pillow image as a viewer shows it: turned by its EXIF orientation (as
+    `PIL.ImageOps.exif_transpose` does, but a damaged EXIF block counts as orientation 1)."""
+    # loaded first: Pillow turns some formats (TIFF) upright as it loads them and then drops
+    # their tag, and reading the tag before would turn them twice
+    image.load()
+    method = _UPRIGHT_TRANSPOSES.get(exif_orientation(image))
+    return image if method is None else image.transpose(method)
 
 
 def _bmp_tensorflow_reads(path):
@@ -58,8 +98,10 @@ def _bmp_tensorflow_reads(path):
     return Path(path).stat().st_size == pixel_offset + row_size * abs(height)
 
 
-def _tensorflow_reads_correctly(path, image_format):
-    if image_format not in TF_DECODABLE_FORMATS:
+def _tensorflow_reads_correctly(path, image_format, orientation=1):
+    """Whether `decode_image` gives the pixels a viewer shows: it applies the EXIF orientation
+    of JPEGs only."""
+    if image_format not in TF_DECODABLE_FORMATS or (orientation != 1 and image_format != "JPEG"):
         return False
     return image_format != "BMP" or _bmp_tensorflow_reads(path)
 
@@ -94,10 +136,10 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def _usable_copy(sample, image_format, cache_dir):
-    """A copy TensorFlow reads correctly: converted to PNG, or (a name that is not UTF-8 only)
-    the same bytes under an ASCII name."""
-    readable = _tensorflow_reads_correctly(sample.path, image_format)
+def _usable_copy(sample, image_format, orientation, cache_dir):
+    """A copy TensorFlow reads correctly: converted to an upright PNG, or (a name that is not
+    UTF-8 only) the same bytes under an ASCII name."""
+    readable = _tensorflow_reads_correctly(sample.path, image_format, orientation)
     target = _converted_path(sample.path, cache_dir, f".{image_format.lower()}" if readable else ".png")
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +147,7 @@ def _usable_copy(sample, image_format, cache_dir):
             write_atomically(target, functools.partial(shutil.copyfile, sample.path))
         else:
             with Image.open(sample.path) as image:
-                rgb = _to_rgb(image)
+                rgb = _to_rgb(upright(image))
             write_atomically(target, functools.partial(rgb.save, format="PNG"))
     return Sample(str(target), sample.pid, sample.camid, source=sample.display_path)
 
@@ -115,8 +157,9 @@ def scan_samples(samples, cache_dir):
 
     Args:
       samples: list of `Sample`.
-      cache_dir: where images in formats TensorFlow cannot decode are converted to PNG, and
-        files whose names are not UTF-8 are copied under ASCII names.
+      cache_dir: where images in formats TensorFlow cannot decode (or not upright: see the
+        module's docstring) are converted to PNG, and files whose names are not UTF-8 are
+        copied under ASCII names.
 
     Returns:
       (usable samples, with converted paths where needed; skipped [(printable path, reason)]).
@@ -124,16 +167,16 @@ def scan_samples(samples, cache_dir):
     usable, skipped = [], []
     for sample in samples:
         try:
-            image_format = check_image(sample.path)
+            image_format, orientation = _image_facts(sample.path)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             reason = printable(f"unreadable image ({error})").replace("\n", " ")
             skipped.append((printable(sample.path), reason))
             continue
-        if _utf8_name(sample.path) and _tensorflow_reads_correctly(sample.path, image_format):
+        if _utf8_name(sample.path) and _tensorflow_reads_correctly(sample.path, image_format, orientation):
             usable.append(sample)
             continue
         try:
-            usable.append(_usable_copy(sample, image_format, cache_dir))
+            usable.append(_usable_copy(sample, image_format, orientation, cache_dir))
         except ValueError as error:  # a mode Pillow cannot convert to RGB (LAB, float)
             skipped.append((printable(sample.path), f"cannot convert to RGB ({error})"))
     return usable, skipped

@@ -8,13 +8,15 @@ re-ID descriptor: colours of head, torso and legs), L1-normalised per stripe, sq
 import numpy as np
 from PIL import Image
 
+from siamese_reid.data.scan import upright
+
 
 def colour_histogram_features(paths, image_size=(128, 64), bins=(8, 4, 4), stripes=6):
     """Returns float32 [len(paths), stripes * prod(bins)] descriptors."""
     features = []
     for path in paths:
         with Image.open(path) as image:
-            hsv = np.asarray(image.convert("RGB").resize(image_size[::-1]).convert("HSV"))
+            hsv = np.asarray(upright(image).convert("RGB").resize(image_size[::-1]).convert("HSV"))
         parts = np.array_split(hsv, stripes, axis=0)
         histograms = []
         for part in parts:
