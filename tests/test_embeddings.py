@@ -63,3 +63,18 @@ def test_an_evaluated_model_is_not_kept_alive(tiny_demo):
     # An ablation, a notebook or a test suite evaluates many models in one process: a cache of
     # their inference steps must not keep them (and their weights) alive.
     assert reference() is None
+
+
+def test_embed_images_flip_test_is_the_normalised_mean_of_an_image_and_its_mirror():
+    import keras
+
+    from siamese_reid.evaluation.embeddings import embed_images
+
+    inputs = keras.Input((8, 4, 3))
+    model = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs)))
+    images = np.random.default_rng(0).uniform(0, 255, (3, 8, 4, 3)).astype("float32")
+    plain = np.asarray(model(images))
+    mirrored = np.asarray(model(images[:, :, ::-1, :]))
+    expected = (plain + mirrored) / np.linalg.norm(plain + mirrored, axis=1, keepdims=True)
+    np.testing.assert_allclose(embed_images(model, images, flip_test=True), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embed_images(model, images), plain, rtol=1e-5, atol=1e-6)

@@ -61,16 +61,32 @@ def _inference_step(model):
     return _INFERENCE_STEPS[model]
 
 
+def average_flips(embeddings):
+    """Flip test: embeddings of [batch, mirrored batch] -> the normalised mean of each pair,
+    float32 [batch, dim]."""
+    half = len(embeddings) // 2
+    summed = embeddings[:half] + embeddings[half:]
+    return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
+
+
+def embed_images(model, images, flip_test=False):
+    """Embeddings of decoded images, float [n, height, width, 3] -> float32 [n, dim], through the
+    model's compiled inference step (traced once per model: a few query images cost one call,
+    not `model.predict`'s set-up), with the flip test when `flip_test`."""
+    if flip_test:
+        images = tf.concat([images, images[:, :, ::-1, :]], axis=0)
+    embeddings = np.asarray(_inference_step(model)(images), dtype=np.float32)
+    return average_flips(embeddings) if flip_test else embeddings
+
+
 def _embed_into(output, model, dataset, flip_test, verbose):
     progress = progress_bar(len(output), "image") if verbose else None
     step = _inference_step(model)
     position = 0
-    for images in dataset:
+    for images in dataset:  # with the flip test, the pipeline already appends the mirrored batch
         embeddings = np.asarray(step(images), dtype=np.float32)
-        if flip_test:  # [batch, mirrored batch] -> the normalised mean of each pair
-            half = len(embeddings) // 2
-            embeddings = embeddings[:half] + embeddings[half:]
-            embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        if flip_test:
+            embeddings = average_flips(embeddings)
         output[position : position + len(embeddings)] = embeddings
         position += len(embeddings)
         if progress is not None:

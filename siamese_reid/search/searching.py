@@ -135,26 +135,18 @@ class Searcher:
         if self.threshold is None:
             raise ArgumentError("threshold", f"run '{run['dir']}' has no threshold.json: give {{argument}}")
         self.nearest = ExactSearch(self.index.features, self.metric)
-        self._compiled_tower = None
 
     def embed(self, paths):
         """Embeddings of a few query images [len(paths), dim], as the index's were made (flip
-        test included). One compiled call instead of `model.predict`, whose per-call set-up
-        (a tf.data pipeline and a new function) costs more than the tower on one image."""
+        test included), in one compiled call."""
         import tensorflow as tf
 
         from siamese_reid.data.images import decode_image
-        from siamese_reid.evaluation.embeddings import embedding_input_size
+        from siamese_reid.evaluation.embeddings import embed_images, embedding_input_size
 
-        if self._compiled_tower is None:
-            self._compiled_tower = tf.function(lambda images: self.tower(images, training=False), reduce_retracing=True)
         height, width = embedding_input_size(self.tower)
         images = tf.stack([decode_image(path, height, width) for path in paths])
-        if not self.flip_test:
-            return self._compiled_tower(images).numpy()
-        both = self._compiled_tower(tf.concat([images, images[:, :, ::-1, :]], axis=0)).numpy()
-        summed = both[: len(paths)] + both[len(paths) :]
-        return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
+        return embed_images(self.tower, images, self.flip_test)
 
     def query_identity(self, query_path):
         """The identity of a query image read as the gallery's were: its parent folder's name
