@@ -15,7 +15,8 @@ from PIL import Image
 
 from siamese_reid import files
 from siamese_reid.data.scan import upright
-from siamese_reid.evaluation.ranking import protocol_gallery_mask, top_k_gallery
+from siamese_reid.evaluation.protocol import protocol_gallery_mask, protocol_record
+from siamese_reid.evaluation.ranking import top_k_gallery
 
 
 def _subplots(rows=1, columns=1, **kwargs):
@@ -422,7 +423,7 @@ def _search_legend(figure, colours_used):
     return 0 if not handles else 1 if one_row else len(handles)
 
 
-def describe_distance(distance):
+def distance_in_words(distance):
     """metrics.json's protocol.distance in words: "euclidean", or the name with its parameters."""
     details = ", ".join(f"{key}={value}" for key, value in distance.items() if key != "name")
     return f"{distance['name']} ({details})" if details else distance["name"]
@@ -450,19 +451,6 @@ def plot_embedding_projection(points, pids):
     )
     figure.tight_layout()
     return figure
-
-
-def protocol_record(settings, distance):
-    """The protocol entry of metrics.json: what was really used to score."""
-    return {
-        "ap_definition": settings.ap_definition,
-        "distance": distance,
-        "flip_test": settings.flip_test,
-        "same_camera_same_identity": "ignored",
-        "junk_identity_-1": "ignored",
-        "distractor_identity_0": "kept as negatives",
-        "ties": "gallery order",
-    }
 
 
 def write_report(evaluation, query, gallery, settings, output_dir, extra=None, identity_names=None):

@@ -50,7 +50,8 @@ def test_a_reranked_run_records_and_shows_the_distances_it_was_scored_on(tmp_pat
     from siamese_reid import analysis
     from siamese_reid.config import EvaluationConfig
     from siamese_reid.evaluation import compute_distances, evaluate_features, evaluate_ranking, rerank_distances
-    from siamese_reid.reporting import protocol_record, ranking_metrics
+    from siamese_reid.evaluation.protocol import protocol_record
+    from siamese_reid.reporting import ranking_metrics
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(6, 8))

@@ -383,7 +383,7 @@ def test_same_image_pairs_see_through_linked_folders_files_and_relative_paths(tm
     import os
 
     from siamese_reid.data.readers import Sample
-    from siamese_reid.evaluation.evaluator import same_image_pairs
+    from siamese_reid.evaluation.protocol import same_image_pairs
 
     images = tmp_path / "images"
     images.mkdir()

@@ -21,10 +21,10 @@ def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_
 
 
 def test_the_ranked_distance_is_said_in_words():
-    from siamese_reid.reporting import describe_distance
+    from siamese_reid.reporting import distance_in_words
 
-    assert describe_distance({"name": "euclidean"}) == "euclidean"
-    assert describe_distance({"name": "k_reciprocal", "k1": 20, "k2": 6}) == "k_reciprocal (k1=20, k2=6)"
+    assert distance_in_words({"name": "euclidean"}) == "euclidean"
+    assert distance_in_words({"name": "k_reciprocal", "k1": 20, "k2": 6}) == "k_reciprocal (k1=20, k2=6)"
 
 
 def test_embedding_projection_gives_every_identity_its_own_colour_and_labels_its_axes():

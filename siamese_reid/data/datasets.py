@@ -20,6 +20,7 @@ from siamese_reid.data.readers import (
     read_market_dataset,
 )
 from siamese_reid.errors import ReIDError
+from siamese_reid.evaluation.protocol import is_person
 
 
 def _read_market(data, need_train):
@@ -134,7 +135,7 @@ def read_extra_training(data, main):
             )
         seen_paths.update(s.path for s in samples)
         shifted = [
-            s._replace(pid=s.pid + pid_offset if s.pid > 0 else s.pid, camid=s.camid + camid_offset) for s in samples
+            s._replace(pid=s.pid + pid_offset if is_person(s.pid) else s.pid, camid=s.camid + camid_offset) for s in samples
         ]
         training_sets.append(TrainingSet(Path(entry.root).expanduser().resolve().name, shifted, warnings))
         pid_offset = max(pid_offset, _largest(s.pid for s in shifted))

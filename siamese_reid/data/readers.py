@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.evaluation.protocol import DISTRACTOR_PID, JUNK_PID, is_person
 
 MARKET_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".gif", ".tif", ".tiff")
@@ -232,11 +233,11 @@ def summarize_split(samples):
         counts[sample.pid] = counts.get(sample.pid, 0) + 1
     return {
         "images": len(samples),
-        "identities": len([pid for pid in counts if pid > 0]),
-        "distractor_images": counts.get(0, 0),
-        "junk_images": counts.get(-1, 0),
+        "identities": len([pid for pid in counts if is_person(pid)]),
+        "distractor_images": counts.get(DISTRACTOR_PID, 0),
+        "junk_images": counts.get(JUNK_PID, 0),
         "cameras": len({s.camid for s in samples}),
-        "single_image_identities": len([pid for pid, n in counts.items() if n == 1 and pid > 0]),
+        "single_image_identities": len([pid for pid, n in counts.items() if n == 1 and is_person(pid)]),
     }
 
 

@@ -12,9 +12,8 @@ import numpy as np
 
 from siamese_reid.data.readers import Sample
 from siamese_reid.errors import ReIDError
-
-JUNK_PID = -1
-DISTRACTOR_PID = 0
+# the protocol defines what the two non-person identities are; its module is pure Python
+from siamese_reid.evaluation.protocol import DISTRACTOR_PID, JUNK_PID, is_person
 
 
 def person_samples(samples):
@@ -23,7 +22,7 @@ def person_samples(samples):
     Returns:
       (samples of real identities, {"junk": count, "distractors": count} of those dropped).
     """
-    kept = [s for s in samples if s.pid > 0]
+    kept = [s for s in samples if is_person(s.pid)]
     excluded = {
         "junk": sum(s.pid == JUNK_PID for s in samples),
         "distractors": sum(s.pid == DISTRACTOR_PID for s in samples),

@@ -17,15 +17,17 @@ from siamese_reid.evaluation.ranking import (
     RankingResult,
     evaluate_embeddings,
     evaluate_ranking,
-    protocol_gallery_mask,
     top_k_gallery,
 )
+from siamese_reid.evaluation.protocol import DISTRACTOR_PID, JUNK_PID, protocol_gallery_mask, same_image_pairs
 from siamese_reid.evaluation.rerank import KReciprocalReranker, rerank_distances
 
 _NEEDS_TENSORFLOW = {"extract_embeddings", "save_embeddings", "load_embeddings", "embedding_input_size"}
 
 __all__ = [
     "AP_DEFINITIONS",
+    "DISTRACTOR_PID",
+    "JUNK_PID",
     "Evaluation",
     "KReciprocalReranker",
     "RankingResult",
@@ -39,6 +41,7 @@ __all__ = [
     "evaluate_ranking",
     "protocol_gallery_mask",
     "rerank_distances",
+    "same_image_pairs",
     "scoring_distance_rows",
     "top_k_gallery",
     *sorted(_NEEDS_TENSORFLOW),

@@ -5,12 +5,12 @@ recomputes any query's distances on demand (for figures and failure cases).
 """
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
 
 from siamese_reid.evaluation.distances import QueryGalleryDistances
+from siamese_reid.evaluation.protocol import same_image_pairs
 from siamese_reid.evaluation.ranking import RankingResult, evaluate_embeddings, evaluate_ranking
 from siamese_reid.evaluation.rerank import RERANK_PARAMETERS, KReciprocalReranker
 
@@ -50,33 +50,6 @@ def scoring_distance_rows(query_features, gallery_features, metric, rerank, rera
         parameters = rerank_parameters or RERANK_PARAMETERS
         return KReciprocalReranker(query_features, gallery_features, verbose=verbose, **parameters)
     return QueryGalleryDistances(query_features, gallery_features, metric)
-
-
-def _real_paths(samples):
-    """Each sample's file with links and relative parts resolved. Each folder is resolved
-    once, and only files that are links themselves are resolved one by one: resolving every
-    file of a gallery of millions took minutes."""
-    folders = {}
-    paths = []
-    for sample in samples:
-        folder, name = os.path.split(sample.path)
-        if folder not in folders:
-            folders[folder] = os.path.realpath(folder or ".")
-        path = os.path.join(folders[folder], name)
-        paths.append(os.path.realpath(path) if os.path.islink(path) else path)
-    return paths
-
-
-def same_image_pairs(query_samples, gallery_samples):
-    """(query index, gallery index) of every image file that is in both sets, as an int array
-    [n, 2]: a folder given as both query and gallery must not match itself."""
-    gallery_rows = {}
-    for column, path in enumerate(_real_paths(gallery_samples)):
-        gallery_rows.setdefault(path, []).append(column)
-    pairs = [
-        (row, column) for row, path in enumerate(_real_paths(query_samples)) for column in gallery_rows.get(path, [])
-    ]
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 def evaluate_features(query_features, gallery_features, query_samples, gallery_samples, settings, verbose=False):

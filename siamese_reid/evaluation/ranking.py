@@ -16,6 +16,7 @@ import numpy as np
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.distances import DEFAULT_MEMORY_BUDGET_BYTES, QueryGalleryDistances, as_rows
+from siamese_reid.evaluation.protocol import JUNK_PID
 
 # Bytes a query block holds per true match while it is ranked: its column (int64), distance
 # (float32), column in ranking order (int64) and count of images before it (int64), and slack.
@@ -108,7 +109,7 @@ class _Gallery:
     def identity_sizes(self, query_pids):
         """Gallery images of each query's identity: at least its true matches (junk queries: 0)."""
         sizes = np.searchsorted(self.sorted_pids, query_pids, "right") - np.searchsorted(self.sorted_pids, query_pids)
-        return np.where(query_pids == -1, 0, sizes)
+        return np.where(query_pids == JUNK_PID, 0, sizes)
 
     def same_image(self, query_index):
         start, stop = self.same_image_bounds[query_index], self.same_image_bounds[query_index + 1]
@@ -116,7 +117,7 @@ class _Gallery:
 
     def true_matches(self, query_index, query_pid, query_camid):
         """Columns of the query's identity from another camera, itself excluded, in order."""
-        if query_pid == -1:  # a junk query has only junk "matches", which the protocol ignores
+        if query_pid == JUNK_PID:  # a junk query has only junk "matches", which the protocol ignores
             return np.zeros(0, np.int64)
         start, stop = np.searchsorted(self.sorted_pids, [query_pid, query_pid + 1])
         columns = self.by_pid[start:stop]
@@ -127,7 +128,7 @@ class _Gallery:
     def scored(self, columns, query_index, query_pid, query_camid):
         """Which of `columns` the protocol keeps for this query (bool)."""
         pids = self.pids[columns]
-        keep = (pids != -1) & ~((pids == query_pid) & (self.camids[columns] == query_camid))
+        keep = (pids != JUNK_PID) & ~((pids == query_pid) & (self.camids[columns] == query_camid))
         itself = self.same_image(query_index)
         return keep & ~np.isin(columns, itself) if len(itself) else keep
 
@@ -378,12 +379,6 @@ def _count_row_slice(accumulator, index, sorted_matches, matches, row, gallery_s
     nearer = np.flatnonzero(row <= sorted_matches[0][-1])
     others = accumulator.non_matches(nearer + gallery_start, matches, index)
     return _count_before(*sorted_matches, row[others - gallery_start], others)
-
-
-def protocol_gallery_mask(query_pid, query_camid, gallery_pids, gallery_camids):
-    """Gallery images the protocol keeps for one query (bool [num_gallery])."""
-    same_view = (gallery_pids == query_pid) & (gallery_camids == query_camid)
-    return ~same_view & (gallery_pids != -1)
 
 
 def top_k_gallery(query_distances, keep, top_k):

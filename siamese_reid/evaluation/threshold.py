@@ -13,8 +13,7 @@ import numpy as np
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.distances import as_rows
-from siamese_reid.evaluation.evaluator import same_image_pairs
-from siamese_reid.evaluation.ranking import protocol_gallery_mask
+from siamese_reid.evaluation.protocol import protocol_gallery_mask, same_image_pairs
 
 
 @dataclasses.dataclass(frozen=True)
