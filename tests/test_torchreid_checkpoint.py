@@ -144,7 +144,8 @@ def test_a_whole_pickled_model_is_refused_with_a_hint(tmp_path):
     # GLOBAL torch.nn.modules.container.Sequential, EMPTY_TUPLE, NEWOBJ, STOP: torch.save(model)
     payload = b"\x80\x02ctorch.nn.modules.container\nSequential\nq\x00)\x81q\x01."
     path = _zip_file(tmp_path / "whole_model.pth", payload)
-    with pytest.raises(ReIDError, match=r"whole pickled model \(torch\.nn\.modules\.container\.Sequential\).*state_dict"):
+    expected = r"whole pickled model \(torch\.nn\.modules\.container\.Sequential\).*state_dict"
+    with pytest.raises(ReIDError, match=expected):
         read_torch_file(path)
 
 

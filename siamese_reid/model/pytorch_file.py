@@ -64,7 +64,9 @@ class StorageType:
     @property
     def dtype(self):
         # little-endian on disk: zip files say otherwise in their byteorder record
-        return np.dtype("<u2") if self.name == "BFloat16Storage" else np.dtype(STORAGE_DTYPES[self.name]).newbyteorder("<")
+        if self.name == "BFloat16Storage":
+            return np.dtype("<u2")
+        return np.dtype(STORAGE_DTYPES[self.name]).newbyteorder("<")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +118,8 @@ _NUMPY_SCALAR_KINDS = "biuf"
 def _numpy_dtype(name, align=False, copy=True):
     # a copy (numpy's own pickles ask for one too): the BUILD that follows sets its state, which
     # must not change numpy's shared float32 type for the whole process
-    dtype = np.dtype(name, align=False, copy=True) if isinstance(name, str) and len(name) <= 4 and name.isalnum() else None
+    simple_name = isinstance(name, str) and len(name) <= 4 and name.isalnum()
+    dtype = np.dtype(name, align=False, copy=True) if simple_name else None
     if dtype is None or dtype.kind not in _NUMPY_SCALAR_KINDS:
         raise _Corrupt(f"a numpy scalar of type {name!r}, which a checkpoint does not hold")
     return dtype

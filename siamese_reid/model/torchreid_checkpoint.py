@@ -140,3 +140,64 @@ def guess_architecture(state_dict):
     if any(name.startswith("features.") for name in state_dict):
         return "a VGG- or MobileNet-style network"
     return None
+
+
+def torchreid_checkpoint_path(backbone, weights):
+    """The torchreid checkpoint `model.weights` names, or None (none, imagenet, a Keras file).
+
+    Raises:
+      ReIDError: a PyTorch checkpoint for a backbone that is not an OSNet.
+    """
+    from siamese_reid.model.osnet import OSNET_VARIANTS
+
+    if weights in (None, "none", "random", "imagenet") or not looks_like_torch_file(weights):
+        return None
+    if backbone not in OSNET_VARIANTS:
+        raise ReIDError(
+            f"model.weights '{weights}' is a PyTorch checkpoint: those load into torchreid's OSNet backbones "
+            f"({', '.join(OSNET_VARIANTS)}), not {backbone}"
+        )
+    return Path(weights).expanduser()
+
+
+def load_torchreid_checkpoint(tower, path, architecture):
+    """Reads the torchreid checkpoint `path` and sets `tower`'s OSNet backbone (and torchreid
+    feature layer) from it (`osnet_weights.load_torchreid_state_dict`).
+
+    Args:
+      tower: an embedding tower whose `model.backbone` is `architecture` (an OSNet variant).
+      path: a torchreid `.pth` file (`read_torchreid_weights`).
+      architecture: the tower's model.backbone, named in the error when the checkpoint differs.
+
+    Returns:
+      The `TorchreidWeights` read.
+
+    Raises:
+      ReIDError: the file cannot be read, or its state dict does not fit the tower (naming the
+        missing, unexpected or differently shaped tensors, and the architecture it looks like).
+    """
+    from siamese_reid.model.osnet_weights import load_torchreid_state_dict
+
+    weights = read_torchreid_weights(path)
+    try:
+        load_torchreid_state_dict(tower, weights.state_dict)
+    except ValueError as error:
+        raise ReIDError(_mismatch(path, architecture, weights.state_dict, error)) from None
+    return weights
+
+
+def _mismatch(path, architecture, state_dict, error):
+    """One line on why a state dict does not fit: another network, another OSNet, or names."""
+    guess = guess_architecture(state_dict)
+    if guess is None or not guess.startswith("osnet_"):
+        names = ", ".join(list(state_dict)[:4])
+        return (
+            f"'{path}' holds {guess or 'another network'} (tensors {names}, ...), not torchreid's {architecture}: "
+            "only torchreid OSNet checkpoints can be loaded"
+        )
+    if guess != architecture:
+        return (
+            f"'{path}' is a torchreid {guess} checkpoint, not {architecture}: "
+            f"use {guess} as the architecture (--arch, or model.backbone)"
+        )
+    return f"'{path}' does not fit {architecture}: {error}"
