@@ -149,6 +149,14 @@ def test_a_whole_pickled_model_is_refused_with_a_hint(tmp_path):
         read_torch_file(path)
 
 
+def test_a_torchscript_file_is_refused_as_one(tmp_path):
+    # torch.jit.save's archive: data.pkl names the scripted module's class under __torch__
+    payload = b"\x80\x02c__torch__.torch.nn.modules.container\nSequential\nq\x00)\x81q\x01."
+    path = _zip_file(tmp_path / "scripted.pt", payload)
+    with pytest.raises(ReIDError, match=r"is a TorchScript model \(torch\.jit\.save\), not a state dict"):
+        read_torch_file(path)
+
+
 @pytest.mark.parametrize(
     "name, fraction",
     [

@@ -47,6 +47,11 @@ def main(argv=None):
     result = import_torchreid_checkpoint(arguments.checkpoint, arguments.arch, arguments.output, _validation(arguments))
     source = f"{result.num_classes}-class classifier dropped" if result.num_classes else "no classifier"
     print(f"imported {arguments.checkpoint} ({arguments.arch}, {source}) into {result.run_dir}")
+    if result.validation_metrics is not None:
+        from siamese_reid.reporting import percent
+
+        metrics = result.validation_metrics
+        print(f"validation: rank-1 {percent(metrics['rank1'])}  mAP {percent(metrics['mAP'])}")
     if result.threshold is None:
         print("no threshold.json: search.py query needs --threshold (or import again with validation data)")
     print(f"next: python export.py --run {result.run_dir}   |   python search.py index --run {result.run_dir} ...")

@@ -396,6 +396,11 @@ _CUT_SHORT = "'{path}' is cut short: it ends inside a PyTorch checkpoint (an int
 
 def _refusal(path, refused):
     what = f"{refused.module}.{refused.name}"
+    if refused.module.startswith("__torch__"):
+        return (
+            f"'{path}' is a TorchScript model (torch.jit.save), not a state dict: refused, as loading it would run "
+            "its code; in PyTorch, save model.state_dict() with torch.save instead"
+        )
     if refused.module.startswith("torch.nn") or refused.module.startswith("torchreid"):
         return (
             f"'{path}' holds a whole pickled model ({what}), not a state dict: refused, as loading it would run "
