@@ -43,6 +43,7 @@ def save_png(array, path):
     return path
 
 
+@pytest.mark.slow  # about a minute and a half on two busy cores: SavedModel export and four traces of OSNet
 def test_a_torchreid_checkpoint_is_imported_exported_indexed_and_searched(tmp_path, tiny_demo):
     images, torchreid_features = torchreid_reference()
     run_dir = tmp_path / "runs" / "osnet"

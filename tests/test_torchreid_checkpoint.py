@@ -5,6 +5,7 @@ The fixtures in tests/fixtures/torchreid/ were written by torch.save itself
 `tensor.numpy()`.
 """
 
+import collections
 import io
 import os
 import pickle
@@ -147,6 +148,16 @@ def test_a_whole_pickled_model_is_refused_with_a_hint(tmp_path):
     expected = r"whole pickled model \(torch\.nn\.modules\.container\.Sequential\).*state_dict"
     with pytest.raises(ReIDError, match=expected):
         read_torch_file(path)
+
+
+def test_a_pickle_cannot_change_an_allowed_class_for_the_rest_of_the_process(tmp_path):
+    # GLOBAL collections.Counter, then BUILD with the state (None, {"most_common": 1}): pickle
+    # sets the attribute on whatever the global lookup returned
+    payload = b"\x80\x02ccollections\nCounter\nN}X\x0b\x00\x00\x00most_commonK\x01s\x86b."
+    path = _zip_file(tmp_path / "poison.pth", payload)
+    with pytest.raises(ReIDError):
+        read_torch_file(path)
+    assert collections.Counter("aab").most_common(1) == [("a", 2)]
 
 
 def test_a_torchscript_file_is_refused_as_one(tmp_path):

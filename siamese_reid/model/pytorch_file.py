@@ -55,7 +55,8 @@ STORAGE_DTYPES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+# slots: a pickle's BUILD instruction sets attributes through __dict__, which these do not have
+@dataclasses.dataclass(frozen=True, slots=True)
 class StorageType:
     """What find_class gives for `torch.FloatStorage` and its kind: the element type."""
 
@@ -69,7 +70,7 @@ class StorageType:
         return np.dtype(STORAGE_DTYPES[self.name]).newbyteorder("<")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class StorageReference:
     """A storage named by the pickle; its bytes are read once the whole pickle is read."""
 
@@ -80,7 +81,7 @@ class StorageReference:
     view: tuple | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PendingTensor:
     """A tensor the pickle rebuilds: its storage, offset, size and stride (in elements)."""
 
@@ -171,6 +172,23 @@ class _Refused(Exception):
         self.module, self.name = module, name
 
 
+class _AllowedCall:
+    """An allowed global as the pickle sees it: a new wrapper at every lookup, on which no
+    attribute can be set. Handed the class itself (collections.Counter), a pickle's BUILD
+    instruction could replace its methods for the rest of the process."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target):
+        object.__setattr__(self, "_target", target)
+
+    def __setattr__(self, name, value):
+        raise _Corrupt(f"the pickle sets attribute {name!r} of a class or function")
+
+    def __call__(self, *args):
+        return self._target(*args)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """pickle.Unpickler that looks up only ALLOWED_GLOBALS and turns persistent ids into
     `StorageReference`s ("Restricting Globals", Python's pickle documentation)."""
@@ -179,7 +197,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         allowed = ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
             raise _Refused(module, name)
-        return allowed
+        if isinstance(allowed, StorageType):
+            return StorageType(allowed.name)
+        return _AllowedCall(allowed)
 
     def persistent_load(self, saved_id):
         if not isinstance(saved_id, tuple) or not saved_id:
