@@ -160,6 +160,13 @@ def test_a_pickle_cannot_change_an_allowed_class_for_the_rest_of_the_process(tmp
     assert collections.Counter("aab").most_common(1) == [("a", 2)]
 
 
+def test_a_pickle_nested_too_deeply_is_one_error(tmp_path):
+    depth = 50_000  # lists in lists: EMPTY_LIST n times, then APPEND n - 1 times
+    path = _zip_file(tmp_path / "deep.pth", b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b".")
+    with pytest.raises(ReIDError, match="nested too deeply"):
+        read_torch_file(path)
+
+
 def test_a_torchscript_file_is_refused_as_one(tmp_path):
     # torch.jit.save's archive: data.pkl names the scripted module's class under __torch__
     payload = b"\x80\x02c__torch__.torch.nn.modules.container\nSequential\nq\x00)\x81q\x01."

@@ -405,6 +405,8 @@ def read_torch_file(path):
         if "truncated" in str(error):  # the C unpickler's word for a pickle that stops early
             raise ReIDError(_CUT_SHORT.format(path=path)) from None
         raise ReIDError(f"'{path}' is not a readable PyTorch checkpoint (UnpicklingError: {error})") from None
+    except RecursionError:
+        raise ReIDError(f"'{path}' is not a readable PyTorch checkpoint: its contents are nested too deeply") from None
     except _Corrupt as error:
         raise ReIDError(f"'{path}' is not a readable PyTorch checkpoint: {error}") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
