@@ -207,6 +207,15 @@ def test_files_that_are_not_checkpoints(tmp_path):
         read_torchreid_weights(tmp_path / "missing.pth")
 
 
+def test_a_big_endian_file_is_refused_rather_than_read_as_little_endian(tmp_path):
+    path = tmp_path / "big.pth"
+    with zipfile.ZipFile(FIXTURES / "tiny_state_dict_zip.pth") as source, zipfile.ZipFile(path, "w") as copy:
+        for name in source.namelist():
+            copy.writestr(name, b"big" if name.endswith("/byteorder") else source.read(name))
+    with pytest.raises(ReIDError, match="byte order 'big'; only little-endian files are read"):
+        read_torch_file(path)
+
+
 def test_a_torch_file_without_a_state_dict_says_what_it_holds(tmp_path):
     path = _zip_file(tmp_path / "results.pth", pickle.dumps({"epoch": 3, "rank1": 0.5}, protocol=2))
     with pytest.raises(ReIDError, match=r"not a state dict: its entry 'epoch' is a int"):

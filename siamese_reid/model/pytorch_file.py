@@ -11,7 +11,8 @@ Two layouts of `torch.save`, both read (facts from torch/serialization.py, torch
 
 - zip (torch >= 1.6): an archive whose entries share one top folder; `<top>/data.pkl` is the
   pickled object, `<top>/data/<key>` the raw bytes of storage `<key>`, `<top>/byteorder`
-  "little" or "big" (little when absent).
+  "little" or "big" (little when absent; only little-endian files are read: those of every
+  x86 and ARM machine).
 - legacy (torch < 1.6, or `_use_new_zipfile_serialization=False`): five things in a row: a
   pickled magic number, a pickled protocol version (1001), a pickled dict of system facts
   (`little_endian`), the pickled object, a pickled list of storage keys; then, for each key
@@ -19,7 +20,7 @@ Two layouts of `torch.save`, both read (facts from torch/serialization.py, torch
   little-endian bytes.
 
 In both, the object's pickle names storages by "persistent id" tuples ('storage', storage
-type, key, device, number of elements[, legacy view]) and tensors by
+type, key, device, number of elements[, legacy view: None since PyTorch 0.4]) and tensors by
 `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` (offsets and strides in
 elements).
 """
@@ -77,8 +78,6 @@ class StorageReference:
     key: str
     storage_type: StorageType
     num_elements: int
-    # legacy files of old PyTorch versions: a view (offset, size in elements) of storage `key`
-    view: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -210,12 +209,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if kind != "storage" or len(saved_id) not in (5, 6):
             raise _Corrupt(f"an unknown persistent id {saved_id[:1]!r}")
         storage_type, key, _device, num_elements = saved_id[1:5]
-        view = saved_id[5] if len(saved_id) == 6 else None
+        if len(saved_id) == 6 and saved_id[5] is not None:
+            raise _Corrupt("it holds a storage view, written only by PyTorch before 0.4, which is not read")
         if not isinstance(storage_type, StorageType) or not _are_counts((num_elements,)):
             raise _Corrupt("a storage record does not have the form torch.save writes")
-        if view is not None:
-            view_key, offset, view_size = view
-            return StorageReference(str(key), storage_type, num_elements, (str(view_key), offset, view_size))
         return StorageReference(str(key), storage_type, num_elements)
 
 
@@ -238,8 +235,8 @@ def _read_zip(path):
             raise ReIDError(f"'{path}' is a zip archive but not a torch.save checkpoint (no single <folder>/data.pkl)")
         top = pickles[0][: -len("data.pkl")]
         byte_order = (_record(archive, top + "byteorder") or b"little").decode("ascii", "replace")
-        if byte_order not in ("little", "big"):
-            raise ReIDError(f"'{path}' gives an unknown byte order {byte_order!r}")
+        if byte_order != "little":
+            raise ReIDError(f"'{path}' was written with byte order {byte_order!r}; only little-endian files are read")
         stored = _unpickle(_record(archive, pickles[0]))
 
         def storage_bytes(reference):
@@ -247,7 +244,7 @@ def _read_zip(path):
             if raw is None:
                 raise _Corrupt(f"storage {reference.key} is missing from the archive")
             dtype = reference.storage_type.dtype
-            return np.frombuffer(raw, dtype.newbyteorder(">" if byte_order == "big" else "<"))
+            return np.frombuffer(raw, dtype)
 
         return stored, _storages_of(stored, storage_bytes)
 
@@ -339,13 +336,12 @@ def tensor_array(tensor, flat):
     storage with others). Returns a native-endian copy that owns its data.
     """
     storage = tensor.storage
-    start = tensor.offset + (storage.view[1] if storage.view else 0)
+    start = tensor.offset
     if any(n == 0 for n in tensor.size):
         values = np.zeros(tensor.size, flat.dtype)
     else:
         last = start + sum((n - 1) * step for n, step in zip(tensor.size, tensor.stride, strict=True))
-        end = storage.view[1] + storage.view[2] if storage.view else len(flat)
-        if last >= end:
+        if last >= len(flat):
             raise _Corrupt(f"a tensor of size {tensor.size} reads past the end of storage {storage.key}")
         strides = tuple(step * flat.itemsize for step in tensor.stride)
         values = np.lib.stride_tricks.as_strided(flat[start:], tensor.size, strides, writeable=False)
