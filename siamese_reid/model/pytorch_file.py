@@ -1,11 +1,5 @@
 """Reads a file written by `torch.save` (a state dict, a checkpoint dict) into numpy arrays,
-without PyTorch and without running any code the file's pickle asks for.
-
-`torch.load` unpickles whatever the file holds, and a pickle can call any Python function (a
-`.pth` found on the web can run `os.system`). This reader unpickles with `find_class` limited
-to the handful of globals a state dict and a torchreid checkpoint dict are made of (ordered
-dicts, tensors rebuilt from storages, storage types, numpy scalars); anything else is refused
-before it is called. Tensors come back as numpy arrays.
+without PyTorch and without running any code the file's pickle asks for (`torch_pickle`).
 
 Two layouts of `torch.save`, both read (facts from torch/serialization.py, torch 2.x):
 
@@ -26,8 +20,6 @@ elements).
 """
 
 import collections
-import dataclasses
-import io
 import pickle
 import struct
 import zipfile
@@ -36,188 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.model.torch_pickle import CorruptCheckpoint, PendingTensor, RefusedGlobal, unpickle
 
 ZIP_SIGNATURE = b"PK\x03\x04"
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
-
-# torch.<Name>Storage -> element type. bfloat16 has no numpy type: read as its 16 bits.
-STORAGE_DTYPES = {
-    "FloatStorage": "float32",
-    "DoubleStorage": "float64",
-    "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64",
-    "IntStorage": "int32",
-    "ShortStorage": "int16",
-    "CharStorage": "int8",
-    "ByteStorage": "uint8",
-    "BoolStorage": "bool",
-}
-
-
-# slots: a pickle's BUILD instruction sets attributes through __dict__, which these do not have
-@dataclasses.dataclass(frozen=True, slots=True)
-class StorageType:
-    """What find_class gives for `torch.FloatStorage` and its kind: the element type."""
-
-    name: str
-
-    @property
-    def dtype(self):
-        # little-endian on disk: zip files say otherwise in their byteorder record
-        if self.name == "BFloat16Storage":
-            return np.dtype("<u2")
-        return np.dtype(STORAGE_DTYPES[self.name]).newbyteorder("<")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StorageReference:
-    """A storage named by the pickle; its bytes are read once the whole pickle is read."""
-
-    key: str
-    storage_type: StorageType
-    num_elements: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PendingTensor:
-    """A tensor the pickle rebuilds: its storage, offset, size and stride (in elements)."""
-
-    storage: StorageReference
-    offset: int
-    size: tuple
-    stride: tuple
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    """Stands in for torch._utils._rebuild_tensor_v2: records the tensor, reads nothing yet."""
-    if not isinstance(storage, StorageReference) or not _are_counts((storage_offset,), size, stride):
-        raise _Corrupt("a tensor record does not have the form torch.save writes")
-    if len(size) != len(stride):
-        raise _Corrupt(f"a tensor of size {tuple(size)} has stride {tuple(stride)}")
-    return PendingTensor(storage, storage_offset, tuple(size), tuple(stride))
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
-    """Stands in for torch._utils._rebuild_parameter: a parameter is its tensor."""
-    if not isinstance(data, PendingTensor):
-        raise _Corrupt("a parameter record does not hold a tensor")
-    return data
-
-
-def _are_counts(*groups):
-    return all(isinstance(group, tuple | list) and all(type(n) is int and n >= 0 for n in group) for group in groups)
-
-
-# numpy scalars, as torchreid saves them (its rank-1 accuracy is a numpy.float32): rebuilt from
-# their bytes here, for numeric types only, never by numpy's own reconstructor.
-_NUMPY_SCALAR_KINDS = "biuf"
-
-
-def _numpy_dtype(name, align=False, copy=True):
-    # a copy (numpy's own pickles ask for one too): the BUILD that follows sets its state, which
-    # must not change numpy's shared float32 type for the whole process
-    simple_name = isinstance(name, str) and len(name) <= 4 and name.isalnum()
-    dtype = np.dtype(name, align=False, copy=True) if simple_name else None
-    if dtype is None or dtype.kind not in _NUMPY_SCALAR_KINDS:
-        raise _Corrupt(f"a numpy scalar of type {name!r}, which a checkpoint does not hold")
-    return dtype
-
-
-def _numpy_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMPY_SCALAR_KINDS or not isinstance(data, bytes):
-        raise _Corrupt("a numpy scalar record does not have the form numpy writes")
-    if len(data) != dtype.itemsize:
-        raise _Corrupt(f"a numpy {dtype} scalar of {len(data)} bytes")
-    return np.frombuffer(data, dtype)[0]
-
-
-def _latin1_bytes(text, encoding="latin1"):
-    """Stands in for _codecs.encode: pickle protocol 2 writes bytes (a numpy scalar's) as a
-    latin-1 string and this call."""
-    if not isinstance(text, str) or encoding != "latin1":
-        raise _Corrupt("an encoded string record does not have the form pickle writes")
-    return text.encode("latin1")
-
-
-# (module, name) -> what unpickling may call for it. Nothing else is ever looked up.
-ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "Counter"): collections.Counter,  # torch's MultiStepLR state: its milestones
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "dtype"): _numpy_dtype,
-    ("_codecs", "encode"): _latin1_bytes,
-    ("builtins", "set"): set,
-    ("__builtin__", "set"): set,  # pickle protocol 2 spells builtins this way
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "frozenset"): frozenset,
-} | {("torch", name): StorageType(name) for name in STORAGE_DTYPES}
-
-
-class _Corrupt(Exception):
-    """Raised inside unpickling; becomes a ReIDError naming the file."""
-
-
-class _Refused(Exception):
-    """A global outside ALLOWED_GLOBALS; becomes a ReIDError naming the file and the global."""
-
-    def __init__(self, module, name):
-        super().__init__(f"{module}.{name}")
-        self.module, self.name = module, name
-
-
-class _AllowedCall:
-    """An allowed global as the pickle sees it: a new wrapper at every lookup, on which no
-    attribute can be set. Handed the class itself (collections.Counter), a pickle's BUILD
-    instruction could replace its methods for the rest of the process."""
-
-    __slots__ = ("_target",)
-
-    def __init__(self, target):
-        object.__setattr__(self, "_target", target)
-
-    def __setattr__(self, name, value):
-        raise _Corrupt(f"the pickle sets attribute {name!r} of a class or function")
-
-    def __call__(self, *args):
-        return self._target(*args)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """pickle.Unpickler that looks up only ALLOWED_GLOBALS and turns persistent ids into
-    `StorageReference`s ("Restricting Globals", Python's pickle documentation)."""
-
-    def find_class(self, module, name):
-        allowed = ALLOWED_GLOBALS.get((module, name))
-        if allowed is None:
-            raise _Refused(module, name)
-        if isinstance(allowed, StorageType):
-            return StorageType(allowed.name)
-        return _AllowedCall(allowed)
-
-    def persistent_load(self, saved_id):
-        if not isinstance(saved_id, tuple) or not saved_id:
-            raise _Corrupt(f"an unknown persistent id {saved_id!r}")
-        kind = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
-        if kind == "module":  # legacy files of whole models name their classes (and source code)
-            raise _Refused("torch.nn", "Module")
-        if kind != "storage" or len(saved_id) not in (5, 6):
-            raise _Corrupt(f"an unknown persistent id {saved_id[:1]!r}")
-        storage_type, key, _device, num_elements = saved_id[1:5]
-        if len(saved_id) == 6 and saved_id[5] is not None:
-            raise _Corrupt("it holds a storage view, written only by PyTorch before 0.4, which is not read")
-        if not isinstance(storage_type, StorageType) or not _are_counts((num_elements,)):
-            raise _Corrupt("a storage record does not have the form torch.save writes")
-        return StorageReference(str(key), storage_type, num_elements)
-
-
-def _unpickle(data):
-    return _RestrictedUnpickler(io.BytesIO(data) if isinstance(data, bytes) else data).load()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,12 +52,12 @@ def _read_zip(path):
         byte_order = (_record(archive, top + "byteorder") or b"little").decode("ascii", "replace")
         if byte_order != "little":
             raise ReIDError(f"'{path}' was written with byte order {byte_order!r}; only little-endian files are read")
-        stored = _unpickle(_record(archive, pickles[0]))
+        stored = unpickle(_record(archive, pickles[0]))
 
         def storage_bytes(reference):
             raw = _record(archive, f"{top}data/{reference.key}")
             if raw is None:
-                raise _Corrupt(f"storage {reference.key} is missing from the archive")
+                raise CorruptCheckpoint(f"storage {reference.key} is missing from the archive")
             dtype = reference.storage_type.dtype
             return np.frombuffer(raw, dtype)
 
@@ -256,34 +71,34 @@ def _record(archive, name):
     except KeyError:
         return None
     except (zipfile.BadZipFile, EOFError, OSError) as error:
-        raise _Corrupt(f"entry {name} cannot be read ({error})") from None
+        raise CorruptCheckpoint(f"entry {name} cannot be read ({error})") from None
 
 
 def _read_legacy(path):
     with open(path, "rb") as file:
         try:
-            magic_number = _unpickle(file)
+            magic_number = unpickle(file)
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError):
             magic_number = None
         if magic_number != LEGACY_MAGIC_NUMBER:
             raise ReIDError(
                 f"'{path}' is not a PyTorch checkpoint (neither a zip archive nor a legacy torch.save file)"
             )
-        protocol_version = _unpickle(file)
+        protocol_version = unpickle(file)
         if protocol_version != LEGACY_PROTOCOL_VERSION:
             raise ReIDError(f"'{path}' is a legacy PyTorch file of unknown protocol version {protocol_version!r}")
-        system = _unpickle(file)
+        system = unpickle(file)
         if not isinstance(system, dict) or not system.get("little_endian", False):
             raise ReIDError(f"'{path}' was written on a big-endian machine in the legacy format, which is not read")
-        stored = _unpickle(file)
-        keys = _unpickle(file)
+        stored = unpickle(file)
+        keys = unpickle(file)
         if not isinstance(keys, list):
-            raise _Corrupt("the storage list is not a list")
+            raise CorruptCheckpoint("the storage list is not a list")
         references = {reference.key: reference for reference in _references_in(stored)}
         data = {}
         for key in keys:
             if key not in references:
-                raise _Corrupt(f"storage {key} is listed but not used")
+                raise CorruptCheckpoint(f"storage {key} is listed but not used")
             dtype = references[key].storage_type.dtype
             (count,) = struct.unpack("<q", _read_exactly(file, 8))
             data[key] = np.frombuffer(_read_exactly(file, count * dtype.itemsize), dtype)
@@ -308,7 +123,7 @@ def _storages_of(stored, storage_bytes):
         if reference.key not in storages:
             flat = storage_bytes(reference)
             if flat is None or len(flat) < reference.num_elements:
-                raise _Corrupt(f"storage {reference.key} holds fewer elements than its tensors use")
+                raise CorruptCheckpoint(f"storage {reference.key} holds fewer elements than its tensors use")
             storages[reference.key] = flat
     return storages
 
@@ -342,7 +157,7 @@ def tensor_array(tensor, flat):
     else:
         last = start + sum((n - 1) * step for n, step in zip(tensor.size, tensor.stride, strict=True))
         if last >= len(flat):
-            raise _Corrupt(f"a tensor of size {tensor.size} reads past the end of storage {storage.key}")
+            raise CorruptCheckpoint(f"a tensor of size {tensor.size} reads past the end of storage {storage.key}")
         strides = tuple(step * flat.itemsize for step in tensor.stride)
         values = np.lib.stride_tricks.as_strided(flat[start:], tensor.size, strides, writeable=False)
     values = np.array(values, dtype=values.dtype.newbyteorder("="))
@@ -393,7 +208,7 @@ def read_torch_file(path):
         return _with_arrays(stored, storages)
     except ReIDError:
         raise
-    except _Refused as refused:
+    except RefusedGlobal as refused:
         raise ReIDError(_refusal(path, refused)) from None
     except (EOFError, struct.error):
         raise ReIDError(_CUT_SHORT.format(path=path)) from None
@@ -403,7 +218,7 @@ def read_torch_file(path):
         raise ReIDError(f"'{path}' is not a readable PyTorch checkpoint (UnpicklingError: {error})") from None
     except RecursionError:
         raise ReIDError(f"'{path}' is not a readable PyTorch checkpoint: its contents are nested too deeply") from None
-    except _Corrupt as error:
+    except CorruptCheckpoint as error:
         raise ReIDError(f"'{path}' is not a readable PyTorch checkpoint: {error}") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
         raise ReIDError(f"'{path}' is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
