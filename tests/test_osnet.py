@@ -34,6 +34,11 @@ def torchreid_like_tower(backbone, image_size=SMALL_SIZE):
     return build_embedding_model(dataclasses.replace(TORCHREID_HEAD, backbone=backbone), image_size)
 
 
+def embed(model, images):
+    # an eager call: tracing predict() over OSNet's ~700 layers costs more than the call itself
+    return keras.ops.convert_to_numpy(model(images, training=False))
+
+
 def trainable_parameters(model):
     return sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
 
@@ -66,7 +71,9 @@ def test_every_tensor_of_torchreids_state_dict_lands_in_its_layer_transposed(var
     state = random_state_dict(STRUCTURE[variant]["state_dict"])
     load_torchreid_state_dict(tower, state)  # raises on any missing, unexpected or misshapen key
     backbone = tower.get_layer(variant)
-    np.testing.assert_allclose(backbone.get_layer("conv1.conv").get_weights()[0], state["conv1.conv.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_allclose(
+        backbone.get_layer("conv1.conv").get_weights()[0], state["conv1.conv.weight"].transpose(2, 3, 1, 0)
+    )
     depthwise = next(name for name in state if name.endswith("conv2.weight") and state[name].shape[1] == 1)
     np.testing.assert_allclose(
         backbone.get_layer(depthwise.removesuffix(".weight")).get_weights()[0], state[depthwise].transpose(2, 3, 0, 1)
@@ -113,9 +120,9 @@ def test_ported_weights_give_torchreids_features_of_random_images(name, monkeypa
     images = data["random_images"].astype("float32")
     tower, features, _ = ported_tower(name, images.shape[1:3], monkeypatch)
     expected = data["random_features"]
-    np.testing.assert_allclose(features.predict(images, verbose=0), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(embed(features, images), expected, atol=1e-4, rtol=0)
     normalised = expected / np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(tower.predict(images, verbose=0), normalised, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(embed(tower, images), normalised, atol=1e-4, rtol=0)
 
 
 @pytest.mark.skipif(not MARKET_SAMPLE.is_dir(), reason="the Market-1501 sample is not on this machine")
@@ -126,7 +133,7 @@ def test_ported_weights_give_torchreids_features_of_market_images(name, monkeypa
     paths = [MARKET_SAMPLE / "query" / file_name for file_name in data["real_image_names"]]
     images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths]).astype("float32")
     _, features, _ = ported_tower(name, images.shape[1:3], monkeypatch)
-    np.testing.assert_allclose(features.predict(images, verbose=0), data["real_features"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(embed(features, images), data["real_features"], atol=1e-4, rtol=0)
 
 
 def test_instance_normalisation_is_per_image_and_channel_in_training_and_inference():
@@ -156,18 +163,26 @@ def test_port_errors_name_the_keys_and_leave_the_tower_unchanged():
     with pytest.raises(ValueError, match=r"unexpected keys: conv2\.0\.IN\.weight"):
         load_torchreid_state_dict(tower, state | {"conv2.0.IN.weight": np.ones(64)})
     misshapen = state | {"conv4.1.conv3.conv.weight": np.ones((128, 16, 1, 1))}
-    with pytest.raises(ValueError, match=r"'conv4\.1\.conv3\.conv\.weight' has shape \(128, 16, 1, 1\).*\(128, 32, 1, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"'conv4\.1\.conv3\.conv\.weight' has shape \(128, 16, 1, 1\).*\(128, 32, 1, 1\)"
+    ):
         load_torchreid_state_dict(tower, misshapen)
     for got, original in zip(tower.get_weights(), before, strict=True):
         np.testing.assert_array_equal(got, original)
 
     # the classifier, training-only in torchreid as here, is dropped
-    load_torchreid_state_dict(tower, state | {"classifier.weight": np.ones((751, 512)), "classifier.bias": np.ones(751)})
-    without_fc = build_embedding_model(dataclasses.replace(TORCHREID_HEAD, backbone="osnet_x0_25", feature_layer="none"), SMALL_SIZE)
+    load_torchreid_state_dict(
+        tower, state | {"classifier.weight": np.ones((751, 512)), "classifier.bias": np.ones(751)}
+    )
+    without_fc = build_embedding_model(
+        dataclasses.replace(TORCHREID_HEAD, backbone="osnet_x0_25", feature_layer="none"), SMALL_SIZE
+    )
     with pytest.raises(ValueError, match="unexpected keys: fc.0.bias.*model.feature_layer: torchreid"):
         load_torchreid_state_dict(without_fc, state)
     with pytest.raises(ValueError, match="missing keys: .*conv1.bn.running_mean.*architecture"):
-        load_torchreid_state_dict(torchreid_like_tower("osnet_ain_x1_0"), random_state_dict(STRUCTURE["osnet_x1_0"]["state_dict"]))
+        load_torchreid_state_dict(
+            torchreid_like_tower("osnet_ain_x1_0"), random_state_dict(STRUCTURE["osnet_x1_0"]["state_dict"])
+        )
     vgg = build_embedding_model(ModelConfig(vgg_blocks=1, embedding_dim=8), (32, 32))
     with pytest.raises(ValueError, match="no OSNet backbone"):
         load_torchreid_state_dict(vgg, state)
@@ -181,7 +196,9 @@ def test_config_accepts_the_osnet_names_and_the_feature_layer():
     with pytest.raises(ReIDError, match="model.feature_layer"):
         load_config(None, ["model.feature_layer=fc512"])
     with pytest.raises(ReIDError, match="no Keras ImageNet weights for osnet_x0_25"):
-        build_embedding_model(dataclasses.replace(TORCHREID_HEAD, backbone="osnet_x0_25", weights="imagenet"), SMALL_SIZE)
+        build_embedding_model(
+            dataclasses.replace(TORCHREID_HEAD, backbone="osnet_x0_25", weights="imagenet"), SMALL_SIZE
+        )
 
 
 def test_freeze_blocks_freezes_the_stem_and_the_first_stages_with_their_transitions():
@@ -193,10 +210,12 @@ def test_freeze_blocks_freezes_the_stem_and_the_first_stages_with_their_transiti
 
 
 def test_head_options_work_on_top_and_the_saved_tower_loads_with_plain_keras(tmp_path):
-    model = ModelConfig(backbone="osnet_ain_x1_0", pooling="gem", stripes=2, feature_layer="torchreid", embedding_dim=16)
+    model = ModelConfig(
+        backbone="osnet_ain_x1_0", pooling="gem", stripes=2, feature_layer="torchreid", embedding_dim=16
+    )
     tower = build_embedding_model(model, SMALL_SIZE)
     images = np.random.default_rng(1).uniform(0, 255, (3, *SMALL_SIZE, 3)).astype("float32")
-    expected = tower.predict(images, verbose=0)
+    expected = embed(tower, images)
     assert expected.shape == (3, 16)
     tower.save(tmp_path / "osnet.keras")
     np.save(tmp_path / "images.npy", images)
@@ -204,9 +223,95 @@ def test_head_options_work_on_top_and_the_saved_tower_loads_with_plain_keras(tmp
     script = (
         "import keras, numpy as np, sys\n"
         "model = keras.saving.load_model('osnet.keras')\n"
-        "np.testing.assert_allclose(model.predict(np.load('images.npy'), verbose=0), np.load('expected.npy'), atol=1e-6)\n"
+        "got = model.predict(np.load('images.npy'), verbose=0)\n"
+        "np.testing.assert_allclose(got, np.load('expected.npy'), atol=1e-6)\n"
         "assert 'siamese_reid' not in sys.modules\n"
         "print('loaded')\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "loaded" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def small_osnet_tower():
+    """An AIN tower (batch and instance normalisation) with this package's default head."""
+    return build_embedding_model(ModelConfig(backbone="osnet_ain_x1_0", embedding_dim=16), SMALL_SIZE)
+
+
+def test_savedmodel_export_matches_the_keras_tower_without_the_package(small_osnet_tower, tmp_path):
+    from siamese_reid.export import export_model
+
+    images = np.random.default_rng(2).uniform(0, 255, (2, *SMALL_SIZE, 3)).astype("float32")
+    export_model(small_osnet_tower, "savedmodel", tmp_path / "savedmodel")
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "expected.npy", embed(small_osnet_tower, images))
+    script = (
+        "import sys; sys.modules['siamese_reid'] = None  # as if the package were not installed\n"
+        "import numpy as np, tensorflow as tf\n"
+        "serve = tf.saved_model.load('savedmodel').signatures['serving_default']\n"
+        "got = serve(images=tf.constant(np.load('images.npy')))['embeddings'].numpy()\n"
+        "np.testing.assert_allclose(got, np.load('expected.npy'), atol=1e-5)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_litert_and_onnx_exports_match_the_keras_tower(small_osnet_tower, tmp_path):
+    import tensorflow as tf
+
+    from siamese_reid.export import export_model
+
+    images = np.random.default_rng(3).uniform(0, 255, (2, *SMALL_SIZE, 3)).astype("float32")
+    expected = embed(small_osnet_tower, images)
+    export_model(small_osnet_tower, "litert", tmp_path / "litert")
+    interpreter = tf.lite.Interpreter(
+        str(tmp_path / "litert" / "model.tflite"),
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.resize_tensor_input(0, images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    export_model(small_osnet_tower, "onnx", tmp_path / "onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    np.testing.assert_allclose(session.run(None, {"images": images})[0], expected, atol=1e-5)
+
+
+TRAINING = [
+    "data.image_height=64",
+    "data.image_width=32",
+    "model.embedding_dim=16",
+    "training.epochs=1",
+    "training.steps_per_epoch=3",
+    "training.warmup_epochs=0",
+    "training.identities_per_batch=4",
+    "training.images_per_identity=2",
+    "evaluation.every_n_epochs=0",
+    "evaluation.num_examples=0",
+    "evaluation.flip_test=false",
+]
+
+
+# About 3 minutes per variant on 2 shared cores (tracing the training step of ~700 layers).
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(OSNET_VARIANTS))
+def test_every_variant_trains_through_the_package(variant, tiny_demo, tmp_path):
+    from siamese_reid import experiment
+    from tests.conftest import PROJECT_ROOT
+
+    settings = TRAINING + [f"model.backbone={variant}", f"data.root={tiny_demo}", "training.precision=float32"]
+    config = load_config(PROJECT_ROOT / "config.yaml", settings)
+    run_dir = experiment.create_run_dir(tmp_path, variant)
+    metrics = experiment.train(config, run_dir)
+    history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
+    assert np.isfinite(history["loss"]).all() and 0.0 <= metrics["mAP"] <= 1.0
+    keras.utils.set_random_seed(config.training.seed)  # the run's initial weights
+    initial = experiment.build_tower(config).get_layer(variant)
+    trained = keras.saving.load_model(run_dir / "last.keras").get_layer(variant)
+    for name in ("conv1.conv", "conv2.0.gate.fc1", "conv5.bn"):  # the gradient reached the stem
+        before, after = initial.get_layer(name).get_weights()[0], trained.get_layer(name).get_weights()[0]
+        assert not np.allclose(before, after), name

@@ -173,7 +173,9 @@ def main():
     osnet, osnet_ain = load_module(folder, "osnet"), load_module(folder, "osnet_ain")
     OUTPUT.mkdir(parents=True, exist_ok=True)
     published = {name: structure(model) for name, model in published_variants(osnet, osnet_ain).items()}
-    (OUTPUT / "structure.json").write_text(json.dumps({"torchreid_version": TORCHREID_VERSION, **published}, separators=(",", ":")) + "\n")
+    (OUTPUT / "structure.json").write_text(
+        json.dumps({"torchreid_version": TORCHREID_VERSION, **published}, separators=(",", ":")) + "\n"
+    )
     for name, record in published.items():
         print(f"{name}: {record['parameters']:,} parameters")
     generator = torch.Generator().manual_seed(0)

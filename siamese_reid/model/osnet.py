@@ -130,9 +130,10 @@ def _light_conv(x, channels, name):
 def _stream_names(name, layout):
     """The torchreid names of the LightConv3x3 layers of each of the four streams."""
     if layout == "osnet":
-        streams = [[f"{name}.conv2a"]]
-        streams += [[f"{name}.conv2{letter}.{depth}" for depth in range(count)] for letter, count in zip("bcd", (2, 3, 4))]
-        return streams
+        # conv2a is one LightConv3x3; conv2b, conv2c, conv2d are Sequentials of 2, 3, 4 of them
+        return [[f"{name}.conv2a"]] + [
+            [f"{name}.conv2{'abcd'[stream]}.{depth}" for depth in range(stream + 1)] for stream in range(1, STREAMS)
+        ]
     return [[f"{name}.conv2.{stream}.layers.{depth}" for depth in range(stream + 1)] for stream in range(STREAMS)]
 
 
