@@ -7,6 +7,7 @@ The fixtures in tests/fixtures/torchreid/ were written by torch.save itself
 
 import collections
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -83,11 +84,18 @@ def test_an_osnet_checkpoint_is_recognised_by_its_names_and_width():
     assert weights.state_dict["conv1.conv.weight"].shape == (16, 3, 7, 7)
 
 
-def test_architecture_guesses():
-    stem = {"conv1.conv.weight": np.zeros((64, 3, 7, 7), np.float32)}
-    assert guess_architecture(stem) == "osnet_x1_0"
-    assert guess_architecture({**stem, "conv2.0.IN.weight": np.zeros(256)}) == "osnet_ibn_x1_0"
-    assert guess_architecture({**stem, "pool2.0.conv.weight": np.zeros(1)}) == "osnet_ain_x1_0"
+def test_each_torchreid_osnet_is_recognised_from_its_state_dict():
+    # names and shapes of torchreid 0.2.5's six OSNet state dicts (tests/test_osnet.py's fixture)
+    structure = json.loads((FIXTURES.parent / "torchreid_osnet" / "structure.json").read_text())
+    variants = [name for name in structure if name.startswith("osnet")]
+    assert len(variants) == 6
+    for variant in variants:
+        shapes = structure[variant]["state_dict"]
+        state_dict = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+        assert guess_architecture(state_dict) == variant
+
+
+def test_other_networks_are_described():
     resnet = {"conv1.weight": np.zeros((64, 3, 7, 7)), "layer4.0.conv1.weight": np.zeros(1)}
     assert guess_architecture(resnet) == "a ResNet"
     assert guess_architecture({"something.weight": np.zeros(1)}) is None
