@@ -232,6 +232,26 @@ def test_head_options_work_on_top_and_the_saved_tower_loads_with_plain_keras(tmp
     assert result.returncode == 0 and "loaded" in result.stdout, result.stderr[-2000:]
 
 
+def test_the_float32_copy_of_a_mixed_precision_osnet_tower_computes_as_the_float32_tower():
+    # What checkpoints and exports hold after a bfloat16 run (precision "auto" picks it on CPUs
+    # with AVX512_BF16): the clone must keep the gate's two convolutions shared by four streams.
+    from siamese_reid.model.embedding import float32_copy
+
+    model = ModelConfig(backbone="osnet_ain_x1_0", embedding_dim=16)
+    keras.utils.set_random_seed(0)
+    reference = build_embedding_model(model, SMALL_SIZE)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        tower = build_embedding_model(model, SMALL_SIZE)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    tower.set_weights(reference.get_weights())
+    copy = float32_copy(tower)
+    assert len(copy.weights) == len(reference.weights)
+    images = np.random.default_rng(4).uniform(0, 255, (2, *SMALL_SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(embed(copy, images), embed(reference, images), atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def small_osnet_tower():
     """An AIN tower (batch and instance normalisation) with this package's default head."""
