@@ -17,13 +17,13 @@ CLASSIFIER_PREFIX = "classifier."
 # torchreid's fully connected feature layer (Linear, BatchNorm1d) -> the tower's layer names.
 _FEATURE_LAYER_NAMES = {"fc.0": "feature_fc", "fc.1": "feature_bn"}
 
-
 # PyTorch layout -> Keras layout, as the axes np.transpose takes.
 _CONV_AXES = (2, 3, 1, 0)  # [out, in, kh, kw] -> [kh, kw, in, out]
 _DEPTHWISE_AXES = (2, 3, 0, 1)  # [channels, 1, kh, kw] -> [kh, kw, channels, 1]
 _LINEAR_AXES = (1, 0)  # [out, in] -> [in, out]
 _SAME_AXES = (0,)  # vectors
-# BatchNorm's step counter: a key of every torchreid state dict, and no weight of a Keras layer.
+# BatchNorm's step counter: in the state dicts of PyTorch >= 0.4.1, and no weight of a Keras
+# layer: accepted, not required.
 _NO_WEIGHT = None
 
 
@@ -67,9 +67,9 @@ def _names(keys, limit=8):
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def _check_keys(expected, state_dict):
+def _check_keys(required, optional, state_dict):
     given = {key for key in state_dict if not key.startswith(CLASSIFIER_PREFIX)}
-    missing, unexpected = expected - given, given - expected
+    missing, unexpected = required - given, given - required - optional
     if not missing and not unexpected:
         return
     problems = []
@@ -77,7 +77,6 @@ def _check_keys(expected, state_dict):
         problems.append(f"missing keys: {_names(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {_names(unexpected)}")
-    hint = ""
     if any(key.startswith("fc.") for key in unexpected):
         hint = " (a checkpoint with torchreid's fc layer needs model.feature_layer: torchreid)"
     elif any(key.startswith("fc.") for key in missing):
@@ -104,8 +103,12 @@ def load_torchreid_state_dict(tower, state_dict):
       ValueError: naming the missing and unexpected keys, or the first tensor whose shape differs.
     """
     modules = _osnet_layers(tower)
-    expected = {f"{module}.{suffix}" for module, layer in modules.items() for suffix, _ in _parameters(layer)}
-    _check_keys(expected, state_dict)
+    keys = [(f"{module}.{suffix}", axes) for module, layer in modules.items() for suffix, axes in _parameters(layer)]
+    _check_keys(
+        {key for key, axes in keys if axes is not _NO_WEIGHT},
+        {key for key, axes in keys if axes is _NO_WEIGHT},
+        state_dict,
+    )
     new_weights = []
     for module, layer in modules.items():
         arrays = []
