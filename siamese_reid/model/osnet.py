@@ -117,12 +117,13 @@ def _conv_norm(x, filters, name, kernel=1, stride=1, instance=False, relu=True, 
 
 def _light_conv(x, channels, name):
     """torchreid's LightConv3x3: 1x1 convolution (linear), depthwise 3x3, BN, ReLU."""
-    x = keras.layers.Conv2D(channels, 1, use_bias=False, kernel_initializer=_conv_initializer(), name=f"{name}.conv1")(
-        x
+    pointwise = keras.layers.Conv2D(
+        channels, 1, use_bias=False, kernel_initializer=_conv_initializer(), name=f"{name}.conv1"
     )
-    x = keras.layers.DepthwiseConv2D(
+    depthwise = keras.layers.DepthwiseConv2D(
         3, padding="same", use_bias=False, depthwise_initializer=_depthwise_initializer(), name=f"{name}.conv2"
-    )(x)
+    )
+    x = depthwise(pointwise(x))
     x = _normalization(channels, False, f"{name}.bn")(x)
     return keras.layers.ReLU(name=f"{name}.relu")(x)
 
