@@ -126,6 +126,7 @@ class ModelConfig:
     freeze_blocks: int = _field(0, minimum=0, maximum=5)
     pooling: str = _field("avg", choices=POOLINGS)
     stripes: int = _field(4, minimum=1, maximum=64)
+    feature_layer: str = _field("none", choices="siamese_reid.model.embedding:FEATURE_LAYERS")
     embedding_dim: int = _field(128, minimum=0)
     bnneck: bool = _field(True)
     branches: str = _field("batched", choices=BRANCHES)

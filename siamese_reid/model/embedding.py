@@ -19,9 +19,14 @@ import numpy as np
 from keras import ops
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.model.osnet import BATCH_NORM_MOMENTUM, EPSILON, OSNET_VARIANTS, build_osnet, osnet_block_of_layer
+from siamese_reid.model.torchreid_checkpoint import load_torchreid_checkpoint, torchreid_checkpoint_path
 
 # keras.applications' "caffe" preprocessing: BGR channel order, ImageNet mean subtracted.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# torchreid's (torchvision's) ImageNet normalisation of RGB images scaled to [0, 1].
+_IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+_IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 
 def _per_pixel_affine(images, matrix, offset):
@@ -49,6 +54,12 @@ def _caffe_preprocess(images):
 def _tf_preprocess(images):
     # keras.applications' "tf" mode: [0, 255] -> [-1, 1].
     return _per_pixel_affine(images, np.eye(3) / 127.5, -np.ones(3))
+
+
+def _torchreid_preprocess(images):
+    # torchreid's ToTensor + Normalize: (x / 255 - mean) / std per RGB channel, as one affine map.
+    std = np.asarray(_IMAGENET_STD_RGB)
+    return _per_pixel_affine(images, np.diag(1.0 / (255.0 * std)), -np.asarray(_IMAGENET_MEAN_RGB) / std)
 
 
 def _vgg16_block(layer_name):
@@ -95,6 +106,24 @@ def _mobilenetv2(input_shape, weights, vgg_blocks):
     return keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=input_shape)
 
 
+def _osnet(variant):
+    """The builder of one OSNet variant, with the signature of the keras.applications ones."""
+
+    def build(input_shape, weights, vgg_blocks):
+        if weights == "imagenet":
+            raise ReIDError(
+                f"there are no Keras ImageNet weights for {variant} (torchreid's are PyTorch files): use "
+                "model.weights=none, a .weights.h5 file of this backbone, or import a torchreid checkpoint "
+                "(docs/osnet.md)"
+            )
+        backbone = build_osnet(OSNET_VARIANTS[variant], input_shape, name=variant)
+        if weights is not None:
+            backbone.load_weights(weights)
+        return backbone
+
+    return build
+
+
 class Backbone(NamedTuple):
     """How to build one backbone, preprocess its input, and number its blocks."""
 
@@ -108,7 +137,30 @@ BACKBONES = {
     "vgg16": Backbone(_vgg16, _caffe_preprocess, _vgg16_block),
     "resnet50": Backbone(_resnet50, _caffe_preprocess, _resnet50_block),
     "mobilenetv2": Backbone(_mobilenetv2, _tf_preprocess, _mobilenetv2_block),
+    **{variant: Backbone(_osnet(variant), _torchreid_preprocess, osnet_block_of_layer) for variant in OSNET_VARIANTS},
 }
+
+# model.feature_layer: the layers between pooling and the projection. "torchreid" is the fully
+# connected layer torchreid's OSNet ends with (fc_dims=[512]: Linear, BatchNorm1d, ReLU), which a
+# converted torchreid checkpoint needs to give torchreid's features.
+FEATURE_LAYERS = ("none", "torchreid")
+TORCHREID_FEATURE_DIM = 512
+
+
+def feature_layer(pooled, kind):
+    """[batch, channels] -> [batch, channels] ("none") or [batch, 512] ("torchreid")."""
+    if kind == "none":
+        return pooled
+    if kind != "torchreid":
+        raise ReIDError(f"unknown feature layer {kind!r}; valid names: {list(FEATURE_LAYERS)}")
+    # torchreid's initialisation (Linear: N(0, 0.01), zero bias) and PyTorch's BatchNorm1d constants.
+    features = keras.layers.Dense(
+        TORCHREID_FEATURE_DIM, kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01), name="feature_fc"
+    )(pooled)
+    features = keras.layers.BatchNormalization(epsilon=EPSILON, momentum=BATCH_NORM_MOMENTUM, name="feature_bn")(
+        features
+    )
+    return keras.layers.ReLU(name="feature_relu")(features)
 
 
 def _gem_pooling(features, power=3.0, epsilon=1e-6):
@@ -259,18 +311,22 @@ def build_embedding_model(model, image_size):
 
     Args:
       model: the `ModelConfig` section (backbone, weights, vgg_blocks, last_stride, freeze_blocks,
-        pooling, stripes, embedding_dim, bnneck).
+        pooling, stripes, feature_layer, embedding_dim, bnneck).
       image_size: (height, width) of the input images.
 
     Returns:
       A functional `keras.Model` named "embedding_tower".
     """
     input_shape = (*image_size, 3)
-    backbone = build_backbone(model.backbone, model.weights, input_shape, model.vgg_blocks, model.last_stride)
+    # A torchreid .pth checkpoint sets the whole tower (backbone and torchreid's fc layer) once
+    # it is built; every other weights file is the backbone's.
+    checkpoint = torchreid_checkpoint_path(model.backbone, model.weights)
+    backbone_weights = "none" if checkpoint else model.weights
+    backbone = build_backbone(model.backbone, backbone_weights, input_shape, model.vgg_blocks, model.last_stride)
     freeze_blocks(backbone, model.backbone, model.freeze_blocks)
     images = keras.Input(input_shape, name="images")
     features = backbone(BACKBONES[model.backbone].preprocess(images))
-    pooled = pool_stripes(features, model.pooling, model.stripes)
+    pooled = feature_layer(pool_stripes(features, model.pooling, model.stripes), model.feature_layer)
     if model.embedding_dim:
         embedding = keras.layers.Dense(model.embedding_dim, name="projection")(pooled)
     else:
@@ -286,7 +342,10 @@ def build_embedding_model(model, image_size):
         embedding = keras.layers.BatchNormalization(center=False, momentum=0.9, name="bnneck")(embedding)
     # float32 output: distances and losses must not be computed in float16.
     embedding = keras.layers.UnitNormalization(name="l2_normalize", dtype="float32")(embedding)
-    return keras.Model(images, embedding, name="embedding_tower")
+    tower = keras.Model(images, embedding, name="embedding_tower")
+    if checkpoint:
+        load_torchreid_checkpoint(tower, checkpoint, model.backbone)
+    return tower
 
 
 def float32_copy(tower):
