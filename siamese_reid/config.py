@@ -30,7 +30,18 @@ from siamese_reid.errors import ReIDError
 LAYOUTS = ("market", "folders", "msmt17", "cuhk03_np")  # siamese_reid.data.datasets.LAYOUTS
 CUHK03_SUBSETS = ("detected", "labeled")  # siamese_reid.data.cuhk03.CUHK03_SUBSETS
 MSMT17_VAL = ("unused", "train")  # siamese_reid.data.msmt17.MSMT17_VAL
-BACKBONES = ("vgg16", "resnet50", "mobilenetv2")  # siamese_reid.model.embedding.BACKBONES
+BACKBONES = (  # siamese_reid.model.embedding.BACKBONES
+    "vgg16",
+    "resnet50",
+    "mobilenetv2",
+    "osnet_x1_0",
+    "osnet_x0_75",
+    "osnet_x0_5",
+    "osnet_x0_25",
+    "osnet_ibn_x1_0",
+    "osnet_ain_x1_0",
+)
+FEATURE_LAYERS = ("none", "torchreid")  # siamese_reid.model.embedding.FEATURE_LAYERS
 POOLINGS = ("avg", "max", "gem")  # siamese_reid.model.embedding.POOLINGS
 BRANCHES = ("batched", "separate")  # siamese_reid.model.siamese.BRANCHES
 LOSSES = ("batch_hard", "semihard", "batch_all", "triplet")  # siamese_reid.losses.triplet.LOSSES
@@ -51,6 +62,7 @@ CHOICE_SOURCES = {
     "CUHK03_SUBSETS": "siamese_reid.data.cuhk03:CUHK03_SUBSETS",
     "MSMT17_VAL": "siamese_reid.data.msmt17:MSMT17_VAL",
     "BACKBONES": "siamese_reid.model.embedding:BACKBONES",
+    "FEATURE_LAYERS": "siamese_reid.model.embedding:FEATURE_LAYERS",
     "POOLINGS": "siamese_reid.model.embedding:POOLINGS",
     "BRANCHES": "siamese_reid.model.siamese:BRANCHES",
     "LOSSES": "siamese_reid.losses.triplet:LOSSES",
@@ -126,7 +138,7 @@ class ModelConfig:
     freeze_blocks: int = _field(0, minimum=0, maximum=5)
     pooling: str = _field("avg", choices=POOLINGS)
     stripes: int = _field(4, minimum=1, maximum=64)
-    feature_layer: str = _field("none", choices="siamese_reid.model.embedding:FEATURE_LAYERS")
+    feature_layer: str = _field("none", choices=FEATURE_LAYERS)
     embedding_dim: int = _field(128, minimum=0)
     bnneck: bool = _field(True)
     branches: str = _field("batched", choices=BRANCHES)
