@@ -362,7 +362,7 @@ def _check_recipe(model, loss, training):
 def parse_override(text):
     """Parses `section.key=value` into (section, key, value); the value is read as YAML."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ReIDError(f"--set expects section.key=value, got '{text}'")
+        raise ReIDError(f"an override must read section.key=value, got '{text}'")
     dotted, raw_value = text.split("=", 1)
     section, key = dotted.strip().split(".", 1)
     try:
