@@ -7,3 +7,12 @@ keeps its traceback.
 
 class ReIDError(ValueError):
     """Bad input from the user: a config typo, a missing folder, an unusable dataset."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run that can continue: `run_dir` holds its last saved epoch, which
+    `experiment.resume(run_dir)` (train.py --resume RUN_DIR) continues from."""
+
+    def __init__(self, run_dir):
+        super().__init__(f"interrupted; the run in '{run_dir}' can be resumed")
+        self.run_dir = run_dir

@@ -57,8 +57,8 @@ from siamese_reid.config import load_config
 
 settings, output_dir = json.loads(sys.argv[1]), sys.argv[2]
 for strategy in ("mirrored", "default"):
-    config = load_config("config.yaml", settings + [f"training.strategy={strategy}"])
-    experiment.train(config, experiment.create_run_dir(output_dir, strategy))
+    config = load_config("config.yaml", settings + [f"training.strategy={strategy}", f"output.run_name={strategy}"])
+    experiment.train(config, output_dir)
 """
 
 
