@@ -60,7 +60,7 @@ def train(config, output_dir=None):
     try:
         return _run(config, run_dir, resuming=False), run_dir
     except (ReIDError, KeyboardInterrupt) as error:
-        if not runs.has_training_state(run_dir):
+        if not runs.has_saved_epoch(run_dir):
             shutil.rmtree(run_dir)  # created by this call: it holds only this run's files
         elif isinstance(error, KeyboardInterrupt):
             raise RunInterrupted(run_dir) from None
@@ -85,7 +85,7 @@ def resume(run_dir, overrides=()):
         try:
             return _run(config, run_dir, resuming=True)
         except KeyboardInterrupt:
-            if (run_dir / runs.BACKUP).exists():
+            if runs.has_saved_epoch(run_dir):
                 raise RunInterrupted(run_dir) from None
             raise
     if not is_chief(start_distribution(config.training)):

@@ -104,9 +104,11 @@ def is_finished(run_dir):
     return (run_dir / METRICS).is_file() and not (run_dir / BACKUP).exists()
 
 
-def has_training_state(run_dir):
-    """Whether `resume` can continue the run from its backup (an epoch was saved)."""
-    return (Path(run_dir) / BACKUP / "training_metadata.json").exists()
+def has_saved_epoch(run_dir):
+    """Whether the run saved an epoch that `resume` can continue from or report: its backup
+    while training, last.keras once fit has ended (and removed the backup)."""
+    run_dir = Path(run_dir)
+    return (run_dir / BACKUP / "training_metadata.json").exists() or (run_dir / "last.keras").is_file()
 
 
 def trained_but_unreported(run_dir, epochs):

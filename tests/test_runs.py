@@ -81,15 +81,18 @@ def test_the_threshold_is_read_from_threshold_json_or_is_none(tmp_path):
 
 
 def test_a_run_is_finished_once_reported_and_no_longer_training(tmp_path):
-    from siamese_reid.runs import has_training_state, is_finished
+    from siamese_reid.runs import has_saved_epoch, is_finished
 
-    assert not is_finished(tmp_path) and not has_training_state(tmp_path)
+    assert not is_finished(tmp_path) and not has_saved_epoch(tmp_path)
     (tmp_path / "metrics.json").write_text("{}")
     assert is_finished(tmp_path)
     (tmp_path / "backup").mkdir()  # resumed with more epochs: the old report stays until the new one
-    assert not is_finished(tmp_path) and not has_training_state(tmp_path)
+    assert not is_finished(tmp_path) and not has_saved_epoch(tmp_path)
     (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 2}')
-    assert has_training_state(tmp_path)
+    assert has_saved_epoch(tmp_path)
+    (tmp_path / "backup" / "training_metadata.json").unlink()  # fit ended: its backup is removed
+    (tmp_path / "last.keras").write_bytes(b"model")
+    assert has_saved_epoch(tmp_path)
 
 
 def test_a_run_stopped_after_its_last_epoch_is_trained_but_unreported(tmp_path):

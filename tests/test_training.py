@@ -14,7 +14,7 @@ import pytest
 from siamese_reid import experiment, runs
 from siamese_reid.config import load_config
 from siamese_reid.data.records import read_market_folder
-from siamese_reid.errors import ReIDError
+from siamese_reid.errors import ReIDError, RunInterrupted
 from siamese_reid.model.building import build_tower
 from tests.conftest import PROJECT_ROOT
 
@@ -558,3 +558,19 @@ def test_the_best_checkpoint_is_chosen_on_a_map_only(tmp_path):
     for epoch, value in enumerate((0.2, 0.5, 0.4)):
         checkpoint.on_epoch_end(epoch, {"loss": 1.0, "test_mAP": value})
     assert json.loads((tmp_path / "best.json").read_text()) == {"test_mAP": 0.5, "epoch": 2}
+
+
+def test_a_run_stopped_while_writing_its_report_is_kept_and_resumes_to_the_report(tmp_path, tiny_demo, monkeypatch):
+    # Ctrl-C during "writing the report" removed the whole trained run: fit removes its backup
+    # when it ends, which read as "no epoch was saved"
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "final_report", interrupted)
+    with pytest.raises(RunInterrupted) as caught:
+        run_train(tmp_path, FAST + demo_settings(tiny_demo) + TINY)
+    run_dir = caught.value.run_dir
+    assert run_dir == tmp_path / "run" and (run_dir / "last.keras").is_file()
+    monkeypatch.undo()
+    metrics = experiment.resume(run_dir)  # trained but unreported: the report, no training
+    assert json.loads((run_dir / "metrics.json").read_text())["mAP"] == pytest.approx(metrics["mAP"])
