@@ -29,7 +29,7 @@ def test_the_demo_dataset_is_named_whenever_it_stands_in_for_data_root(tmp_path,
 
 
 def test_a_dataset_of_unreadable_images_names_them(tmp_path):
-    # "fewer than 2 usable identities" alone hid that every file was unreadable
+    # "fewer than 2 usable identities" alone would hide that every file is unreadable: the files are named
     for split, frame in (("bounding_box_train", 1), ("query", 2), ("bounding_box_test", 3)):
         for pid in (1, 2):
             for camera in (1, 2):
@@ -45,7 +45,7 @@ def test_a_dataset_of_unreadable_images_names_them(tmp_path):
 
 
 def test_identity_folders_named_in_another_encoding_reach_the_figures(tmp_path):
-    # a Latin-1 folder name (é = 0xE9) became a lone surrogate that stopped matplotlib
+    # a Latin-1 folder name (é = 0xE9) must not reach matplotlib as a lone surrogate, which stops it
     from siamese_reid.evaluation import compute_distances
     from siamese_reid.reporting import plot_retrieval_examples, save_figure
 
@@ -108,7 +108,7 @@ def test_queries_without_any_possible_match_fail_before_training(tmp_path):
 
 
 def test_preparing_data_logs_the_summary_and_prints_nothing(tmp_path, tiny_demo, capsys, caplog):
-    # the library used to print: a notebook or a service could not quiet it
+    # the library logs, so that a notebook or a service can quiet it: nothing goes to stdout
     caplog.set_level(logging.INFO, logger="siamese_reid")
     config = load_config(None, [f"data.root={tiny_demo}"])
     _, data = prepare_data(config, tmp_path)

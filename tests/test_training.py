@@ -401,7 +401,7 @@ def test_train_never_trains_into_a_folder_that_exists(tmp_path, tiny_demo):
 def test_epochs_without_evaluation_show_no_nan_and_history_keeps_the_columns(
     tmp_path, tiny_demo, shown_messages, capsys
 ):
-    # `val_rank1: nan` in the progress bar read like a diverged loss to a newcomer
+    # `val_rank1: nan` in the progress bar would read like a diverged loss to a newcomer
     _, run_dir = run_train(
         tmp_path, FAST + demo_settings(tiny_demo) + TINY + ["training.epochs=3", "evaluation.every_n_epochs=2"]
     )
@@ -515,7 +515,7 @@ def test_a_history_written_by_an_older_version_keeps_its_columns_and_numbering(t
 
 def test_periodic_evaluation_scores_the_epochs_asked_for_and_keeps_the_last(tiny_demo, caplog):
     # one callback scores, names the scores for their split, logs its line and keeps the
-    # evaluation the report reuses (it used to be split between a scorer and a callback)
+    # evaluation the report reuses
     import logging
 
     from siamese_reid import reporting
@@ -561,8 +561,8 @@ def test_the_best_checkpoint_is_chosen_on_a_map_only(tmp_path):
 
 
 def test_a_run_stopped_while_writing_its_report_is_kept_and_resumes_to_the_report(tmp_path, tiny_demo, monkeypatch):
-    # Ctrl-C during "writing the report" removed the whole trained run: fit removes its backup
-    # when it ends, which read as "no epoch was saved"
+    # fit removes its backup when it ends: a Ctrl-C while the report is written must still find
+    # a saved epoch (last.keras) and keep the trained run
     def interrupted(*arguments, **keywords):
         raise KeyboardInterrupt
 
