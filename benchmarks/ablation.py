@@ -150,9 +150,11 @@ def train_variant(name, shared, own, split_seed, arguments, output_dir):
     keras.backend.clear_session()  # each variant starts from a fresh graph and global state
     started = time.time()
     try:
-        config = load_config(arguments.config, [*shared, *own, f"data.split_seed={split_seed}"])
-        run_dir = experiment.create_run_dir(output_dir, f"{name.replace('+', 'plus_')}_split{split_seed}")
-        metrics = experiment.train_new_run(config, run_dir)
+        run_name = f"{name.replace('+', 'plus_')}_split{split_seed}"
+        config = load_config(
+            arguments.config, [*shared, *own, f"data.split_seed={split_seed}", f"output.run_name={run_name}"]
+        )
+        metrics, run_dir = experiment.train(config, output_dir)
     except ReIDError as error:
         return {**row, "error": str(error)}
     validation = metrics["validation"]
@@ -254,8 +256,11 @@ def main():
     arguments = parse_arguments()
 
     from siamese_reid.config import load_config
+    from siamese_reid.console import show_messages
     from siamese_reid.errors import ReIDError
     from siamese_reid.runs import create_run_dir
+
+    show_messages()  # each run's progress, as train.py shows it
 
     shared = base_overrides(arguments)
     try:

@@ -8,7 +8,7 @@ Measured in one run, at the shapes of config.yaml (override with --set):
   5. the baseline: three separate tower calls fed by a Python generator of triplets that
      decodes with PIL, as in the keras.io Siamese example;
   6. the P x K train step under each precision policy, with and without XLA;
-  7. the shipped default exactly as train.py builds it (experiment.build_training_model and
+  7. the shipped default exactly as train.py builds it (model.building.build_training_model and
      pipeline.training_dataset: its loss, its training model, its precision) against the
      baseline at equal settings (float32, same images) and at each one's best settings (ours:
      the shipped config; the baseline: its faster precision policy).
@@ -33,13 +33,16 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from siamese_reid import experiment  # noqa: E402
 from siamese_reid.config import load_config  # noqa: E402
+from siamese_reid.console import show_messages  # noqa: E402
 from siamese_reid.data import samplers  # noqa: E402
 from siamese_reid.data.pipeline import pk_dataset, triplet_dataset  # noqa: E402
+from siamese_reid.data.preparation import prepare_data  # noqa: E402
 from siamese_reid.data.splits import contiguous_labels  # noqa: E402
 from siamese_reid.losses import build_loss  # noqa: E402
 from siamese_reid.model import build_siamese_model  # noqa: E402
+from siamese_reid.model.building import build_tower, build_training_model, image_size  # noqa: E402
+from siamese_reid.runs import create_evaluation_dir  # noqa: E402
 
 
 def images_per_second(dataset_or_generator, steps, images_per_step, consume):
@@ -94,7 +97,7 @@ def baseline_images_per_second(config, paths, triplets, steps, policy):
     """The keras.io-style baseline under a precision policy: three tower calls, Python generator."""
     keras.mixed_precision.set_global_policy(policy)
     size, triplet_size = (config.data.image_height, config.data.image_width), config.training.triplet_batch_size
-    model = build_siamese_model(experiment.build_tower(config), "separate")
+    model = build_siamese_model(build_tower(config), "separate")
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=build_loss("triplet", 0.3, False, "L2"))
     signature = (
         tuple(tf.TensorSpec((triplet_size, *size, 3), tf.float32) for _ in range(3)),
@@ -117,9 +120,9 @@ def shipped_images_per_second(config, train, steps, precision_name):
     keras.utils.set_random_seed(config.training.seed)
     num_identities = len({sample.pid for sample in train})
     strategy = tf.distribute.get_strategy()
-    _, model, _ = experiment.build_training_model(config, steps + 1, strategy, num_identities)
+    _, model, _ = build_training_model(config, steps + 1, strategy, num_identities)
     dataset = fit_batches(
-        training_dataset(train, config.training, config.augment, experiment.image_size(config), 0, steps + 1), model
+        training_dataset(train, config.training, config.augment, image_size(config), 0, steps + 1), model
     )
     images = config.training.identities_per_batch * config.training.images_per_identity
     rate, spread = fit_images_per_second(model, dataset, steps, images)
@@ -177,8 +180,9 @@ def main():
     arguments = parser.parse_args()
     # from_generator datasets have no known length: Keras warns when a warm-up pass ends them
     warnings.filterwarnings("ignore", message="Your input ran out of data")
+    show_messages()  # the dataset summary, as train.py shows it
     config = load_config(arguments.config, arguments.overrides)
-    config, splits = experiment.prepare_data(config, experiment.create_evaluation_dir("benchmarks/results/pipeline"))
+    config, splits = prepare_data(config, create_evaluation_dir("benchmarks/results/pipeline"))
     size = (config.data.image_height, config.data.image_width)
     training, steps = config.training, arguments.steps
     paths, pids = [s.path for s in splits.train], np.array([s.pid for s in splits.train])
@@ -208,7 +212,7 @@ def main():
         return model
 
     keras.utils.set_random_seed(0)
-    tower = experiment.build_tower(config)
+    tower = build_tower(config)
     results["train_pk_images_per_s"], spread = fit_images_per_second(compiled(tower, "batch_hard"), pk, steps, pk_size)
     print(
         f"P x K train step (tf.data + fit): {results['train_pk_images_per_s']:.1f} images/s "
@@ -218,7 +222,7 @@ def main():
 
     triplet_stream = triplet_dataset(paths, labels, triplets, triplet_size, size, config.augment, 0)
     for branches in ("batched", "separate"):
-        model = compiled(build_siamese_model(experiment.build_tower(config), branches), "triplet")
+        model = compiled(build_siamese_model(build_tower(config), branches), "triplet")
         key = f"train_triplet_{branches}_images_per_s"
         results[key], spread = fit_images_per_second(model, triplet_stream, steps, 3 * triplet_size)
         print(
@@ -227,7 +231,7 @@ def main():
             flush=True,
         )
 
-    generator_model = compiled(build_siamese_model(experiment.build_tower(config), "separate"), "triplet")
+    generator_model = compiled(build_siamese_model(build_tower(config), "separate"), "triplet")
     signature = (
         tuple(tf.TensorSpec((triplet_size, *size, 3), tf.float32) for _ in range(3)),
         tf.TensorSpec((triplet_size,), tf.float64),
@@ -259,7 +263,7 @@ def main():
     for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
         for xla in (False, True):
             keras.mixed_precision.set_global_policy(policy)
-            model = experiment.build_tower(config)
+            model = build_tower(config)
             model.compile(
                 optimizer=keras.optimizers.Adam(1e-4), loss=build_loss("batch_hard", 0.3, False, "L2"), jit_compile=xla
             )

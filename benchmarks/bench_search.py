@@ -44,21 +44,22 @@ def main():
 
     import tensorflow as tf
 
-    from siamese_reid import experiment
     from siamese_reid.config import load_config, save_config
+    from siamese_reid.model.building import build_tower
+    from siamese_reid.runs import CONFIG, THRESHOLD
     from siamese_reid.search import Searcher
     from siamese_reid.search import index as index_files
 
     config = load_config(arguments.config)
-    tower = experiment.build_tower(config)
+    tower = build_tower(config)
     dim = int(tower.output_shape[-1])
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         run_dir, index_dir = folder / "run", folder / "index"
         run_dir.mkdir()
         tower.save(run_dir / "last.keras")
-        save_config(config, run_dir / "config.yaml")
-        (run_dir / "threshold.json").write_text(json.dumps({"value": 0.8}))
+        save_config(config, run_dir / CONFIG)
+        (run_dir / THRESHOLD).write_text(json.dumps({"value": 0.8}))
         index_dir.mkdir()
         header = index_files.new_header(
             {

@@ -31,19 +31,22 @@ def main():
 
     from siamese_reid import experiment, reporting
     from siamese_reid.config import load_config, replace
+    from siamese_reid.console import show_messages
+    from siamese_reid.data.preparation import prepare_data
     from siamese_reid.evaluation import evaluate_features, evaluate_model
     from siamese_reid.evaluation.baselines import colour_histogram_features
+    from siamese_reid.model.building import build_tower, image_size
 
+    show_messages()  # the run's progress, as train.py shows it
     config = load_config(arguments.config, arguments.overrides)
-    run_dir = experiment.create_run_dir(arguments.output_dir)
     started = time.time()
-    trained = experiment.train(config, run_dir)
+    trained, run_dir = experiment.train(config, arguments.output_dir)
     wall = time.time() - started
     (run_dir / "baselines").mkdir()
-    config, data = experiment.prepare_data(config, run_dir / "baselines")
+    config, data = prepare_data(config, run_dir / "baselines")
     keras.utils.set_random_seed(config.training.seed)  # the trained run's exact initial weights
-    untrained_tower = experiment.build_tower(config)
-    size = experiment.image_size(config)
+    untrained_tower = build_tower(config)
+    size = image_size(config)
     untrained = evaluate_model(untrained_tower, data.query, data.gallery, size, config.evaluation)
     histogram = evaluate_features(
         colour_histogram_features([s.path for s in data.query]),

@@ -16,6 +16,7 @@ from siamese_reid.evaluation.distances import QueryGalleryDistances
 from siamese_reid.evaluation.embeddings import load_embeddings
 from siamese_reid.evaluation.evaluator import RERANKED, scoring_distance_rows
 from siamese_reid.reporting import read_history
+from siamese_reid.runs import read_threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ def load_run(path):
         gallery_samples=gallery_samples,
         query_average_precisions=np.load(path / "query_average_precisions.npy"),
         run_info=json.loads((path / "run_info.json").read_text()) if (path / "run_info.json").is_file() else {},
-        threshold=json.loads((path / "threshold.json").read_text()) if (path / "threshold.json").is_file() else None,
+        threshold=read_threshold(path),
         identity_names=_identity_names(path),
     )
 
@@ -80,7 +81,7 @@ def run_distances(run):
     cases show the ranking that was scored."""
     distance = run.metrics.get("protocol", {}).get("distance")
     if distance is None:
-        raise ReIDError(f"'{run.path}' was evaluated by an older version: re-run python evaluate.py --run on it")
+        raise ReIDError(f"'{run.path}' was evaluated by an older version: evaluate it again (python evaluate.py --run)")
     if distance["name"] != RERANKED:
         return scoring_distance_rows(run.query_features, run.gallery_features, distance["name"], rerank=False)
     parameters = {key: distance[key] for key in ("k1", "k2", "lambda_value")}

@@ -23,7 +23,6 @@ import yaml
 
 from siamese_reid.errors import ReIDError
 
-
 # The names each choice key accepts, beside the dict that implements the choice (in its order).
 # They are written out here so that loading a config imports no TensorFlow; CHOICE_SOURCES and a
 # test check that each tuple still lists its dict's keys, so the two cannot drift apart.
@@ -375,7 +374,7 @@ def _check_recipe(model, loss, training):
 def parse_override(text):
     """Parses `section.key=value` into (section, key, value); the value is read as YAML."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ReIDError(f"--set expects section.key=value, got '{text}'")
+        raise ReIDError(f"an override must read section.key=value, got '{text}'")
     dotted, raw_value = text.split("=", 1)
     section, key = dotted.strip().split(".", 1)
     try:

@@ -1,10 +1,16 @@
-"""What a person sees on the terminal: TensorFlow imported without its start-up noise.
+"""What a person sees on the terminal: the library's messages as plain lines, and TensorFlow
+imported without its start-up noise.
+
+The library reports progress and notes through `logging` (a logger per module, under
+"siamese_reid"), so a notebook or a service can quiet or redirect them; the entry points and
+the benchmarks call `show_messages`, which writes them to stdout exactly as `print` would.
 
 TensorFlow writes informational C++ lines to file descriptor 2 before absl logging is set up,
 so TF_CPP_MIN_LOG_LEVEL cannot silence them. The entry points import it through
 `import_tensorflow_quietly`, which filters those lines and passes every other one through.
 """
 
+import logging
 import os
 import re
 import sys
@@ -62,3 +68,28 @@ def progress_bar(total, unit_name):
     import keras
 
     return keras.utils.Progbar(total, unit_name=unit_name, verbose=1 if sys.stdout.isatty() else 2)
+
+
+class PlainMessages(logging.StreamHandler):
+    """Writes each message alone, as `print` would: no level or time, to whatever `sys.stdout`
+    is at the time (pytest's capture included). A record logged with `extra={"end": ""}` ends
+    without a newline, so the line that follows completes it ("scoring... rank-1 70%")."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record):
+        # emit runs under the handler's lock: the stream and terminator are this record's alone
+        self.stream = sys.stdout
+        self.terminator = getattr(record, "end", "\n")
+        super().emit(record)
+
+
+def show_messages(level=logging.INFO):
+    """Shows the library's messages of `level` and above on stdout as plain lines. Installed
+    once per process, however often it is called."""
+    library = logging.getLogger("siamese_reid")
+    library.setLevel(level)
+    if not any(isinstance(handler, PlainMessages) for handler in library.handlers):
+        library.addHandler(PlainMessages())

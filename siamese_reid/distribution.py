@@ -123,6 +123,15 @@ def check_batch_split(training, num_replicas):
         )
 
 
+def start_distribution(training):
+    """The run's strategy for the training section, once each replica is known to get an equal
+    share of every batch. Created once per process, before TensorFlow does anything else: it
+    fixes the devices TensorFlow starts with and, for multi-worker training, joins the cluster."""
+    strategy = make_strategy(training.strategy, training.cpu_replicas)
+    check_batch_split(training, strategy.num_replicas_in_sync)
+    return strategy
+
+
 def split_by_data(dataset):
     """`dataset` with each global batch split between workers by position.
 
@@ -227,6 +236,27 @@ def broadcast_from_chief(strategy, text):
     total = strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy()
     codes = total // len(strategy.extended.worker_devices)
     return bytes(codes[codes > 0].astype(np.uint8)).decode()
+
+
+def folder_made_by_chief(strategy, create_folder):
+    """The folder `create_folder()` makes on the chief, as a Path on every worker, so that all
+    of them name the same run (they write nothing into it: see `worker_output_dir`). A single
+    process just calls it. Every worker must call this at the same point: it is a collective.
+    """
+    if not is_multi_worker(strategy):
+        return create_folder()
+    folder, failure = "", None
+    if is_chief(strategy):
+        try:
+            folder = str(create_folder())
+        except ReIDError as error:
+            failure = error  # raised once the other workers know, so that none waits for a folder
+    agreed = broadcast_from_chief(strategy, folder)
+    if failure is not None:
+        raise failure
+    if not agreed:
+        raise ReIDError("the chief could not create the run folder (its error says why)")
+    return Path(agreed)
 
 
 @contextlib.contextmanager

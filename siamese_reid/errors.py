@@ -24,3 +24,12 @@ class ArgumentError(ReIDError):
 
     def message_for(self, name):
         return self.template.replace("{argument}", name)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run that can continue: `run_dir` holds its last saved epoch, which
+    `experiment.resume(run_dir)` (train.py --resume RUN_DIR) continues from."""
+
+    def __init__(self, run_dir):
+        super().__init__(f"interrupted; the run in '{run_dir}' can be resumed")
+        self.run_dir = run_dir

@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from siamese_reid.errors import ReIDError
@@ -86,7 +85,7 @@ def export_model(tower, export_format, output_dir):
         raise ReIDError(f"unknown export format {export_format!r}; valid names: {list(EXPORT_FORMATS)}")
     output_dir = Path(output_dir)
     if output_dir.exists():
-        raise ReIDError(f"'{output_dir}' already exists: choose another --output or remove it yourself")
+        raise ReIDError(f"'{output_dir}' already exists: choose another output folder or remove it yourself")
     create_folder(output_dir.parent, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
@@ -97,14 +96,3 @@ def export_model(tower, export_format, output_dir):
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # our own temporary folder only
     return output_dir
-
-
-def load_savedmodel_embedder(path):
-    """A function images -> embeddings (numpy) from an exported SavedModel."""
-    loaded = tf.saved_model.load(str(path))
-    serve = loaded.signatures["serving_default"]
-
-    def embed(images):
-        return serve(**{INPUT_NAME: tf.constant(np.asarray(images, dtype=np.float32))})[OUTPUT_NAME].numpy()
-
-    return embed

@@ -6,6 +6,7 @@ saves them, a notebook shows them). The only module that formats fractions as pe
 
 import csv
 import dataclasses
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,9 @@ from siamese_reid import files
 from siamese_reid.data.scan import upright
 from siamese_reid.evaluation.protocol import protocol_gallery_mask, protocol_record
 from siamese_reid.evaluation.ranking import top_k_gallery
+from siamese_reid.runs import THRESHOLD
+
+logger = logging.getLogger(__name__)
 
 
 def _subplots(rows=1, columns=1, **kwargs):
@@ -299,7 +303,7 @@ def plot_pair_distances(positive, negative, thresholds):
 def write_threshold(threshold, split_name, metric, output_dir, positive, negative):
     """Writes threshold.json (what search.py uses) and threshold.png; returns the record."""
     record = {**dataclasses.asdict(threshold), "split": split_name, "metric": metric}
-    write_json(Path(output_dir) / "threshold.json", record)
+    write_json(Path(output_dir) / THRESHOLD, record)
     figure = plot_pair_distances(positive, negative, {f"threshold ({split_name})": threshold})
     save_figure(figure, Path(output_dir) / "threshold.png")
     return record
@@ -494,7 +498,7 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None, i
     files.write_atomically(
         output_dir / "query_average_precisions.npy", lambda path: _save_array(path, average_precisions)
     )
-    print(metrics_table(metrics))
+    logger.info(metrics_table(metrics))
     return metrics
 
 
@@ -503,17 +507,17 @@ def _save_array(path, array):
         np.save(handle, array)
 
 
-def print_data_summary(summary, warnings, warnings_path):
-    """The dataset summary and the first data warnings, as train.py and evaluate.py print them."""
-    print("dataset summary:")
+def log_data_summary(summary, warnings, warnings_path):
+    """Logs the dataset summary and the first data warnings, as train.py and evaluate.py show them."""
+    logger.info("dataset summary:")
     for name, counts in summary.items():
-        print(
+        logger.info(
             f"  {name:<18} {counts['images']:>6} images  {counts['identities']:>5} identities  "
             f"{counts['cameras']:>2} cameras  {counts['single_image_identities']:>4} single-image identities"
             + (f"  {counts['distractor_images']} distractors" if counts["distractor_images"] else "")
             + (f"  {counts['junk_images']} junk" if counts["junk_images"] else "")
         )
     if warnings:
-        print(f"warning: {len(warnings)} data problem(s), listed in {warnings_path}")
+        logger.info(f"warning: {len(warnings)} data problem(s), listed in {warnings_path}")
         for line in warnings[:5]:
-            print(f"  {line}")
+            logger.info(f"  {line}")

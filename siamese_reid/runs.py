@@ -1,6 +1,8 @@
-"""Run and evaluation folders: always new, never reused, so nothing is overwritten."""
+"""Run and evaluation folders: always new, never reused, so nothing is overwritten; the name
+of every file a run folder holds that other code reads, and the readers of those files."""
 
 import datetime
+import json
 from pathlib import Path
 
 from siamese_reid.errors import ReIDError
@@ -40,9 +42,12 @@ def create_run_dir(output_dir, run_name=None):
         return create_folder(run_dir)
     except FileExistsError:
         pass
-    if (run_dir / "metrics.json").is_file() and not (run_dir / "backup").exists():
+    if is_finished(run_dir):
         raise ReIDError(f"run folder '{run_dir}' already holds a finished run: choose another output.run_name")
-    raise ReIDError(f"run folder '{run_dir}' already exists: use --resume {run_dir} or another output.run_name")
+    raise ReIDError(
+        f"run folder '{run_dir}' already exists: resume it (train.py --resume {run_dir}) or choose another "
+        "output.run_name"
+    )
 
 
 def create_evaluation_dir(parent):
@@ -50,12 +55,77 @@ def create_evaluation_dir(parent):
     return _unused_folder(Path(parent) / "evaluations", _timestamp())
 
 
+# ---------------------------------------------------------------------------------------------
+# The files of a run folder, and their readers
+
+CONFIG = "config.yaml"  # the config the run was trained with (demo resolved)
+METRICS = "metrics.json"  # written last: a run with it and without BACKUP is finished
+HISTORY = "history.csv"  # one row per epoch
+BACKUP = "backup"  # BackupAndRestore's training state; removed when fit ends
+BEST = "best.json"  # the monitored value and epoch of best.keras
+THRESHOLD = "threshold.json"  # the open-set threshold search.py uses
+
+
+def require_run_dir(run_dir, refusal=""):
+    """`run_dir` as a Path, once it holds a config.yaml; `refusal` ("cannot resume: ") leads
+    the error otherwise."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise ReIDError(f"{refusal}'{run_dir}' is not a training run folder (no {CONFIG} in it)")
+    return run_dir
+
+
+def load_run_config(run_dir, overrides=()):
+    """The config a run was trained with, plus `overrides` ("section.key=value")."""
+    from siamese_reid.config import load_config
+
+    return load_config(require_run_dir(run_dir) / CONFIG, list(overrides))
+
+
 def run_model_path(run_dir, checkpoint="last"):
     """The embedding tower a training run saved: last.keras or best.keras."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ReIDError(f"'{run_dir}' is not a training run folder (no config.yaml in it)")
-    model_path = run_dir / f"{checkpoint}.keras"
+    model_path = require_run_dir(run_dir) / f"{checkpoint}.keras"
     if not model_path.is_file():
         raise ReIDError(f"no {model_path.name} in run folder '{run_dir}'")
     return model_path
+
+
+def read_threshold(run_dir):
+    """The threshold record of threshold.json (its "value" is the distance), or None when the
+    run has none."""
+    path = Path(run_dir) / THRESHOLD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_finished(run_dir):
+    """Whether the run wrote its report after its training ended (a resumed run that is
+    still training keeps the metrics.json of an earlier report beside its backup)."""
+    run_dir = Path(run_dir)
+    return (run_dir / METRICS).is_file() and not (run_dir / BACKUP).exists()
+
+
+def has_saved_epoch(run_dir):
+    """Whether the run saved an epoch that `resume` can continue from or report: its backup
+    while training, last.keras once fit has ended (and removed the backup)."""
+    run_dir = Path(run_dir)
+    return (run_dir / BACKUP / "training_metadata.json").exists() or (run_dir / "last.keras").is_file()
+
+
+def trained_but_unreported(run_dir, epochs):
+    """Whether the run's training is over but its report was never written: stopped after
+    its last epoch (the backup is deleted at the end of fit, or still says the last epoch)."""
+    from siamese_reid.reporting import read_history
+    from siamese_reid.training import resume_epoch
+
+    run_dir = Path(run_dir)
+    if (run_dir / METRICS).exists() or not (run_dir / "last.keras").is_file():
+        return False
+    if (run_dir / BACKUP).exists():
+        return resume_epoch(run_dir / BACKUP) >= epochs
+    trained = len(read_history(run_dir / HISTORY).get("epoch", []))
+    if 0 < trained < epochs:
+        raise ReIDError(
+            f"cannot resume '{run_dir}' to {epochs} epochs: it finished training after {trained} epochs and "
+            "its training state is gone; evaluate its last.keras with evaluate.py, or start a new run"
+        )
+    return trained >= epochs

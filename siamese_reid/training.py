@@ -1,10 +1,12 @@
 """Compile and fit with `keras.callbacks`: schedule, checkpoints, resume, NaN guard, evaluation.
 
 No engine of our own: `model.fit` runs the loop; what a re-ID run needs beyond Keras' stock
-callbacks is three small callbacks below.
+callbacks is a few small callbacks below.
 """
 
+import dataclasses
 import json
+import logging
 import resource
 import time
 from pathlib import Path
@@ -17,6 +19,9 @@ from siamese_reid.distribution import batch_norm_unsynchronized
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_atomically, write_json
 from siamese_reid.model.embedding import Float32Mirror
+from siamese_reid.runs import BEST
+
+logger = logging.getLogger(__name__)
 
 
 def _cosine_decay(peak, warmup_steps, total_steps, alpha):
@@ -152,36 +157,74 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             raise NonFiniteLossError(f"the loss became {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1}")
 
 
+@dataclasses.dataclass(frozen=True)
+class MonitoredSplit:
+    """The split periodic evaluation scores: `key` names its scores in the logs ("val" for
+    held-out training identities, "test" for query / gallery), `description` in the progress
+    line ("validation", "query / gallery (test)")."""
+
+    query: list
+    gallery: list
+    key: str
+    description: str
+
+
 class PeriodicEvaluation(keras.callbacks.Callback):
-    """Adds <split>_rank1 / <split>_mAP / <split>_mINP to the epoch logs every `every_n_epochs`
-    epochs, named for the split scored ("val" or "test"), so the progress bar, history.csv and
-    the plots say which split a score comes from.
+    """Scores the tower on the monitored split every `settings.every_n_epochs` epochs and after
+    the last one, and adds <key>_rank1 / <key>_mAP / <key>_mINP to those epochs' logs, named
+    for the split scored, so the progress bar, history.csv and the plots say which split a
+    score comes from. Each evaluation logs one line; the newest `Evaluation` is kept in
+    `latest` (the last epoch's is reused for the report).
+
+    It scores the tower's float32 copy, which is what last.keras and best.keras hold: the
+    numbers of a run are those of its saved model, whatever the training precision.
 
     Args:
-      evaluate: function of the 0-based epoch returning a metrics dict (rank1, mAP, mINP);
-        it reports the result itself.
-      every_n_epochs: evaluation period; the last epoch is always evaluated.
+      tower: the embedding tower being trained.
+      monitored: the `MonitoredSplit` scored.
+      image_size: (height, width) the tower embeds.
+      settings: the evaluation section of the config (`EvaluationConfig`).
       total_epochs: number of epochs of the run.
-      split: "val" (held-out training identities) or "test" (query / gallery).
     """
 
-    def __init__(self, evaluate, every_n_epochs, total_epochs, split="val"):
+    def __init__(self, tower, monitored, image_size, settings, total_epochs):
         super().__init__()
-        self.evaluate = evaluate
-        self.every_n_epochs = every_n_epochs
+        self.tower = tower
+        self.inference_tower = Float32Mirror(tower)
+        self.monitored = monitored
+        self.image_size = image_size
+        self.settings = settings
         self.total_epochs = total_epochs
-        self.split = split
+        self.latest = None
         self.seconds = 0.0  # spent scoring, for the report: periodic evaluation must stay cheap
 
     def on_epoch_end(self, epoch, logs=None):
         is_last = epoch + 1 == self.total_epochs
-        if not is_last and (self.every_n_epochs == 0 or (epoch + 1) % self.every_n_epochs):
+        every_n_epochs = self.settings.every_n_epochs
+        if not is_last and (every_n_epochs == 0 or (epoch + 1) % every_n_epochs):
             return  # no entries: the progress bar shows only what was computed
         started = time.monotonic()
-        metrics = self.evaluate(epoch)
+        metrics = self._score(epoch)
         self.seconds += time.monotonic() - started
         if logs is not None:
-            logs.update(dict(zip(evaluation_keys(self.split), (metrics[key] for key in RANKING_KEYS), strict=True)))
+            keys = evaluation_keys(self.monitored.key)
+            logs.update(dict(zip(keys, (metrics[key] for key in RANKING_KEYS), strict=True)))
+
+    def _score(self, epoch):
+        from siamese_reid import reporting
+        from siamese_reid.evaluation.evaluator import evaluate_model
+
+        query, gallery = self.monitored.query, self.monitored.gallery
+        # said before scoring: on a large gallery it takes minutes, under a progress bar at 100%
+        logger.info(f"\nepoch {epoch + 1}: scoring on {self.monitored.description}... ", extra={"end": ""})
+        self.latest = evaluate_model(self.current_tower(), query, gallery, self.image_size, self.settings)
+        metrics = reporting.ranking_metrics(self.latest.ranking, len(query), len(gallery), {})
+        logger.info(f"rank-1 {reporting.percent(metrics['rank1'])}  mAP {reporting.percent(metrics['mAP'])}")
+        return metrics
+
+    def current_tower(self):
+        """The float32 tower with the trained tower's current weights."""
+        return self.inference_tower.current()
 
 
 RANKING_KEYS = ("rank1", "mAP", "mINP")
@@ -193,7 +236,7 @@ def evaluation_keys(split):
 
 
 def monitored_history_split(history_path, has_validation):
-    """"val" with a validation split, else "test"; a run folder written before scores were
+    """ "val" with a validation split, else "test"; a run folder written before scores were
     named for their split keeps "val" for its test scores, so a resumed history.csv keeps one
     set of columns."""
     if not has_validation and Path(history_path).is_file():
@@ -214,7 +257,7 @@ class HistoryLogger(keras.callbacks.CSVLogger):
     (its first epoch is 0) keeps its numbering when a resumed run appends to it.
     """
 
-    def __init__(self, filename, append=False, extra_keys=evaluation_keys("val")):
+    def __init__(self, filename, append=False, extra_keys=()):
         super().__init__(filename, append=append)
         self.extra_keys = extra_keys
         self.first_epoch_number = 1
@@ -236,8 +279,8 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
     when `data.validation_fraction` holds one out, else query/gallery, i.e. test data, and
     then it is for monitoring, not for reporting results.
 
-    The monitored value is `monitor`: "val_mAP" or "test_mAP" (higher is better; epochs without
-    evaluation are skipped) with `PeriodicEvaluation`, else "loss" (lower is better).
+    The monitored value is `monitor`, a mAP that `PeriodicEvaluation` logs: "val_mAP" or
+    "test_mAP" (higher is better; epochs without evaluation are skipped).
 
     The files hold the tower alone, uncompiled: no optimizer state (the resumable state is in
     backup/) and no reference to this package's loss and metric functions, so
@@ -247,8 +290,10 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
     truncated model.
     """
 
-    def __init__(self, tower, output_dir, monitor="loss"):
+    def __init__(self, tower, output_dir, monitor="val_mAP"):
         super().__init__()
+        if not monitor.endswith("_mAP"):
+            raise ValueError(f"monitor must be a mAP logged by PeriodicEvaluation (val_mAP, test_mAP), got {monitor!r}")
         self.tower = tower
         self.monitor = monitor
         # A second, never-compiled functional model over the same layers and weights.
@@ -256,18 +301,18 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
         # Its copy is made at the first save, inside batch_norm_unsynchronized: plain BatchNorms.
         self.float32_view = Float32Mirror(self.saved_view)
         self.output_dir = Path(output_dir)
-        self.state_path = self.output_dir / "best.json"
+        self.state_path = self.output_dir / BEST
         self.best = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         self._save("last.keras")
-        key, sign = self.monitor, (1.0 if self.monitor.endswith("_mAP") else -1.0)
+        key = self.monitor
         value = float(logs.get(key, np.nan))
         if not np.isfinite(value):
             return
         previous = self.best.get(key)
-        if previous is None or sign * value > sign * previous:
+        if previous is None or value > previous:
             self.best = {key: value, "epoch": epoch + 1}
             self._save("best.keras")
             write_json(self.state_path, self.best)
@@ -342,4 +387,4 @@ class RunClock(keras.callbacks.Callback):
             left = epochs_left * mean_epoch
             finish = time.strftime("%H:%M", time.localtime(time.time() + left))
             line += f"; about {format_duration(left)} left (done near {finish})"
-        print(line, flush=True)
+        logger.info(line)

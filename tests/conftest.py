@@ -1,3 +1,4 @@
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -9,6 +10,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from siamese_reid.config import DemoConfig  # noqa: E402
+from siamese_reid.console import show_messages  # noqa: E402
 from siamese_reid.data.demo import generate_demo_dataset  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +53,14 @@ def float32_policy_for_every_test():
 
     keras.mixed_precision.set_global_policy("float32")
     yield
+
+
+@pytest.fixture
+def shown_messages():
+    """The library's messages on stdout, as the entry points show them, for one test only."""
+    library = logging.getLogger("siamese_reid")
+    level, handlers = library.level, list(library.handlers)
+    show_messages()
+    yield
+    library.setLevel(level)
+    library.handlers[:] = handlers

@@ -2,23 +2,20 @@
 on stderr with exit status 2, and nothing the user had is lost."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from siamese_reid import experiment
 from siamese_reid.config import load_config
 from siamese_reid.errors import ReIDError
-from siamese_reid.experiment import REPORT_PROGRESS
 from siamese_reid.files import write_text
+from siamese_reid.report import REPORT_PROGRESS
 from siamese_reid.runs import create_evaluation_dir, create_run_dir
-from tests.conftest import PROJECT_ROOT, write_image
+from tests.conftest import PROJECT_ROOT
 
 # The smallest training that runs every stage: one VGG block on 32x32 images, one step.
 TINY = [
@@ -121,53 +118,8 @@ def test_config_section_that_is_not_a_mapping_is_one_line_at_the_command_line(tm
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_demo_dataset_is_named_whenever_it_stands_in_for_data_root(tmp_path, capsys):
-    # `--set data.root=$UNSET` reads as null: the run trained on the demo with no word about it
-    demo = [f"demo.dir={tmp_path / 'demo'}", "demo.num_train_identities=3", "demo.num_test_identities=2"]
-    config = load_config(None, demo)
-    experiment.resolve_dataset(config)
-    assert "data.root is not set: generated the demo dataset" in capsys.readouterr().out
-    experiment.resolve_dataset(config)
-    assert "data.root is not set: using the demo dataset" in capsys.readouterr().out
-
-
 # ---------------------------------------------------------------------------------------------
 # Datasets
-
-
-def test_a_dataset_of_unreadable_images_names_them(tmp_path):
-    # "fewer than 2 usable identities" alone hid that every file was unreadable
-    for split, frame in (("bounding_box_train", 1), ("query", 2), ("bounding_box_test", 3)):
-        for pid in (1, 2):
-            for camera in (1, 2):
-                path = tmp_path / "data" / split / f"000{pid}_c{camera}s1_00000{frame}_01.jpg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(b"not a JPEG")
-    config = load_config(None, [f"data.root={tmp_path / 'data'}"])
-    with pytest.raises(ReIDError) as caught:
-        experiment.prepare_data(config, tmp_path / "run")
-    message = str(caught.value)
-    assert "fewer than 2 usable identities" in message and "12 image file(s) could not be read" in message
-    assert "bounding_box_train/0001_c1s1_000001_01.jpg" in message
-
-
-def test_identity_folders_named_in_another_encoding_reach_the_figures(tmp_path):
-    # a Latin-1 folder name (é = 0xE9) became a lone surrogate that stopped matplotlib
-    from siamese_reid.evaluation import compute_distances
-    from siamese_reid.reporting import plot_retrieval_examples, save_figure
-
-    root = tmp_path / "people"
-    for name in (b"\xe9t\xe9", b"caf\xe9", b"na\xefve", b"\xe0 la carte"):
-        for shot in range(3):
-            write_image(Path(os.fsdecode(bytes(root) + b"/" + name + b"/%d.png" % shot)), seed=shot, image_format="PNG")
-    config = load_config(None, [f"data.root={root}", "data.layout=folders"])
-    _, data = experiment.prepare_data(config, tmp_path / "run")
-    assert sorted(data.identity_names.values()) == ["\\xe0 la carte", "\\xe9t\\xe9", "caf\\xe9", "na\\xefve"]
-    features = np.random.default_rng(0).normal(size=(len(data.query) + len(data.gallery), 4))
-    distances = compute_distances(features[: len(data.query)], features[len(data.query) :], "euclidean")
-    figure = plot_retrieval_examples([0], data.query, data.gallery, distances, 2, data.identity_names)
-    save_figure(figure, tmp_path / "examples.png")
-    assert (tmp_path / "examples.png").stat().st_size > 1000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,8 +152,8 @@ def test_output_dir_under_a_regular_file_is_one_line_at_the_command_line(tmp_pat
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_demo):
-    run_dir = create_run_dir(tmp_path_factory.mktemp("runs"), "tiny")
-    experiment.train(load_config(PROJECT_ROOT / "config.yaml", [f"data.root={tiny_demo}", *TINY]), run_dir)
+    config = load_config(PROJECT_ROOT / "config.yaml", [f"data.root={tiny_demo}", *TINY, "output.run_name=tiny"])
+    _, run_dir = experiment.train(config, tmp_path_factory.mktemp("runs"))
     return run_dir
 
 
@@ -215,13 +167,13 @@ def test_interrupted_or_failed_evaluation_leaves_no_half_written_folder(trained_
     config = load_config(trained_run / "config.yaml", [f"data.root={tiny_demo}"])
     monkeypatch.setattr(evaluator, "evaluate_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        experiment.evaluate_saved_model(trained_run / "last.keras", config, tmp_path)
+        experiment.evaluate(trained_run / "last.keras", config, output_dir=tmp_path)
     assert list((tmp_path / "evaluations").iterdir()) == []
     monkeypatch.undo()
     (tmp_path / "empty" / "query").mkdir(parents=True)
     empty = load_config(trained_run / "config.yaml", [f"data.root={tmp_path / 'empty'}"])
     with pytest.raises(ReIDError):
-        experiment.evaluate_saved_model(trained_run / "last.keras", empty, tmp_path)
+        experiment.evaluate(trained_run, empty, output_dir=tmp_path)
     assert list((tmp_path / "evaluations").iterdir()) == []
 
 
@@ -302,7 +254,7 @@ def test_export_under_a_regular_file_is_one_line(trained_run, tmp_path):
 def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path):
     result = run_script("train.py", "--resume", tmp_path)
     assert result.returncode == 2
-    assert result.stderr == f"error: cannot resume: '{tmp_path}' is not a run folder (no config.yaml in it)\n"
+    assert result.stderr == f"error: cannot resume: '{tmp_path}' is not a training run folder (no config.yaml in it)\n"
 
 
 @pytest.mark.parametrize("train_dir", [None, "market train folder"])
@@ -318,11 +270,15 @@ def test_evaluation_on_another_dataset_needs_only_its_query_and_gallery(trained_
                 continue
             (tmp_path / split / pid).mkdir(parents=True, exist_ok=True)
             shutil.copy(image, tmp_path / split / pid / image.name)
-    overrides = ["data.layout=folders", f"data.query_dir={tmp_path / 'query'}", f"data.gallery_dir={tmp_path / 'gallery'}"]
+    overrides = [
+        "data.layout=folders",
+        f"data.query_dir={tmp_path / 'query'}",
+        f"data.gallery_dir={tmp_path / 'gallery'}",
+    ]
     if train_dir:
         overrides.append(f"data.train_dir={tiny_demo / 'bounding_box_train'}")
     config = load_config(trained_run / "config.yaml", overrides)
-    metrics, output_dir = experiment.evaluate_saved_model(trained_run / "last.keras", config, tmp_path / "out")
+    metrics, output_dir = experiment.evaluate(trained_run / "last.keras", config, output_dir=tmp_path / "out")
     assert metrics["num_queries"] == sum(1 for _ in (tmp_path / "query").rglob("*.jpg"))
     assert (output_dir / "metrics.json").is_file()
 

@@ -72,7 +72,7 @@ def test_config_is_frozen():
         ("loss.distance_metric=L3", "must be one of ['L2', 'squared-L2', 'angular']"),
         ("model.backbone=vgg", "did you mean 'vgg16'?"),
         ("loss.margin=-1", "config key 'loss.margin' must be >= 0.0"),
-        ("training.epochs", "--set expects section.key=value"),
+        ("training.epochs", "an override must read section.key=value"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from siamese_reid import experiment
 from siamese_reid.config import load_config
+from siamese_reid.model.building import build_training_model
 from tests.conftest import PROJECT_ROOT
 
 RECIPES = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
@@ -28,7 +28,7 @@ def test_recipe_loads_and_builds_its_model(path):
     text = path.read_text()
     assert "# Expects:" in text and "# Reaches" in text  # what it needs, and what it gets
     config = load_config(path, TINY)
-    tower, model, initialisation = experiment.build_training_model(
+    tower, model, initialisation = build_training_model(
         config, steps=2, strategy=tf.distribute.get_strategy(), num_identities=8
     )
     assert initialisation["parameters"] > 0

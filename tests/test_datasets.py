@@ -1,6 +1,6 @@
 """read_dataset over every layout (MSMT17, CUHK03-NP) and several datasets in one training
-run, on tiny trees in each release's exact layout. Expected records are written out from what each fixture put on disk, not derived
-with the readers' own code."""
+run, on tiny trees in each release's exact layout. Expected records are written out from what
+each fixture put on disk, not derived with the readers' own code."""
 
 import json
 
@@ -266,14 +266,14 @@ def test_a_folder_per_identity_extra_dataset_trains_on_all_its_identities(three_
 
 
 def test_prepare_data_trains_on_every_dataset_and_counts_each(three_datasets, tmp_path):
-    from siamese_reid import experiment
+    from siamese_reid.data.preparation import check_dataset, prepare_data
 
     main, other, msmt = three_datasets
     extra = f"[{{root: {other}, layout: market}}, {{root: {msmt}, layout: msmt17}}]"
     config = load_config(None, [f"data.root={main}", f"data.extra_train={extra}"])
-    assert experiment.check_before_start(config) == config
+    assert check_dataset(config) == config
     (tmp_path / "run").mkdir()
-    _, data = experiment.prepare_data(config, tmp_path / "run")
+    _, data = prepare_data(config, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "dataset_summary.json").read_text())
     assert list(summary) == ["train", "train: main", "train: other", "train: MSMT17_V1", "query", "gallery"]
     assert [summary[name]["images"] for name in ("train", "train: main", "train: other", "train: MSMT17_V1")] == [
@@ -294,7 +294,7 @@ def test_prepare_data_trains_on_every_dataset_and_counts_each(three_datasets, tm
 
 
 def test_datasets_in_folders_of_the_same_name_are_all_trained_and_counted(tmp_path):
-    from siamese_reid import experiment
+    from siamese_reid.data.preparation import prepare_data
 
     write_market(tmp_path / "a" / "data", [(1, 1), (1, 2), (2, 1)], [(3, 1)], [(3, 2)])
     write_market(tmp_path / "b" / "data", [(1, 1), (2, 2), (2, 1)], [(4, 1)], [(4, 2)])
@@ -302,7 +302,7 @@ def test_datasets_in_folders_of_the_same_name_are_all_trained_and_counted(tmp_pa
         None, [f"data.root={tmp_path / 'a' / 'data'}", f"data.extra_train=[{{root: {tmp_path / 'b' / 'data'}}}]"]
     )
     (tmp_path / "run").mkdir()
-    _, data = experiment.prepare_data(config, tmp_path / "run")
+    _, data = prepare_data(config, tmp_path / "run")
     assert len(data.train) == 6 and len({s.pid for s in data.train}) == 4
     assert {name: counts["images"] for name, counts in data.summary.items() if name.startswith("train")} == {
         "train": 6,
@@ -312,13 +312,13 @@ def test_datasets_in_folders_of_the_same_name_are_all_trained_and_counted(tmp_pa
 
 
 def test_prepare_data_on_an_msmt17_tree(tmp_path):
-    from siamese_reid import experiment
+    from siamese_reid.data.preparation import check_dataset, prepare_data
 
     write_msmt17(tmp_path / "MSMT17_V2" / "MSMT17_V2", "MSMT17_V2")  # nested, as the archive unpacks
     config = load_config(None, ["data.layout=msmt17", f"data.root={tmp_path / 'MSMT17_V2'}"])
-    config = experiment.check_before_start(config)
+    config = check_dataset(config)
     (tmp_path / "run").mkdir()
-    _, data = experiment.prepare_data(config, tmp_path / "run")
+    _, data = prepare_data(config, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "dataset_summary.json").read_text())
     assert {name: (counts["images"], counts["identities"], counts["cameras"]) for name, counts in summary.items()} == {
         "train": (6, 3, 5),
@@ -331,7 +331,7 @@ def test_prepare_data_on_an_msmt17_tree(tmp_path):
 
 
 def test_asking_for_a_benchmark_without_its_folder_does_not_train_on_the_demo():
-    from siamese_reid import experiment
+    from siamese_reid.data.preparation import resolve_dataset
 
     with pytest.raises(ReIDError, match="data.layout msmt17 needs data.root"):
-        experiment.resolve_dataset(load_config(None, ["data.layout=msmt17"]))
+        resolve_dataset(load_config(None, ["data.layout=msmt17"]))

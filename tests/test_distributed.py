@@ -54,11 +54,13 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from siamese_reid import experiment
 from siamese_reid.config import load_config
+from siamese_reid.console import show_messages
 
+show_messages()  # "N replica(s)" is read from the library's lines
 settings, output_dir = json.loads(sys.argv[1]), sys.argv[2]
 for strategy in ("mirrored", "default"):
-    config = load_config("config.yaml", settings + [f"training.strategy={strategy}"])
-    experiment.train(config, experiment.create_run_dir(output_dir, strategy))
+    config = load_config("config.yaml", settings + [f"training.strategy={strategy}", f"output.run_name={strategy}"])
+    experiment.train(config, output_dir)
 """
 
 

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from siamese_reid.data.images import decode_image
 from siamese_reid.data.orientation import apply_orientation, exif_orientation
 from siamese_reid.data.pipeline import pk_dataset
-from siamese_reid.data.records import Sample
+from siamese_reid.data.readers import Sample
 from siamese_reid.data.scan import scan_samples
 from tests.conftest import PROJECT_ROOT
 

@@ -23,9 +23,9 @@ def small_run(tmp_path_factory, tiny_demo):
         "training.images_per_identity=2",
         "evaluation.every_n_epochs=1",
         f"data.root={tiny_demo}",
+        "output.run_name=small",
     ]
-    run_dir = experiment.create_run_dir(output, "small")
-    experiment.train(load_config(PROJECT_ROOT / "config.yaml", settings), run_dir)
+    _, run_dir = experiment.train(load_config(PROJECT_ROOT / "config.yaml", settings), output)
     return run_dir
 
 

@@ -64,7 +64,9 @@ def test_a_torchreid_checkpoint_is_imported_exported_indexed_and_searched(tmp_pa
     np.testing.assert_allclose(embed(images.astype("float32")), torchreid_features, atol=2e-5)
 
     # indexed and searched: a slightly noisy copy of one gallery image finds it first
-    gallery = [save_png(image, tmp_path / "gallery" / f"person_{name}.png") for image, name in zip(images, "abc")]
+    gallery = [
+        save_png(image, tmp_path / "gallery" / f"person_{name}.png") for image, name in zip(images, "abc", strict=True)
+    ]
     summary = update_index(run_dir, [tmp_path / "gallery"], tmp_path / "index")
     assert summary.added == 3
     noise = np.random.default_rng(0).integers(-3, 4, size=images[1].shape)

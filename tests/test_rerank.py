@@ -11,7 +11,6 @@ import pytest
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation import evaluate_ranking, rerank_distances
-from siamese_reid.evaluation.ranking import evaluate_ranking
 from siamese_reid.evaluation.rerank import KReciprocalReranker, _nearest_neighbours
 
 

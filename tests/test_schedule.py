@@ -77,7 +77,7 @@ def test_multistep_schedule_follows_its_definition(warmup_steps, milestones):
 
 def test_multistep_schedule_at_the_milestones_with_warm_up():
     # the strong baseline's shape: 10 warm-up epochs, milestones at epochs 40 and 70, gamma 0.1;
-    # here 3 steps per epoch, as experiment.build_training_model converts epochs to steps
+    # here 3 steps per epoch, as model.building.build_training_model converts epochs to steps
     steps = 3
     schedule = make_schedule("multistep", 3.5e-4, 10 * steps, 120 * steps, [40 * steps, 70 * steps], 0.1)
     assert float(schedule(0)) == 0.0

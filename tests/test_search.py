@@ -28,8 +28,8 @@ SETTINGS = [
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_demo):
-    run_dir = experiment.create_run_dir(tmp_path_factory.mktemp("runs"), "small")
-    experiment.train(load_config(PROJECT_ROOT / "config.yaml", SETTINGS + [f"data.root={tiny_demo}"]), run_dir)
+    config = load_config(PROJECT_ROOT / "config.yaml", SETTINGS + [f"data.root={tiny_demo}", "output.run_name=small"])
+    _, run_dir = experiment.train(config, tmp_path_factory.mktemp("runs"))
     return run_dir
 
 

@@ -11,10 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from siamese_reid import experiment
+from siamese_reid import experiment, runs
 from siamese_reid.config import load_config
 from siamese_reid.data.readers import read_market_folder
-from siamese_reid.errors import ReIDError
+from siamese_reid.errors import ReIDError, RunInterrupted
+from siamese_reid.model.building import build_tower
 from tests.conftest import PROJECT_ROOT
 
 # Small, fast settings: 3 VGG blocks on 32x32 inputs.
@@ -35,9 +36,8 @@ def demo_settings(root):
 
 def run_train(tmp_path, settings, name="run"):
     """Trains as train.py does; returns (metrics, run folder)."""
-    config = load_config(PROJECT_ROOT / "config.yaml", list(settings))
-    run_dir = experiment.create_run_dir(tmp_path, name)
-    return experiment.train(config, run_dir), run_dir
+    config = load_config(PROJECT_ROOT / "config.yaml", [*settings, f"output.run_name={name}"])
+    return experiment.train(config, tmp_path)
 
 
 def command_line(script, *args, timeout=300):
@@ -75,7 +75,7 @@ def test_training_improves_retrieval_on_held_out_identities(tmp_path):
 
     config = load_config(run_dir / "config.yaml")
     keras.utils.set_random_seed(config.training.seed)  # the same initial weights as the run
-    untrained = experiment.build_tower(config)
+    untrained = build_tower(config)
     query, _ = read_market_folder(tmp_path / "demo" / "query")
     gallery, _ = read_market_folder(tmp_path / "demo" / "bounding_box_test")
     baseline = evaluate_model(untrained, query, gallery, (32, 32), replace(config.evaluation)).ranking
@@ -122,34 +122,12 @@ def test_evaluate_cli_never_overwrites_an_evaluation_and_rejects_bad_models(tmp_
 
 
 def test_evaluation_folders_are_fresh_even_within_one_second(tmp_path):
-    first = experiment.create_evaluation_dir(tmp_path)
+    first = runs.create_evaluation_dir(tmp_path)
     (first / "metrics.json").write_text("{}")
-    second = experiment.create_evaluation_dir(tmp_path)
+    second = runs.create_evaluation_dir(tmp_path)
     assert first != second and (first / "metrics.json").read_text() == "{}"
     with pytest.raises(ReIDError, match="already (exists|holds a finished run)"):
-        experiment.create_run_dir(tmp_path / "evaluations", first.name)
-
-
-def test_junk_and_distractors_in_the_training_folder_are_not_trained_as_people(tmp_path, tiny_demo):
-    import shutil
-
-    root = tmp_path / "data"
-    shutil.copytree(tiny_demo, root)
-    # junk and distractor boxes inside the training folder, as Market-1501's own test folder has
-    gallery = sorted((root / "bounding_box_test").glob("*.jpg"))
-    extras = [g for g in gallery if g.name.startswith(("-1_", "0000_"))]
-    for path in extras:
-        shutil.copy(path, root / "bounding_box_train" / path.name)
-    config = load_config(PROJECT_ROOT / "config.yaml", FAST + [f"data.root={root}"])
-    _, data = experiment.prepare_data(config, tmp_path)
-    assert all(sample.pid > 0 for sample in data.train)
-    junk = sum(p.name.startswith("-1_") for p in extras)
-    distractors = len(extras) - junk
-    assert junk and distractors
-    note = f"excluded from training: {junk} junk (identity -1) and {distractors} distractor (identity 0) images"
-    assert any(note in warning for warning in data.warnings)
-    assert note in (tmp_path / "data_warnings.txt").read_text()
-    assert data.summary["train"]["junk_images"] == 0 and data.summary["train"]["distractor_images"] == 0
+        runs.create_run_dir(tmp_path / "evaluations", first.name)
 
 
 def test_validation_split_monitors_training_and_the_test_split_is_scored_once(tmp_path, tiny_demo):
@@ -410,41 +388,20 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, tiny_demo):
         assert not (tmp_path / "again").exists()
 
 
-def test_train_new_run_refuses_a_folder_that_is_not_new(tmp_path, tiny_demo):
+def test_train_never_trains_into_a_folder_that_exists(tmp_path, tiny_demo):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("mine")
-    config = load_config(PROJECT_ROOT / "config.yaml", FAST + demo_settings(tiny_demo))
-    with pytest.raises(ReIDError, match="not a new, empty run folder"):
-        experiment.train_new_run(config, tmp_path / "mine")
+    config = load_config(PROJECT_ROOT / "config.yaml", FAST + demo_settings(tiny_demo) + ["output.run_name=mine"])
+    with pytest.raises(ReIDError, match="already exists"):
+        experiment.train(config, tmp_path)
+    assert [path.name for path in (tmp_path / "mine").iterdir()] == ["thesis.tex"]
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "mine"
 
 
-def test_queries_without_any_possible_match_fail_before_training(tmp_path):
-    from tests.conftest import write_image
-
-    root = tmp_path / "data"
-    for split, names in (
-        (
-            "bounding_box_train",
-            [
-                "0001_c1s1_000001_01.jpg",
-                "0001_c2s1_000002_01.jpg",
-                "0002_c1s1_000003_01.jpg",
-                "0002_c2s1_000004_01.jpg",
-            ],
-        ),
-        ("query", ["0003_c1s1_000005_01.jpg", "0004_c1s1_000006_01.jpg"]),
-        ("bounding_box_test", ["0005_c2s1_000007_01.jpg", "0003_c1s1_000008_01.jpg"]),  # 0003 only same camera
-    ):
-        for index, name in enumerate(names):
-            write_image(root / split / name, seed=index)
-    config = load_config(PROJECT_ROOT / "config.yaml", FAST + [f"data.root={root}"])
-    with pytest.raises(ReIDError, match="no query identity has a gallery image from another camera"):
-        experiment.prepare_data(config, tmp_path)
-
-
-def test_epochs_without_evaluation_show_no_nan_and_history_keeps_the_columns(tmp_path, tiny_demo, capsys):
-    # `val_rank1: nan` in the progress bar read like a diverged loss to a newcomer
+def test_epochs_without_evaluation_show_no_nan_and_history_keeps_the_columns(
+    tmp_path, tiny_demo, shown_messages, capsys
+):
+    # `val_rank1: nan` in the progress bar would read like a diverged loss to a newcomer
     metrics, run_dir = run_train(
         tmp_path, FAST + demo_settings(tiny_demo) + TINY + ["training.epochs=3", "evaluation.every_n_epochs=2"]
     )
@@ -478,10 +435,10 @@ def test_reusing_the_name_of_a_finished_run_does_not_suggest_resuming_it(tmp_pat
     finished.mkdir()
     (finished / "metrics.json").write_text("{}")
     with pytest.raises(ReIDError, match="already holds a finished run: choose another output.run_name"):
-        experiment.create_run_dir(tmp_path, "done")
+        runs.create_run_dir(tmp_path, "done")
     (tmp_path / "interrupted" / "backup").mkdir(parents=True)
-    with pytest.raises(ReIDError, match="use --resume"):
-        experiment.create_run_dir(tmp_path, "interrupted")
+    with pytest.raises(ReIDError, match="resume it"):
+        runs.create_run_dir(tmp_path, "interrupted")
 
 
 STRONG_BASELINE = [
@@ -560,8 +517,12 @@ def test_a_history_written_by_an_older_version_keeps_its_columns_and_numbering(t
     assert monitored_history_split(path, has_validation=True) == "val"
 
 
-def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, capsys):
+def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, caplog):
+    import logging
+
     from siamese_reid import training
+
+    caplog.set_level(logging.INFO, logger="siamese_reid")
 
     now = iter([100.0, 100.0, 160.0, 160.0, 300.0])  # epochs of 60 s and 140 s: a mean of 100 s
     monkeypatch.setattr(training.time, "monotonic", lambda: next(now))
@@ -570,7 +531,70 @@ def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, capsy
     for epoch in (0, 1):
         clock.on_epoch_begin(epoch)
         clock.on_epoch_end(epoch)
-    lines = capsys.readouterr().out.splitlines()
+    lines = [message for message in caplog.messages if message.startswith("epoch ")]
     assert lines[0].startswith("epoch 1/12 took 60 s; about 11 min left")  # 11 epochs x 60 s
     assert lines[1].startswith("epoch 2/12 took 2 min; about 17 min left")  # 10 epochs x 100 s
     assert training.format_duration(3900) == "1 h 05 min"
+
+
+def test_periodic_evaluation_scores_the_epochs_asked_for_and_keeps_the_last(tiny_demo, caplog):
+    # one callback scores, names the scores for their split, logs its line and keeps the
+    # evaluation the report reuses
+    import logging
+
+    from siamese_reid import reporting
+    from siamese_reid.evaluation.evaluator import evaluate_model
+    from siamese_reid.model.building import image_size
+    from siamese_reid.training import MonitoredSplit, PeriodicEvaluation
+
+    every_second = ["evaluation.every_n_epochs=2"]
+    config = load_config(PROJECT_ROOT / "config.yaml", FAST + demo_settings(tiny_demo) + every_second)
+    query = read_market_folder(tiny_demo / "query")[0]
+    gallery = read_market_folder(tiny_demo / "bounding_box_test")[0]
+    tower, size = build_tower(config), image_size(config)
+    monitored = MonitoredSplit(query, gallery, "test", "query / gallery (test)")
+    periodic = PeriodicEvaluation(tower, monitored, size, config.evaluation, total_epochs=3)
+    caplog.set_level(logging.INFO, logger="siamese_reid")
+    logs = [{"loss": 1.0} for _ in range(3)]
+    for epoch, epoch_logs in enumerate(logs):
+        periodic.on_epoch_end(epoch, epoch_logs)
+    assert logs[0] == {"loss": 1.0}  # not an evaluation epoch: no NaN entries either
+    assert set(logs[1]) == set(logs[2]) == {"loss", "test_rank1", "test_mAP", "test_mINP"}
+    reference = evaluate_model(tower, query, gallery, size, config.evaluation)  # a float32 tower: itself
+    expected = reporting.ranking_metrics(reference.ranking, len(query), len(gallery), {})
+    assert logs[2]["test_mAP"] == pytest.approx(expected["mAP"]) and logs[2]["test_rank1"] == expected["rank1"]
+    kept = reporting.ranking_metrics(periodic.latest.ranking, len(query), len(gallery), {})
+    assert kept["mAP"] == pytest.approx(expected["mAP"])  # the last epoch's, which the report reuses
+    scoring = [message for message in caplog.messages if "scoring on" in message]
+    assert scoring == [f"\nepoch {n}: scoring on query / gallery (test)... " for n in (2, 3)]
+    assert f"rank-1 {reporting.percent(expected['rank1'])}  mAP {reporting.percent(expected['mAP'])}" in caplog.messages
+
+
+def test_the_best_checkpoint_is_chosen_on_a_map_only(tmp_path):
+    import keras
+
+    from siamese_reid.training import EmbeddingCheckpoint
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="monitor must be a mAP"):
+        EmbeddingCheckpoint(model, tmp_path, monitor="loss")
+    checkpoint = EmbeddingCheckpoint(model, tmp_path, monitor="test_mAP")
+    for epoch, value in enumerate((0.2, 0.5, 0.4)):
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "test_mAP": value})
+    assert json.loads((tmp_path / "best.json").read_text()) == {"test_mAP": 0.5, "epoch": 2}
+
+
+def test_a_run_stopped_while_writing_its_report_is_kept_and_resumes_to_the_report(tmp_path, tiny_demo, monkeypatch):
+    # fit removes its backup when it ends: a Ctrl-C while the report is written must still find
+    # a saved epoch (last.keras) and keep the trained run
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "final_report", interrupted)
+    with pytest.raises(RunInterrupted) as caught:
+        run_train(tmp_path, FAST + demo_settings(tiny_demo) + TINY)
+    run_dir = caught.value.run_dir
+    assert run_dir == tmp_path / "run" and (run_dir / "last.keras").is_file()
+    monkeypatch.undo()
+    metrics = experiment.resume(run_dir)  # trained but unreported: the report, no training
+    assert json.loads((run_dir / "metrics.json").read_text())["mAP"] == pytest.approx(metrics["mAP"])

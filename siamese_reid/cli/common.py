@@ -1,4 +1,5 @@
-"""What train.py and evaluate.py share: arguments, the config they describe, exit codes."""
+"""What the entry points share: arguments, the config they describe, the library's messages
+shown, exit codes."""
 
 import functools
 import json
@@ -6,6 +7,7 @@ import sys
 from pathlib import Path
 
 from siamese_reid.config import load_config
+from siamese_reid.console import show_messages
 from siamese_reid.errors import ReIDError
 
 
@@ -34,24 +36,31 @@ def default_config_path():
     return None
 
 
-def config_from_arguments(arguments, base_config_path=None):
-    """Loads the config file and applies --set overrides and the data folder flags; says which
-    file was read."""
-    path = arguments.config or base_config_path or default_config_path()
-    print(f"config: {path}" if path else "config: built-in defaults (no config.yaml found)")
+def overrides_from_arguments(arguments):
+    """The --set overrides, then the data folder flags as overrides of data.*_dir."""
     overrides = list(arguments.overrides)
     for flag in ("train_dir", "query_dir", "gallery_dir"):
         value = getattr(arguments, flag, None)
         if value is not None:
             overrides.append(f"data.{flag}={json.dumps(str(value))}")
-    return load_config(path, overrides)
+    return overrides
+
+
+def config_from_arguments(arguments, base_config_path=None):
+    """Loads the config file and applies --set overrides and the data folder flags; says which
+    file was read."""
+    path = arguments.config or base_config_path or default_config_path()
+    print(f"config: {path}" if path else "config: built-in defaults (no config.yaml found)")
+    return load_config(path, overrides_from_arguments(arguments))
 
 
 def exit_on_user_error(main):
-    """Runs `main`; a ReIDError becomes one line on stderr and exit status 2."""
+    """Runs `main` with the library's messages shown on stdout; a ReIDError becomes one line on
+    stderr and exit status 2."""
 
     @functools.wraps(main)
     def wrapped(argv=None):
+        show_messages()
         try:
             return main(argv)
         except ReIDError as error:

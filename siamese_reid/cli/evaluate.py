@@ -11,6 +11,7 @@ from siamese_reid.cli.common import (
 )
 from siamese_reid.console import import_tensorflow_quietly
 from siamese_reid.errors import ReIDError
+from siamese_reid.runs import CONFIG, run_model_path
 
 
 @exit_on_user_error
@@ -30,11 +31,11 @@ def main(argv=None):
     if bool(arguments.run) == bool(arguments.weights):
         raise ReIDError("give exactly one of --run RUN_DIR or --weights MODEL.keras")
     if arguments.run:
-        model_path = experiment.run_model_path(arguments.run, arguments.checkpoint)
-        config = config_from_arguments(arguments, base_config_path=Path(arguments.run) / "config.yaml")
+        run_model_path(arguments.run, arguments.checkpoint)  # a missing model fails before the config is read
+        config = config_from_arguments(arguments, base_config_path=Path(arguments.run) / CONFIG)
+        model = arguments.run
     else:
-        model_path, config = Path(arguments.weights), config_from_arguments(arguments)
-    parent = arguments.output_dir or arguments.run or config.output.dir
-    _, output_dir = experiment.evaluate_saved_model(model_path, config, parent)
+        model, config = Path(arguments.weights), config_from_arguments(arguments)
+    _, output_dir = experiment.evaluate(model, config, arguments.checkpoint, arguments.output_dir)
     print(f"results written to {output_dir}")
     return 0

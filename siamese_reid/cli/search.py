@@ -21,9 +21,7 @@ def _arguments(argv):
     )
     index.add_argument("--run", default=None, help="the training run whose model embeds the images (new index)")
     index.add_argument("--checkpoint", default=None, choices=("last", "best"), help="default: the index's, or last")
-    index.add_argument(
-        "--images", nargs="+", default=[], metavar="DIR", help="folders to add, searched recursively"
-    )
+    index.add_argument("--images", nargs="+", default=[], metavar="DIR", help="folders to add, searched recursively")
     index.add_argument(
         "--remove", nargs="+", default=[], metavar="DIR", help="indexed folders whose images leave the index"
     )

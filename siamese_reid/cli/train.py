@@ -9,9 +9,11 @@ from siamese_reid.cli.common import (
     add_common_arguments,
     config_from_arguments,
     exit_on_user_error,
+    overrides_from_arguments,
 )
 from siamese_reid.console import import_tensorflow_quietly
-from siamese_reid.errors import ReIDError
+from siamese_reid.errors import ReIDError, RunInterrupted
+from siamese_reid.runs import CONFIG, require_run_dir
 
 
 @exit_on_user_error
@@ -23,28 +25,28 @@ def main(argv=None):
     # TensorFlow first, without its start-up noise; a bad config still fails before any training
     if not import_tensorflow_quietly():
         print("note: no GPU found; training on the CPU")
-    if arguments.resume:
-        run_dir = Path(arguments.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ReIDError(f"cannot resume: '{run_dir}' is not a run folder (no config.yaml in it)")
-        config = config_from_arguments(arguments, base_config_path=run_dir / "config.yaml")
-    else:
-        # everything that can fail without training fails before a run folder exists
-        config = experiment.check_before_start(config_from_arguments(arguments))
-        run_dir = experiment.create_new_run_dir(config, arguments.output_dir)
-    print(f"run folder: {run_dir}")
     try:
         if arguments.resume:
-            metrics = experiment.resume(config, run_dir)
+            metrics, run_dir = _resume(arguments), Path(arguments.resume)
         else:
-            metrics = experiment.train_new_run(config, run_dir)
-    except KeyboardInterrupt:
-        if (run_dir / "backup").exists():
-            print(f"interrupted; continue with: python train.py --resume {run_dir}", file=sys.stderr)
-            return 130
-        raise
+            metrics, run_dir = experiment.train(config_from_arguments(arguments), arguments.output_dir)
+    except RunInterrupted as interrupted:
+        print(f"interrupted; continue with: python train.py --resume {interrupted.run_dir}", file=sys.stderr)
+        return 130
     if metrics is None:  # a multi-worker run's other workers: they train beside the chief
         print(f"done; the chief writes the results to {run_dir}")
         return 0
     print(f"results written to {run_dir}")
     return 0
+
+
+def _resume(arguments):
+    """Resumes the run --resume names with its saved config and the --set/--*_dir overrides."""
+    if arguments.config:
+        raise ReIDError(
+            "--config does not apply with --resume: the run keeps its saved config (change keys with --set)"
+        )
+    run_dir = require_run_dir(arguments.resume, refusal="cannot resume: ")
+    print(f"config: {run_dir / CONFIG}")
+    print(f"run folder: {run_dir}")
+    return experiment.resume(run_dir, overrides_from_arguments(arguments))

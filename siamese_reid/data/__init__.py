@@ -5,9 +5,9 @@ pipeline and image ops need TensorFlow and are imported on first use.
 """
 
 from siamese_reid.data.cuhk03 import read_cuhk03_np
-from siamese_reid.data.msmt17 import read_msmt17
 from siamese_reid.data.datasets import LAYOUTS, read_dataset, read_extra_training
 from siamese_reid.data.demo import ensure_demo_dataset, generate_demo_dataset
+from siamese_reid.data.msmt17 import read_msmt17
 from siamese_reid.data.readers import (
     DatasetSplits,
     Sample,

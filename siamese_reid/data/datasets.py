@@ -135,7 +135,8 @@ def read_extra_training(data, main):
             )
         seen_paths.update(s.path for s in samples)
         shifted = [
-            s._replace(pid=s.pid + pid_offset if is_person(s.pid) else s.pid, camid=s.camid + camid_offset) for s in samples
+            s._replace(pid=s.pid + pid_offset if is_person(s.pid) else s.pid, camid=s.camid + camid_offset)
+            for s in samples
         ]
         training_sets.append(TrainingSet(Path(entry.root).expanduser().resolve().name, shifted, warnings))
         pid_offset = max(pid_offset, _largest(s.pid for s in shifted))

@@ -14,7 +14,6 @@ Reference:
 
 import os
 import re
-from pathlib import Path
 
 from siamese_reid.data.readers import DatasetSplits, Sample, existing_folder, require_root_only
 from siamese_reid.errors import ReIDError
@@ -34,6 +33,7 @@ _DIGITS = re.compile(r"[0-9]+")
 _MSMT17_EXPECTED = (
     f"MSMT17_V1/ (train/, test/) or MSMT17_V2/ (mask_train_v2/, mask_test_v2/), each with {', '.join(MSMT17_LISTS)}"
 )
+
 
 def find_msmt17(root):
     """The MSMT17 release folder at `root` or directly inside it (the archives often nest

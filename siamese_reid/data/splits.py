@@ -12,6 +12,7 @@ import numpy as np
 
 from siamese_reid.data.readers import Sample
 from siamese_reid.errors import ReIDError
+
 # the protocol defines what the two non-person identities are; its module is pure Python
 from siamese_reid.evaluation.protocol import DISTRACTOR_PID, JUNK_PID, is_person
 

@@ -12,6 +12,7 @@ from siamese_reid.evaluation.evaluator import (
     evaluate_model,
     scoring_distance_rows,
 )
+from siamese_reid.evaluation.protocol import DISTRACTOR_PID, JUNK_PID, protocol_gallery_mask, same_image_pairs
 from siamese_reid.evaluation.ranking import (
     AP_DEFINITIONS,
     RankingResult,
@@ -19,7 +20,6 @@ from siamese_reid.evaluation.ranking import (
     evaluate_ranking,
     top_k_gallery,
 )
-from siamese_reid.evaluation.protocol import DISTRACTOR_PID, JUNK_PID, protocol_gallery_mask, same_image_pairs
 from siamese_reid.evaluation.rerank import KReciprocalReranker, rerank_distances
 
 _NEEDS_TENSORFLOW = {"extract_embeddings", "save_embeddings", "load_embeddings", "embedding_input_size"}

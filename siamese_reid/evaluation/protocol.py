@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from siamese_reid.errors import ReIDError
+
 JUNK_PID = -1
 DISTRACTOR_PID = 0
 
@@ -69,3 +71,17 @@ def protocol_record(settings, distance):
         f"distractor_identity_{DISTRACTOR_PID}": "kept as negatives",
         "ties": "gallery order",
     }
+
+
+def check_queries_have_matches(query, gallery):
+    """Raises a ReIDError when no query could ever be scored: no query identity has a gallery
+    image from another camera (checked before training, which would otherwise find out at its
+    first evaluation, minutes later)."""
+    cameras_of = {}
+    for sample in gallery:
+        cameras_of.setdefault(sample.pid, set()).add(sample.camid)
+    if not any(cameras_of.get(q.pid, set()) - {q.camid} for q in query if q.pid != JUNK_PID):
+        raise ReIDError(
+            "no query identity has a gallery image from another camera: nothing could be scored; "
+            "check that the query and gallery folders hold the same people"
+        )

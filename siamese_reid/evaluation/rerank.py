@@ -17,6 +17,7 @@ Reference: Zhong et al., Re-ranking Person Re-identification with k-reciprocal E
 https://arxiv.org/abs/1701.08398 (authors' code: github.com/zhunzhong07/person-re-ranking)
 """
 
+import logging
 import time
 
 import faiss
@@ -32,6 +33,8 @@ from siamese_reid.evaluation.sparse_rows import (
     stack_rows,
     transpose,
 )
+
+logger = logging.getLogger(__name__)
 
 # The authors' defaults, used for every evaluation and recorded in its metrics.json.
 RERANK_PARAMETERS = {"k1": 20, "k2": 6, "lambda_value": 0.3}
@@ -51,7 +54,7 @@ def _chunks(total, size, verbose=False, label=""):
         yield start, stop
         now = time.perf_counter()
         if verbose and (now - last_report >= 10.0 or stop == total):
-            print(f"re-ranking: {label} {stop:,}/{total:,} ({now - started:.0f} s)", flush=True)
+            logger.info(f"re-ranking: {label} {stop:,}/{total:,} ({now - started:.0f} s)")
             last_report = now
 
 
@@ -223,10 +226,9 @@ class KReciprocalReranker(DistanceRows):
         touched = self._gallery_index.indptr[columns + 1] - self._gallery_index.indptr[columns]
         self._query_work = np.bincount(owners, weights=touched, minlength=self.num_query).astype(np.int64)
         if verbose:
-            print(
+            logger.info(
                 f"re-ranking: prepared {len(features):,} images in {time.perf_counter() - started:.0f} s, "
-                f"holding {self.nbytes / 2**20:.0f} MiB",
-                flush=True,
+                f"holding {self.nbytes / 2**20:.0f} MiB"
             )
 
     @property

@@ -30,3 +30,25 @@ from siamese_reid.losses.triplet import (
     triplet_margin_loss,
     triplet_semihard_loss,
 )
+
+__all__ = [
+    "CenterLoss",
+    "DISTANCE_METRICS",
+    "LOSSES",
+    "LabelSmoothedCrossEntropy",
+    "TripletBatchAllLoss",
+    "TripletHardLoss",
+    "TripletMarginLoss",
+    "TripletSemiHardLoss",
+    "build_loss",
+    "center_distances",
+    "center_loss",
+    "center_update",
+    "label_smoothed_cross_entropy",
+    "make_triplet_metrics",
+    "pairwise_distances",
+    "triplet_batch_all_loss",
+    "triplet_hard_loss",
+    "triplet_margin_loss",
+    "triplet_semihard_loss",
+]

@@ -27,6 +27,7 @@ from keras import ops
 
 from siamese_reid.losses.distances import label_masks, metric_named, pairwise_distances, triplet_distances
 
+
 def masked_mean(values, mask):
     mask = ops.cast(mask, "float32")
     return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)

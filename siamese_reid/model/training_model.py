@@ -17,8 +17,8 @@ https://arxiv.org/abs/1903.07071 (BNNeck: figure 5 and section 4.5).
 import keras
 from keras import ops
 
-from siamese_reid.losses.identity import CenterLoss, LabelSmoothedCrossEntropy, center_distances, center_update
 from siamese_reid.losses import build_loss, make_triplet_metrics
+from siamese_reid.losses.identity import CenterLoss, LabelSmoothedCrossEntropy, center_distances, center_update
 
 
 def _embedding(tower):

@@ -1,11 +1,11 @@
 """Build or update a gallery index from a trained run: embed the images under its folders.
 
-    from siamese_reid.search import update_index
+from siamese_reid.search import update_index
 
-    update_index("runs/my-run", ["photos/"], "my-index")      # IndexSummary
-    update_index("runs/my-run", ["more-photos/"], "my-index") # photos/ stays indexed
-    update_index(None, [], "my-index")                        # refresh both folders
-    update_index(None, [], "my-index", remove=["photos/"])    # its images leave the index
+update_index("runs/my-run", ["photos/"], "my-index")      # IndexSummary
+update_index("runs/my-run", ["more-photos/"], "my-index") # photos/ stays indexed
+update_index(None, [], "my-index")                        # refresh both folders
+update_index(None, [], "my-index", remove=["photos/"])    # its images leave the index
 """
 
 import contextlib
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese_reid.config import load_config
 from siamese_reid.console import progress_bar
 from siamese_reid.data.demo import is_demo_run
 from siamese_reid.data.readers import Sample
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.errors import ArgumentError, ReIDError
 from siamese_reid.files import create_folder
+from siamese_reid.runs import load_run_config
 from siamese_reid.search import folders as index_folders
 from siamese_reid.search import index as index_files
 
@@ -52,10 +52,7 @@ class IndexSummary:
 
 def _run_settings(run_dir):
     """The evaluation section of a run's config: the metric and flip test its embeddings use."""
-    config_path = Path(run_dir) / "config.yaml"
-    if not config_path.is_file():
-        raise ReIDError(f"'{run_dir}' is not a training run folder (no config.yaml in it)")
-    return load_config(config_path).evaluation
+    return load_run_config(run_dir).evaluation
 
 
 def _load_run_model(run_dir, checkpoint):
@@ -73,9 +70,7 @@ def _embed(tower, paths, settings):
     return extract_embeddings(tower, paths, size, settings.batch_size, settings.flip_test, verbose=0)
 
 
-def update_index(
-    run_dir, folders, index_dir, checkpoint=None, identity_from_folder=None, batch_images=256, remove=()
-):
+def update_index(run_dir, folders, index_dir, checkpoint=None, identity_from_folder=None, batch_images=256, remove=()):
     """Builds `index_dir` from every image under `folders`, or updates it.
 
     An index remembers every folder it was given, and each update refreshes all of them: only
@@ -148,12 +143,9 @@ def trained_on_demo(header):
     recorded = header["run"].get("trained_on_demo")
     if recorded is not None:
         return recorded
-    config_path = Path(header["run"]["dir"]) / "config.yaml"
-    if not config_path.is_file():
-        return None
     try:
-        config = load_config(config_path)
-    except ReIDError:  # a config this version cannot read must not stop a search
+        config = load_run_config(header["run"]["dir"])
+    except ReIDError:  # no config.yaml there any more, or one this version cannot read: search on
         return None
     return is_demo_run(config.data, config.demo)
 

@@ -9,7 +9,6 @@ uses for its k-nearest-neighbour search.
 """
 
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from siamese_reid.data.readers import Sample, parse_market_name
 from siamese_reid.data.scan import check_image, scan_samples
 from siamese_reid.errors import ArgumentError, ReIDError
 from siamese_reid.evaluation.protocol import is_person
+from siamese_reid.runs import read_threshold
 from siamese_reid.search import index as index_files
 from siamese_reid.search.indexing import trained_on_demo
 
@@ -102,8 +102,8 @@ class ExactSearch:
 
 def run_threshold(run_dir):
     """The calibrated threshold of a run (its threshold.json), or None."""
-    path = Path(run_dir) / "threshold.json"
-    return json.loads(path.read_text())["value"] if path.is_file() else None
+    record = read_threshold(run_dir)
+    return None if record is None else record["value"]
 
 
 class Searcher:
