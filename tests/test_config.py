@@ -1,4 +1,5 @@
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -199,20 +200,19 @@ def test_learning_rate_milestones_are_a_list_of_epochs(tmp_path):
         (["training.lr_milestones=[0, 30]"], "config key 'training.lr_milestones[0]' must be >= 1"),
         (["training.lr_milestones=[forty]"], "config key 'training.lr_milestones[0]' must be of type int"),
         (
-            ["training.sampler=triplet", "loss.name=triplet", "loss.id_weight=1"],
+            ["training.sampler=triplet", "loss.id_weight=1"],
             "'loss.id_weight' needs 'training.sampler: pk'",
         ),
         (
-            ["training.sampler=triplet", "loss.name=triplet", "loss.center_weight=0.0005"],
+            ["training.sampler=triplet", "loss.center_weight=0.0005"],
             "'loss.center_weight' needs 'training.sampler: pk'",
         ),
         (
-            ["training.sampler=triplet", "loss.name=triplet", "loss.triplet_feature=pre_bnneck"],
+            ["training.sampler=triplet", "loss.triplet_feature=pre_bnneck"],
             "'loss.triplet_feature' needs 'training.sampler: pk'",
         ),
         (["loss.triplet_weight=0"], "'loss.triplet_weight' and 'loss.id_weight' are both 0"),
         (["loss.triplet_feature=pre_bnneck", "model.bnneck=false"], "'pre_bnneck' needs 'model.bnneck: true'"),
-        (["model.last_stride=1"], "'model.last_stride' 1 is implemented for model.backbone ['resnet50'] only"),
         (["model.last_stride=3"], "config key 'model.last_stride' must be <= 2"),
         (["augment.erasing_fill=zero"], "must be one of ['random', 'mean']"),
         (["loss.triplet_feature=pre_bn"], "did you mean 'pre_bnneck'?"),
@@ -280,3 +280,33 @@ def test_the_choice_names_of_the_config_are_those_of_the_code():
         module_name, attribute = source.split(":")
         implemented = tuple(getattr(importlib.import_module(module_name), attribute))
         assert getattr(config, constant) == implemented, constant
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.last_stride=1"], "last_stride 1 is implemented for ['resnet50'] only"),
+        (["model.vgg_blocks=2", "model.freeze_blocks=3"], "model.freeze_blocks must be between 0 and 2"),
+        (["loss.name=semihard", "loss.soft=true"], "the semihard loss has no soft-margin variant"),
+    ],
+)
+def test_rules_of_one_builder_are_checked_once_where_the_model_is_built(overrides, message):
+    # each is written once, in the builder a Python caller also reaches; a run still stops
+    # with one line, before its first epoch
+    import tensorflow as tf
+
+    from siamese_reid.model.building import build_training_model
+
+    config = load_config(None, ["data.image_height=64", "data.image_width=32", *overrides])
+    with pytest.raises(ReIDError, match=re.escape(message)):
+        build_training_model(config, steps=2, strategy=tf.distribute.get_strategy(), num_identities=4)
+
+
+def test_a_run_folder_of_the_triplet_sampler_that_saved_loss_name_triplet_still_loads(tmp_path):
+    # loss.name no longer offers "triplet": the triplet sampler chooses that loss itself
+    with pytest.raises(ReIDError, match="loss.name"):
+        load_config(None, ["loss.name=triplet"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text("training:\n  sampler: triplet\nloss:\n  name: triplet\n")
+    config = load_config(saved)
+    assert (config.training.sampler, config.loss.name) == ("triplet", "batch_hard")

@@ -25,6 +25,7 @@ Hermans et al., In Defense of the Triplet Loss (batch hard), https://arxiv.org/a
 import keras
 from keras import ops
 
+from siamese_reid.errors import ReIDError
 from siamese_reid.losses.distances import label_masks, metric_named, pairwise_distances, triplet_distances
 
 
@@ -253,6 +254,9 @@ LOSSES = {
     "batch_all": TripletBatchAllLoss,
     "triplet": TripletMarginLoss,
 }
+# The losses that mine the triplets of a P x K batch: what `loss.name` chooses. "triplet" (on
+# explicit triplets) is the triplet sampler's own, chosen with it.
+BATCH_LOSSES = ("batch_hard", "semihard", "batch_all")
 
 
 def build_loss(name, margin, soft, distance_metric):
@@ -261,6 +265,6 @@ def build_loss(name, margin, soft, distance_metric):
         raise ValueError(f"unknown loss {name!r}; valid names: {list(LOSSES)}")
     if name == "semihard":
         if soft:
-            raise ValueError("the semihard loss has no soft-margin variant: set loss.soft to false")
+            raise ReIDError("the semihard loss has no soft-margin variant: soft (loss.soft) must be false")
         return TripletSemiHardLoss(margin=margin, distance_metric=distance_metric)
     return LOSSES[name](margin=margin, soft=soft, distance_metric=distance_metric)

@@ -98,18 +98,18 @@ def _vgg16(input_shape, weights, vgg_blocks):
     return keras.Model(base.input, last.output, name="vgg16")
 
 
-def _resnet50(input_shape, weights, vgg_blocks):
+def _resnet50(input_shape, weights):
     return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
 
 
-def _mobilenetv2(input_shape, weights, vgg_blocks):
+def _mobilenetv2(input_shape, weights):
     return keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=input_shape)
 
 
 def _osnet(variant):
     """The builder of one OSNet variant, with the signature of the keras.applications ones."""
 
-    def build(input_shape, weights, vgg_blocks):
+    def build(input_shape, weights):
         if weights == "imagenet":
             raise ReIDError(
                 f"there are no Keras ImageNet weights for {variant} (torchreid's are PyTorch files): use "
@@ -237,7 +237,9 @@ def build_backbone(backbone_name, weights, input_shape, vgg_blocks=5, last_strid
         )
     weights = resolve_weights(weights)
     try:
-        backbone = BACKBONES[backbone_name].build(input_shape, weights, vgg_blocks)
+        # vgg_blocks truncates VGG16 only: the other builders take no such argument
+        options = {"vgg_blocks": vgg_blocks} if backbone_name == "vgg16" else {}
+        backbone = BACKBONES[backbone_name].build(input_shape, weights, **options)
     except Exception as error:  # keras raises bare Exception types for failed downloads
         if weights == "imagenet" and _looks_like_download_failure(error):
             raise ReIDError(
