@@ -3,7 +3,7 @@
 For each tower (the four OSNet widths with the shipped head, and config.yaml's model section as
 it is: the shipped VGG16 tower), each input size (256x128, the field's usual one, and the shipped
 96x48) and each precision (float32, mixed_bfloat16), the tower is built by the library
-(`experiment.build_tower`) and run on batches of 64 random images in [0, 255] by one traced
+(`model.building.build_tower`) and run on batches of 64 random images in [0, 255] by one traced
 inference step, as evaluation runs it. Image decoding is not included: this is the model's speed.
 The median over the timed batches is reported, with the interquartile range: a shared machine's
 speed varies from second to second.
@@ -25,8 +25,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from siamese_reid import experiment  # noqa: E402
 from siamese_reid.config import load_config  # noqa: E402
+from siamese_reid.model.building import build_tower  # noqa: E402
 from siamese_reid.model.osnet import OSNET_VARIANTS  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def measure(config_path, model_name, size, precision, batch_size, num_batches):
     try:
         config = tower_config(config_path, model_name, size)
         keras.utils.set_random_seed(0)
-        tower = experiment.build_tower(config)
+        tower = build_tower(config)
         result = images_per_second(tower, batch_size, num_batches)
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -81,7 +81,10 @@ def run_distances(run):
     cases show the ranking that was scored."""
     distance = run.metrics.get("protocol", {}).get("distance")
     if distance is None:
-        raise ReIDError(f"'{run.path}' was evaluated by an older version: evaluate it again (python evaluate.py --run)")
+        raise ReIDError(
+            f"'{run.path}' was evaluated by an older version: evaluate it again "
+            "(experiment.evaluate; python evaluate.py --run)"
+        )
     if distance["name"] != RERANKED:
         return scoring_distance_rows(run.query_features, run.gallery_features, distance["name"], rerank=False)
     parameters = {key: distance[key] for key in ("k1", "k2", "lambda_value")}

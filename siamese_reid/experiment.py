@@ -109,6 +109,14 @@ def evaluate(model, config, checkpoint="last", output_dir=None):
 
     model = Path(model)
     model_path = runs.run_model_path(model, checkpoint) if model.is_dir() else model
+    data = config.data
+    if model.is_dir() and not (data.root or data.query_dir or data.gallery_dir):
+        # a run folder whose config names no dataset was not trained here (an imported
+        # torchreid model): scoring it on the synthetic demo would mean nothing
+        raise ReIDError(
+            f"run '{model}' names no dataset to evaluate on: give a query and a gallery "
+            "(evaluate.py --query_dir Q --gallery_dir G, or --set data.root=DATASET)"
+        )
     tower = load_embedding_model(model_path)
     evaluation_dir = runs.create_evaluation_dir(output_dir or (model if model.is_dir() else config.output.dir))
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from siamese_reid import reporting
 from siamese_reid.config import config_from_dict, save_config
-from siamese_reid.errors import ReIDError
+from siamese_reid.errors import ArgumentError, ReIDError
 from siamese_reid.files import create_folder, write_atomically
 
 # torchreid's default input size (height, width): its model zoo is trained and tested at it.
@@ -112,12 +112,14 @@ def import_torchreid_checkpoint(checkpoint, architecture, output_dir, validation
       An `ImportResult`.
     """
     from siamese_reid.data.datasets import read_dataset
-    from siamese_reid.experiment import build_tower
+    from siamese_reid.model.building import build_tower
     from siamese_reid.model.torchreid_checkpoint import read_torchreid_weights
 
     output_dir = Path(output_dir)
     if output_dir.exists():
-        raise ReIDError(f"'{output_dir}' already exists: choose another --output (nothing was changed)")
+        raise ArgumentError(
+            "output_dir", f"'{output_dir}' already exists: choose another {{argument}} (nothing was changed)"
+        )
     _check_architecture(architecture)
     weights = read_torchreid_weights(checkpoint)
     has_feature_layer = any(name.startswith("fc.") for name in weights.state_dict)
@@ -167,8 +169,9 @@ def _run_info(tower, config, weights, metrics):
 
 def _validate(tower, config, run_dir):
     """Scores the tower on the validation split and fits threshold.json there."""
+    from siamese_reid.data.preparation import prepare_data
     from siamese_reid.evaluation.evaluator import evaluate_model
-    from siamese_reid.experiment import fit_search_threshold, prepare_data
+    from siamese_reid.report import fit_search_threshold
 
     config, data = prepare_data(config, run_dir, need_train=False)
     evaluation = evaluate_model(tower, data.query, data.gallery, TORCHREID_IMAGE_SIZE, config.evaluation)

@@ -45,8 +45,8 @@ def create_run_dir(output_dir, run_name=None):
     if is_finished(run_dir):
         raise ReIDError(f"run folder '{run_dir}' already holds a finished run: choose another output.run_name")
     raise ReIDError(
-        f"run folder '{run_dir}' already exists: resume it (train.py --resume {run_dir}) or choose another "
-        "output.run_name"
+        f"run folder '{run_dir}' already exists: resume it (experiment.resume; train.py --resume {run_dir}) "
+        "or choose another output.run_name"
     )
 
 

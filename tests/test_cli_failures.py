@@ -257,19 +257,22 @@ def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path):
     assert result.stderr == f"error: cannot resume: '{tmp_path}' is not a training run folder (no config.yaml in it)\n"
 
 
-@pytest.mark.parametrize("train_dir", [None, "market train folder"])
-def test_evaluation_on_another_dataset_needs_only_its_query_and_gallery(trained_run, tiny_demo, tmp_path, train_dir):
-    # cross-dataset evaluation: identity folders of another dataset, and no training folder
-    # (or the run's own training folder, in another layout) must not stop it
-    import shutil
-
+def identity_folders_of(tiny_demo, root):
+    """The demo's query and gallery as folders of identities (another dataset's layout)."""
     for split, folder in (("query", "query"), ("gallery", "bounding_box_test")):
         for image in sorted((tiny_demo / folder).glob("*.jpg")):
             pid = image.name.split("_")[0]
             if int(pid) <= 0:  # junk (-1) and distractors (0) are no identity folder
                 continue
-            (tmp_path / split / pid).mkdir(parents=True, exist_ok=True)
-            shutil.copy(image, tmp_path / split / pid / image.name)
+            (root / split / pid).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, root / split / pid / image.name)
+
+
+@pytest.mark.parametrize("train_dir", [None, "market train folder"])
+def test_evaluation_on_another_dataset_needs_only_its_query_and_gallery(trained_run, tiny_demo, tmp_path, train_dir):
+    # cross-dataset evaluation: identity folders of another dataset, and no training folder
+    # (or the run's own training folder, in another layout) must not stop it
+    identity_folders_of(tiny_demo, tmp_path)
     overrides = [
         "data.layout=folders",
         f"data.query_dir={tmp_path / 'query'}",
@@ -281,6 +284,41 @@ def test_evaluation_on_another_dataset_needs_only_its_query_and_gallery(trained_
     metrics, output_dir = experiment.evaluate(trained_run / "last.keras", config, output_dir=tmp_path / "out")
     assert metrics["num_queries"] == sum(1 for _ in (tmp_path / "query").rglob("*.jpg"))
     assert (output_dir / "metrics.json").is_file()
+
+
+def test_evaluate_py_scores_a_run_on_identity_folders_with_the_issues_flags(trained_run, tiny_demo, tmp_path):
+    identity_folders_of(tiny_demo, tmp_path)
+    result = run_script(
+        "evaluate.py",
+        "--run",
+        trained_run,
+        "--set",
+        "data.layout=folders",
+        "--query_dir",
+        tmp_path / "query",
+        "--gallery_dir",
+        tmp_path / "gallery",
+        "--output_dir",
+        tmp_path / "out",
+    )
+    assert result.returncode == 0, result.stderr
+    (evaluation,) = (tmp_path / "out" / "evaluations").iterdir()
+    assert json.loads((evaluation / "metrics.json").read_text())["num_queries"] > 0
+
+
+def test_a_run_that_names_no_dataset_is_not_scored_on_the_demo(trained_run, tmp_path):
+    # an imported model's run folder names no dataset: evaluating it needs a query and gallery
+    from siamese_reid.config import save_config
+    from siamese_reid.runs import load_run_config
+
+    imported = tmp_path / "imported"
+    imported.mkdir()
+    shutil.copy(trained_run / "last.keras", imported / "last.keras")
+    config = load_run_config(trained_run, ["data.root=null"])
+    save_config(config, imported / "config.yaml")
+    with pytest.raises(ReIDError, match="names no dataset to evaluate on"):
+        experiment.evaluate(imported, load_run_config(imported))
+    assert not (imported / "evaluations").exists() or not any((imported / "evaluations").iterdir())
 
 
 @pytest.mark.parametrize(

@@ -264,9 +264,9 @@ def tiny_config():
 
 @pytest.fixture(scope="module")
 def random_tower(tiny_config):
-    from siamese_reid import experiment
+    from siamese_reid.model.building import build_tower
 
-    return experiment.build_tower(tiny_config)
+    return build_tower(tiny_config)
 
 
 def test_evaluation_embeds_the_upright_picture(tmp_path, random_tower):
@@ -294,7 +294,7 @@ def _random_run(run_dir, config, tower):
 def test_a_rotated_copy_finds_its_original_first(tmp_path, tiny_config, random_tower):
     """The issue's end-to-end check: phone copies (EXIF 6 and 8) of indexed images, and an
     index holding sideways-stored photos, searched with upright ones."""
-    from siamese_reid.search import gallery
+    from siamese_reid import search
 
     run_dir = _random_run(tmp_path / "run", tiny_config, random_tower)
     folder = tmp_path / "photos"
@@ -305,7 +305,7 @@ def test_a_rotated_copy_finds_its_original_first(tmp_path, tiny_config, random_t
     (folder / "lossless.png").write_bytes(encoded(pictures[3], 1, "PNG"))
     write_oriented(folder / "sideways4.jpg", pictures[4], 6)  # the index reads these upright too
     write_oriented(folder / "sideways5.jpg", pictures[5], 8)
-    gallery.update_index(run_dir, [folder], tmp_path / "index")
+    search.update_index(run_dir, [folder], tmp_path / "index")
 
     queries = tmp_path / "queries"
     queries.mkdir()
@@ -318,7 +318,7 @@ def test_a_rotated_copy_finds_its_original_first(tmp_path, tiny_config, random_t
     }
     (queries / "d.jpg").write_bytes(encoded(pictures[4], 1))
     (queries / "e.jpg").write_bytes(encoded(pictures[5], 1))
-    answers, errors = gallery.search_images(tmp_path / "index", list(cases), top_k=3, threshold=1.0)
+    answers, errors = search.search_images(tmp_path / "index", list(cases), top_k=3, threshold=1.0)
     assert errors == {}
     for answer, expected in zip(answers, cases.values(), strict=True):
         first, second = answer.results[0], answer.results[1]

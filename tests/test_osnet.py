@@ -324,16 +324,16 @@ TRAINING = [
 @pytest.mark.parametrize("variant", list(OSNET_VARIANTS))
 def test_every_variant_trains_through_the_package(variant, tiny_demo, tmp_path):
     from siamese_reid import experiment
+    from siamese_reid.model.building import build_tower
     from tests.conftest import PROJECT_ROOT
 
     settings = TRAINING + [f"model.backbone={variant}", f"data.root={tiny_demo}", "training.precision=float32"]
     config = load_config(PROJECT_ROOT / "config.yaml", settings)
-    run_dir = experiment.create_run_dir(tmp_path, variant)
-    metrics = experiment.train(config, run_dir)
+    metrics, run_dir = experiment.train(config, tmp_path)
     history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
     assert np.isfinite(history["loss"]).all() and 0.0 <= metrics["mAP"] <= 1.0
     keras.utils.set_random_seed(config.training.seed)  # the run's initial weights
-    initial = experiment.build_tower(config).get_layer(variant)
+    initial = build_tower(config).get_layer(variant)
     trained = keras.saving.load_model(run_dir / "last.keras").get_layer(variant)
     for name in ("conv1.conv", "conv2.0.gate.fc1", "conv5.bn"):  # the gradient reached the stem
         before, after = initial.get_layer(name).get_weights()[0], trained.get_layer(name).get_weights()[0]

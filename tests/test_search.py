@@ -566,8 +566,9 @@ def test_a_run_on_the_demo_is_recognised_from_its_config(tmp_path):
 def test_search_warns_when_the_run_trained_on_the_demo(trained_run, tiny_demo, tmp_path):
     # a run trained as train.py does with data.root not set: on the demo, generated into demo.dir
     demo_settings = [f"demo.dir={tmp_path / 'demo'}", "demo.num_train_identities=8", "demo.num_test_identities=6"]
-    demo_run = experiment.create_run_dir(tmp_path / "runs", "on-the-demo")
-    experiment.train(load_config(PROJECT_ROOT / "config.yaml", SETTINGS + demo_settings), demo_run)
+    run_name = ["output.run_name=on-the-demo"]
+    config = load_config(PROJECT_ROOT / "config.yaml", SETTINGS + demo_settings + run_name)
+    _, demo_run = experiment.train(config, tmp_path / "runs")
     index_dir = tmp_path / "index"
     indexed = command("search.py", "index", "--run", demo_run, "--images", tiny_demo / "query", "--index", index_dir)
     warning = f"warning: run '{demo_run}' was trained on the built-in demo dataset (synthetic people)"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from siamese_reid.config import load_config
 from siamese_reid.console import show_messages
-from siamese_reid.errors import ReIDError
+from siamese_reid.errors import ArgumentError, ReIDError
 
 
 def add_common_arguments(parser):
@@ -54,6 +54,16 @@ def config_from_arguments(arguments, base_config_path=None):
     return load_config(path, overrides_from_arguments(arguments))
 
 
+# the library names its arguments; the command lines name the flags that set them
+ARGUMENT_FLAGS = {
+    "top_k": "--top-k",
+    "threshold": "--threshold",
+    "run_dir": "--run",
+    "folders": "--images",
+    "output_dir": "--output",
+}
+
+
 def exit_on_user_error(main):
     """Runs `main` with the library's messages shown on stdout; a ReIDError becomes one line on
     stderr and exit status 2."""
@@ -63,6 +73,9 @@ def exit_on_user_error(main):
         show_messages()
         try:
             return main(argv)
+        except ArgumentError as error:  # the library names its argument; a user typed a flag
+            print(f"error: {error.message_for(ARGUMENT_FLAGS.get(error.argument, error.argument))}", file=sys.stderr)
+            return 2
         except ReIDError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -19,12 +19,19 @@ def _arguments(argv):
     validation = parser.add_argument_group(
         "validation data (optional): fits the 'no match' threshold search.py answers with (threshold.json)"
     )
-    validation.add_argument("--validation-root", default=None, metavar="DIR", help="a dataset root (see --layout)")
+    # both spellings: train.py and evaluate.py write --query_dir, most tools --query-dir
+    validation.add_argument(
+        "--validation-root", "--validation_root", default=None, metavar="DIR", help="a dataset root (see --layout)"
+    )
     validation.add_argument(
         "--layout", default="market", help="layout of --validation-root: market (default), msmt17, cuhk03_np, folders"
     )
-    validation.add_argument("--query-dir", default=None, metavar="DIR", help="query images (Market-1501 names)")
-    validation.add_argument("--gallery-dir", default=None, metavar="DIR", help="gallery images (Market-1501 names)")
+    validation.add_argument(
+        "--query-dir", "--query_dir", default=None, metavar="DIR", help="query images (Market-1501 names)"
+    )
+    validation.add_argument(
+        "--gallery-dir", "--gallery_dir", default=None, metavar="DIR", help="gallery images (Market-1501 names)"
+    )
     return parser.parse_args(argv)
 
 

@@ -7,10 +7,7 @@ import sys
 
 from siamese_reid.cli.common import exit_on_user_error
 from siamese_reid.console import import_tensorflow_quietly
-from siamese_reid.errors import ArgumentError, ReIDError
-
-# the library names its arguments; the command line names the flags that set them
-_FLAGS = {"top_k": "--top-k", "threshold": "--threshold", "run_dir": "--run", "folders": "--images"}
+from siamese_reid.errors import ReIDError
 
 
 def _arguments(argv):
@@ -117,6 +114,7 @@ def _info(arguments):
 def main(argv=None):
     arguments = _arguments(argv)
     if arguments.command == "query" and arguments.top_k < 1:
+        # said before the index and its model load (the library checks top_k again for its callers)
         raise ReIDError(f"--top-k must be at least 1, got {arguments.top_k}")
     if arguments.command == "query" and arguments.threshold is not None and not math.isfinite(arguments.threshold):
         # nan would answer "no match" to every query, inf "match" to every one
@@ -124,7 +122,4 @@ def main(argv=None):
     if arguments.command == "info":
         return _info(arguments)  # reads files only: no TensorFlow
     import_tensorflow_quietly()
-    try:
-        return _index(arguments) if arguments.command == "index" else _query(arguments)
-    except ArgumentError as error:
-        raise ReIDError(error.message_for(_FLAGS.get(error.argument, error.argument))) from None
+    return _index(arguments) if arguments.command == "index" else _query(arguments)

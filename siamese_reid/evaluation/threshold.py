@@ -13,7 +13,7 @@ import numpy as np
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.distances import as_rows
-from siamese_reid.evaluation.protocol import protocol_gallery_mask, same_image_pairs
+from siamese_reid.evaluation.protocol import JUNK_PID, protocol_gallery_mask, same_image_pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ def pair_distances(distances, query_samples, gallery_samples, max_negative_pairs
     query_pids = np.array([s.pid for s in query_samples])
     identities, counts = np.unique(gallery_pids, return_counts=True)
     same_identity = dict(zip(identities.tolist(), counts.tolist(), strict=True))
-    people = np.count_nonzero(gallery_pids != -1)
+    people = np.count_nonzero(gallery_pids != JUNK_PID)
     total_negative = sum(people - same_identity.get(pid, 0) for pid in query_pids.tolist())
     keep_rate = 1.0 if not max_negative_pairs else min(1.0, max_negative_pairs / max(total_negative, 1))
     rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ import numpy as np
 from siamese_reid.data.readers import Sample, parse_market_name
 from siamese_reid.data.scan import check_image, scan_samples
 from siamese_reid.errors import ArgumentError, ReIDError
-from siamese_reid.evaluation.protocol import is_person
+from siamese_reid.evaluation.protocol import JUNK_PID, is_person
 from siamese_reid.runs import read_threshold
 from siamese_reid.search import index as index_files
 from siamese_reid.search.indexing import trained_on_demo
@@ -56,7 +56,7 @@ class SearchAnswer:
         distractor (pid 0) is nobody's: a distractor query has no answer to mark."""
         if self.query_pid is None or not is_person(self.query_pid):
             return [None] * len(self.results)
-        return [None if r.pid is None or r.pid < 0 else r.pid == self.query_pid for r in self.results]
+        return [None if r.pid is None or r.pid == JUNK_PID else r.pid == self.query_pid for r in self.results]
 
 
 def _unit_rows(features):
