@@ -1,4 +1,4 @@
-"""benchmarks/ablation.py: every variant is a valid recipe, and test numbers stay out unless asked."""
+"""experiments/ablation.py: every variant is a valid recipe, and test numbers stay out unless asked."""
 
 import importlib.util
 
@@ -9,7 +9,7 @@ from tests.conftest import PROJECT_ROOT
 
 
 def load_ablation():
-    spec = importlib.util.spec_from_file_location("ablation", PROJECT_ROOT / "benchmarks" / "ablation.py")
+    spec = importlib.util.spec_from_file_location("ablation", PROJECT_ROOT / "experiments" / "ablation.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

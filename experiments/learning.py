@@ -4,8 +4,8 @@ Trains with the library workflow that train.py runs (`siamese_reid.experiment.tr
 dataset's train split, then scores three embeddings on its held-out query / gallery
 identities under the Market-1501 protocol:
 
-    python benchmarks/learning.py                                  # the built-in demo dataset
-    python benchmarks/learning.py --set data.root=../shared/data/market1501-sample
+    python experiments/learning.py                                  # the built-in demo dataset
+    python experiments/learning.py --set data.root=../shared/data/market1501-sample
 
 Tune a recipe on the validation split (`--set data.validation_fraction=0.3`; its numbers are
 printed as "validation"), never on the test rows. Writes <output_dir>/<run>/learning.json and
@@ -24,7 +24,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--output_dir", default="benchmarks/results/learning")
+    parser.add_argument("--output_dir", default="experiments/results/learning")
     arguments = parser.parse_args()
 
     import keras

@@ -7,17 +7,17 @@ variant's rank-1 / mAP on the VALIDATION split, identities held out of training
 test-split numbers are recorded only with --report-test (each run folder's metrics.json holds
 them, as every run scores the test split once at its end).
 
-    python benchmarks/ablation.py --data-root ../shared/data/market1501-sample
-    python benchmarks/ablation.py --data-root DATA --variants today,+id_loss --epochs 20
-    python benchmarks/ablation.py --epochs 1 --set demo.num_train_identities=12   # the built-in demo
-    python benchmarks/ablation.py --data-root DATA --split-seeds 0,1,2 --variants today,global_pooling
+    python experiments/ablation.py --data-root ../shared/data/market1501-sample
+    python experiments/ablation.py --data-root DATA --variants today,+id_loss --epochs 20
+    python experiments/ablation.py --epochs 1 --set demo.num_train_identities=12   # the built-in demo
+    python experiments/ablation.py --data-root DATA --split-seeds 0,1,2 --variants today,global_pooling
 
 --split-seeds trains every variant once per validation split (data.split_seed: which training
 identities are held out) and reports the mean over the splits: one split of a small dataset
 holds few queries (15 on the Market sample), too few to rank recipes a few points apart. (With
 layout: folders and only data.root, the split seed also redraws the test split.)
 
-Writes benchmarks/results/ablation/<timestamp>/: one run folder per variant, and ablation.csv,
+Writes experiments/results/ablation/<timestamp>/: one run folder per variant, and ablation.csv,
 ablation.md and ablation.json, rewritten after every variant so an interrupted ablation keeps
 what it finished.
 
@@ -105,7 +105,7 @@ def parse_arguments():
     parser.add_argument("--validation-fraction", type=float, default=0.3, help="data.validation_fraction (> 0)")
     parser.add_argument("--split-seeds", default="0", help="comma-separated data.split_seed values (default: 0)")
     parser.add_argument("--report-test", action="store_true", help="also record the test split's numbers")
-    parser.add_argument("--output_dir", default="benchmarks/results/ablation")
+    parser.add_argument("--output_dir", default="experiments/results/ablation")
     arguments = parser.parse_args()
     if not 0 < arguments.validation_fraction <= 0.5:
         parser.error("--validation-fraction must be in (0, 0.5]: variants are compared on the validation split")
