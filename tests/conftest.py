@@ -64,3 +64,23 @@ def shown_messages():
     yield
     library.setLevel(level)
     library.handlers[:] = handlers
+
+
+@pytest.fixture
+def litert_embeddings():
+    """A function (model.tflite path, images) -> what LiteRT's interpreter computes, as a
+    deployment runs the exported file (built-in kernels only)."""
+    import tensorflow as tf
+
+    def run(model_path, images):
+        interpreter = tf.lite.Interpreter(
+            str(model_path),
+            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        interpreter.resize_tensor_input(0, images.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+    return run

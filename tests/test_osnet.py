@@ -280,23 +280,14 @@ def test_savedmodel_export_matches_the_keras_tower_without_the_package(small_osn
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
-def test_litert_and_onnx_exports_match_the_keras_tower(small_osnet_tower, tmp_path):
-    import tensorflow as tf
+def test_litert_and_onnx_exports_match_the_keras_tower(small_osnet_tower, tmp_path, litert_embeddings):
 
     from siamese_reid.export import export_model
 
     images = np.random.default_rng(3).uniform(0, 255, (2, *SMALL_SIZE, 3)).astype("float32")
     expected = embed(small_osnet_tower, images)
     export_model(small_osnet_tower, "litert", tmp_path / "litert")
-    interpreter = tf.lite.Interpreter(
-        str(tmp_path / "litert" / "model.tflite"),
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.resize_tensor_input(0, images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    got = litert_embeddings(tmp_path / "litert" / "model.tflite", images)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     export_model(small_osnet_tower, "onnx", tmp_path / "onnx")

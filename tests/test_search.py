@@ -109,9 +109,8 @@ def test_savedmodel_export_matches_the_keras_tower_without_the_package(trained_r
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
 
 
-def test_litert_and_onnx_exports_match_the_keras_tower(trained_run, tiny_demo, tmp_path):
+def test_litert_and_onnx_exports_match_the_keras_tower(trained_run, tiny_demo, tmp_path, litert_embeddings):
     import keras
-    import tensorflow as tf
 
     from siamese_reid.data.images import decode_image
     from siamese_reid.export import export_model
@@ -120,15 +119,7 @@ def test_litert_and_onnx_exports_match_the_keras_tower(trained_run, tiny_demo, t
     images = np.stack([decode_image(str(path), 32, 32).numpy() for path in real_images(tiny_demo)])
     expected = tower.predict(images, verbose=0)
     export_model(tower, "litert", tmp_path / "litert")
-    interpreter = tf.lite.Interpreter(
-        str(tmp_path / "litert" / "model.tflite"),
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.resize_tensor_input(0, images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    got = litert_embeddings(tmp_path / "litert" / "model.tflite", images)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     export_model(tower, "onnx", tmp_path / "onnx")
