@@ -13,8 +13,7 @@ import numpy as np
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.runs import HISTORY
-
-ELAPSED = "elapsed_seconds"
+from siamese_reid.runs import HISTORY_ELAPSED as ELAPSED
 
 
 @dataclass(frozen=True)

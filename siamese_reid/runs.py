@@ -61,6 +61,7 @@ def create_evaluation_dir(parent):
 CONFIG = "config.yaml"  # the config the run was trained with (demo resolved)
 METRICS = "metrics.json"  # written last: a run with it and without BACKUP is finished
 HISTORY = "history.csv"  # one row per epoch
+HISTORY_ELAPSED = "elapsed_seconds"  # history.csv's column of training time at the end of each epoch
 BACKUP = "backup"  # BackupAndRestore's training state; removed when fit ends
 BEST = "best.json"  # the monitored value and epoch of best.keras
 THRESHOLD = "threshold.json"  # the open-set threshold search.py uses

@@ -4,6 +4,7 @@ No engine of our own: `model.fit` runs the loop; what a re-ID run needs beyond K
 callbacks is a few small callbacks below.
 """
 
+import csv
 import dataclasses
 import json
 import logging
@@ -19,7 +20,7 @@ from siamese_reid.distribution import batch_norm_unsynchronized
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_atomically, write_json
 from siamese_reid.model.embedding import Float32Mirror
-from siamese_reid.runs import BEST
+from siamese_reid.runs import BEST, HISTORY_ELAPSED
 
 logger = logging.getLogger(__name__)
 
@@ -248,27 +249,43 @@ def monitored_history_split(history_path, has_validation):
 
 class HistoryLogger(keras.callbacks.CSVLogger):
     """keras.callbacks.CSVLogger with its columns fixed up front, evaluation ones included, and
-    epochs numbered from 1 as on the console and in best.json.
+    epochs numbered from 1 as on the console and in best.json, and with the run's training time
+    at the end of each epoch (`elapsed_seconds`, periodic scoring included), so that learning
+    curves can be drawn against wall time.
 
     CSVLogger takes its columns from the first epoch's logs; periodic evaluation adds its
     metrics only to the epochs it evaluates, so they are declared here and written as "NA" in
     the other epochs (instead of NaN entries in every epoch's logs, which the progress bar
-    would print as if the run had diverged). A file written before epochs were numbered from 1
-    (its first epoch is 0) keeps its numbering when a resumed run appends to it.
+    would print as if the run had diverged).
+
+    A resumed run appends to the file with the file's own columns, and counts its time from the
+    last row's: the time between sessions is not training. A file written before epochs were
+    numbered from 1 (its first epoch is 0) keeps its numbering.
     """
 
     def __init__(self, filename, append=False, extra_keys=()):
         super().__init__(filename, append=append)
         self.extra_keys = extra_keys
         self.first_epoch_number = 1
+        self.seconds_before = 0.0  # training time of the run's earlier sessions
+        self.file_keys = None
         if append and Path(filename).is_file():
-            rows = Path(filename).read_text().splitlines()
-            if len(rows) > 1 and rows[1].split(",")[0] == "0":
-                self.first_epoch_number = 0
+            with open(filename, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            if rows:
+                self.file_keys = [key for key in rows[0] if key != "epoch"]
+                self.first_epoch_number = 0 if rows[0]["epoch"] == "0" else 1
+                self.seconds_before = float(rows[-1].get(HISTORY_ELAPSED) or 0.0)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # which forgets the columns
+        self.keys = self.file_keys
+        self.started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
+        logs = {**(logs or {}), HISTORY_ELAPSED: round(self.seconds_before + time.monotonic() - self.started, 1)}
         if self.keys is None:
-            self.keys = sorted(set(logs or {}) | set(self.extra_keys))
+            self.keys = sorted(set(logs) | set(self.extra_keys))
         super().on_epoch_end(epoch + self.first_epoch_number, logs)
 
 

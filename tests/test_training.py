@@ -517,6 +517,28 @@ def test_a_history_written_by_an_older_version_keeps_its_columns_and_numbering(t
     assert monitored_history_split(path, has_validation=True) == "val"
 
 
+def test_history_records_training_time_and_a_resumed_run_counts_on_from_its_last_row(tmp_path, monkeypatch):
+    # the time between two sessions is not training: the second session starts at 130 s
+    from siamese_reid import training
+
+    path = tmp_path / "history.csv"
+    clock = iter([1000.0, 1060.0, 1130.0, 5000.0, 5050.0])
+    monkeypatch.setattr(training.time, "monotonic", lambda: next(clock))
+    first = training.HistoryLogger(str(path), extra_keys=("val_mAP",))
+    first.on_train_begin()
+    first.on_epoch_end(0, {"loss": 1.0})
+    first.on_epoch_end(1, {"loss": 0.9, "val_mAP": 0.5})
+    first.on_train_end()
+    second = training.HistoryLogger(str(path), append=True, extra_keys=("val_mAP",))
+    second.on_train_begin()
+    second.on_epoch_end(2, {"loss": 0.8})
+    second.on_train_end()
+    history = reporting_history(tmp_path)
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert list(history["elapsed_seconds"]) == [60.0, 130.0, 180.0]
+    assert path.read_text().splitlines()[0] == "epoch,elapsed_seconds,loss,val_mAP"
+
+
 def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, caplog):
     import logging
 
