@@ -13,8 +13,25 @@ from siamese_reid.config import DemoConfig  # noqa: E402
 from siamese_reid.console import show_messages  # noqa: E402
 from siamese_reid.data.demo import generate_demo_dataset  # noqa: E402
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MARKET_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "market1501-sample"
+
+@pytest.fixture(scope="session")
+def project_root():
+    """The repository's top folder: config.yaml, the scripts, configs/ and notebooks/."""
+    return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def market_sample_folder(project_root):
+    """Where the real Market-1501 sample is kept on a machine that has it (it may be absent)."""
+    return project_root.parent / "shared" / "data" / "market1501-sample"
+
+
+@pytest.fixture(scope="session")
+def market_sample(market_sample_folder):
+    """The real Market-1501 sample; a test that needs it is skipped where it is absent."""
+    if not market_sample_folder.is_dir():
+        pytest.skip(f"real Market-1501 sample not present at {market_sample_folder}")
+    return market_sample_folder
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +53,7 @@ def tiny_demo(tmp_path_factory):
     return root
 
 
-def write_image(path, size=(16, 8), mode="RGB", seed=0, image_format=None):
+def _write_random_image(path, size=(16, 8), mode="RGB", seed=0, image_format=None):
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
     array = rng.integers(0, 256, size=(size[0], size[1], channels), dtype=np.uint8)
@@ -44,6 +61,13 @@ def write_image(path, size=(16, 8), mode="RGB", seed=0, image_format=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format=image_format)
     return array
+
+
+@pytest.fixture(scope="session")
+def write_image():
+    """A function (path, size=(height, width), mode, seed, image_format) that writes a seeded
+    random image, creating its folders, and returns its pixels as a uint8 array."""
+    return _write_random_image
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,8 @@ from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_text
 from siamese_reid.report import REPORT_PROGRESS
 from siamese_reid.runs import create_evaluation_dir, create_run_dir
-from tests.conftest import PROJECT_ROOT
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # The smallest training that runs every stage: one VGG block on 32x32 images, one step.
 TINY = [

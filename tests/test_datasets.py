@@ -10,7 +10,6 @@ from siamese_reid.config import DataConfig, ExtraTrainingSet, load_config
 from siamese_reid.data.datasets import read_dataset, read_extra_training
 from siamese_reid.data.splits import contiguous_labels
 from siamese_reid.errors import ReIDError
-from tests.conftest import write_image
 
 # (listed identity, camera) of each image, per list file; val holds more images of the
 # training identities, as in the release.
@@ -23,27 +22,33 @@ MSMT17_SPEC = {
 MSMT17_FOLDERS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
 
 
-def write_msmt17(release, version):
-    """Writes an MSMT17 release folder: images in <image folder>/<identity>/ and the four lists.
+@pytest.fixture
+def write_msmt17(write_image):
+    """A function (release folder, version) that writes an MSMT17 release folder: images in
+    <image folder>/<identity>/ and the four lists.
 
-    Returns:
-      {list file name: [(absolute path, listed identity, camera)]}, in list order.
+    The function returns {list file name: [(absolute path, listed identity, camera)]}, in list order.
     """
-    train_folder, test_folder = MSMT17_FOLDERS[version]
-    written = {}
-    for list_name, entries in MSMT17_SPEC.items():
-        folder = train_folder if list_name in ("list_train.txt", "list_val.txt") else test_folder
-        lines, written[list_name] = [], []
-        for index, (pid, camid) in enumerate(entries):
-            # the real name: identity_index_camera_date+time_frame_n, e.g. 0000_000_01_0303morning_0008_0.jpg
-            relative = f"{pid:04d}/{pid:04d}_{index:03d}_{camid:02d}_0303morning_{len(lines) + 8:04d}_{index % 3}.jpg"
-            if list_name == "list_val.txt":
-                relative = relative.replace("morning", "noon")  # other files of the same people
-            write_image(release / folder / relative, seed=index)
-            lines.append(f"{relative} {pid}\n")
-            written[list_name].append((str((release / folder / relative).resolve()), pid, camid))
-        (release / list_name).write_text("".join(lines))
-    return written
+
+    def write(release, version):
+        train_folder, test_folder = MSMT17_FOLDERS[version]
+        written = {}
+        for list_name, entries in MSMT17_SPEC.items():
+            folder = train_folder if list_name in ("list_train.txt", "list_val.txt") else test_folder
+            lines, written[list_name] = [], []
+            for index, (pid, camid) in enumerate(entries):
+                # the real name: identity_index_camera_date+time_frame_n, e.g. 0000_000_01_0303morning_0008_0.jpg
+                frame = f"{len(lines) + 8:04d}_{index % 3}"
+                relative = f"{pid:04d}/{pid:04d}_{index:03d}_{camid:02d}_0303morning_{frame}.jpg"
+                if list_name == "list_val.txt":
+                    relative = relative.replace("morning", "noon")  # other files of the same people
+                write_image(release / folder / relative, seed=index)
+                lines.append(f"{relative} {pid}\n")
+                written[list_name].append((str((release / folder / relative).resolve()), pid, camid))
+            (release / list_name).write_text("".join(lines))
+        return written
+
+    return write
 
 
 def records(samples):
@@ -52,7 +57,7 @@ def records(samples):
 
 @pytest.mark.parametrize("version", ["MSMT17_V1", "MSMT17_V2"])
 @pytest.mark.parametrize("root_is", ["release", "parent", "nested"])
-def test_msmt17_split_identities_and_cameras_come_from_the_lists_and_names(tmp_path, version, root_is):
+def test_msmt17_split_identities_and_cameras_come_from_the_lists_and_names(tmp_path, version, root_is, write_msmt17):
     parent = tmp_path / "msmt"
     release = {"release": parent / version, "parent": parent / version, "nested": parent / version / version}[root_is]
     written = write_msmt17(release, version)
@@ -70,7 +75,7 @@ def test_msmt17_split_identities_and_cameras_come_from_the_lists_and_names(tmp_p
     assert splits.identity_names[1] == f"{train_folder}/0000" and splits.identity_names[6] == f"{test_folder}/0002"
 
 
-def test_msmt17_val_images_join_training_only_when_asked(tmp_path):
+def test_msmt17_val_images_join_training_only_when_asked(tmp_path, write_msmt17):
     written = write_msmt17(tmp_path / "MSMT17_V1", "MSMT17_V1")
     val_paths = {p for p, _, _ in written["list_val.txt"]}
     default = read_dataset(DataConfig(root=str(tmp_path), layout="msmt17"))
@@ -83,14 +88,14 @@ def test_msmt17_val_images_join_training_only_when_asked(tmp_path):
 
 
 @pytest.mark.parametrize("missing", ["list_train.txt", "list_query.txt", "list_gallery.txt"])
-def test_msmt17_missing_list_file_is_named(tmp_path, missing):
+def test_msmt17_missing_list_file_is_named(tmp_path, missing, write_msmt17):
     write_msmt17(tmp_path / "MSMT17_V2", "MSMT17_V2")
     (tmp_path / "MSMT17_V2" / missing).unlink()
     with pytest.raises(ReIDError, match=f"list file '.*{missing}' is missing"):
         read_dataset(DataConfig(root=str(tmp_path), layout="msmt17"))
 
 
-def test_msmt17_val_list_is_needed_only_to_train_on_it(tmp_path):
+def test_msmt17_val_list_is_needed_only_to_train_on_it(tmp_path, write_msmt17):
     write_msmt17(tmp_path / "MSMT17_V1", "MSMT17_V1")
     (tmp_path / "MSMT17_V1" / "list_val.txt").unlink()
     assert len(read_dataset(DataConfig(root=str(tmp_path), layout="msmt17")).train) == 6
@@ -107,7 +112,7 @@ def test_msmt17_val_list_is_needed_only_to_train_on_it(tmp_path):
         "0001/0001_002_01_0303morning_0010_1.jpg 1 extra",
     ],
 )
-def test_msmt17_malformed_line_names_file_and_line(tmp_path, bad_line):
+def test_msmt17_malformed_line_names_file_and_line(tmp_path, bad_line, write_msmt17):
     write_msmt17(tmp_path / "MSMT17_V1", "MSMT17_V1")
     list_path = tmp_path / "MSMT17_V1" / "list_gallery.txt"
     lines = list_path.read_text().splitlines(keepends=True)
@@ -118,7 +123,7 @@ def test_msmt17_malformed_line_names_file_and_line(tmp_path, bad_line):
     assert "\n" not in str(caught.value)
 
 
-def test_msmt17_missing_images_are_skipped_and_a_wrong_root_is_explained(tmp_path):
+def test_msmt17_missing_images_are_skipped_and_a_wrong_root_is_explained(tmp_path, write_msmt17):
     written = write_msmt17(tmp_path / "MSMT17_V2", "MSMT17_V2")
     gone = written["list_gallery.txt"][1][0]
     (tmp_path / gone).unlink()
@@ -132,7 +137,7 @@ def test_msmt17_missing_images_are_skipped_and_a_wrong_root_is_explained(tmp_pat
         read_dataset(DataConfig(root=str(tmp_path), layout="msmt17"))
 
 
-def test_msmt17_folder_not_found_or_ambiguous(tmp_path):
+def test_msmt17_folder_not_found_or_ambiguous(tmp_path, write_msmt17):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReIDError) as caught:
         read_dataset(DataConfig(root=str(tmp_path / "empty"), layout="msmt17"))
@@ -150,7 +155,7 @@ def test_msmt17_folder_not_found_or_ambiguous(tmp_path):
         read_dataset(DataConfig(root=str(tmp_path), query_dir=str(tmp_path), layout="msmt17"))
 
 
-def test_market_layout_on_msmt17_says_which_layout_to_use(tmp_path):
+def test_market_layout_on_msmt17_says_which_layout_to_use(tmp_path, write_msmt17):
     write_msmt17(tmp_path / "MSMT17_V2", "MSMT17_V2")
     with pytest.raises(ReIDError, match="looks like data.layout msmt17: set data.layout=msmt17"):
         read_dataset(DataConfig(root=str(tmp_path / "MSMT17_V2")))
@@ -165,22 +170,29 @@ CUHK03_SPEC = {
 }
 
 
-def write_cuhk03_np(root):
-    """cuhk03-np/{detected,labeled}/{bounding_box_train,query,bounding_box_test}/0001_c1_1.png."""
-    written = {}
-    for subset in ("detected", "labeled"):
-        for folder, entries in CUHK03_SPEC.items():
-            entries = entries + ([(2, 1, 12)] if subset == "labeled" and folder == "bounding_box_train" else [])
-            for pid, camid, number in entries:
-                path = root / subset / folder / f"{pid:04d}_c{camid}_{number}.png"
-                write_image(path, seed=number, image_format="PNG")
-                written.setdefault((subset, folder), []).append((str(path.resolve()), pid, camid))
-    return written
+@pytest.fixture
+def write_cuhk03_np(write_image):
+    """A function (root) that writes
+    root/{detected,labeled}/{bounding_box_train,query,bounding_box_test}/0001_c1_1.png and returns
+    {(subset, folder): [(absolute path, identity, camera)]}."""
+
+    def write(root):
+        written = {}
+        for subset in ("detected", "labeled"):
+            for folder, entries in CUHK03_SPEC.items():
+                entries = entries + ([(2, 1, 12)] if subset == "labeled" and folder == "bounding_box_train" else [])
+                for pid, camid, number in entries:
+                    path = root / subset / folder / f"{pid:04d}_c{camid}_{number}.png"
+                    write_image(path, seed=number, image_format="PNG")
+                    written.setdefault((subset, folder), []).append((str(path.resolve()), pid, camid))
+        return written
+
+    return write
 
 
 @pytest.mark.parametrize("subset", ["detected", "labeled"])
 @pytest.mark.parametrize("root_at_subset", [False, True])
-def test_cuhk03_np_reads_the_chosen_subset(tmp_path, subset, root_at_subset):
+def test_cuhk03_np_reads_the_chosen_subset(tmp_path, subset, root_at_subset, write_cuhk03_np):
     written = write_cuhk03_np(tmp_path / "cuhk03-np")
     root = tmp_path / "cuhk03-np" / subset if root_at_subset else tmp_path / "cuhk03-np"
     splits = read_dataset(DataConfig(root=str(root), layout="cuhk03_np", cuhk03_subset=subset))
@@ -191,7 +203,7 @@ def test_cuhk03_np_reads_the_chosen_subset(tmp_path, subset, root_at_subset):
     assert {s.camid for s in splits.gallery} == {1, 2}
 
 
-def test_cuhk03_np_refuses_the_other_subsets_folder_and_explains_a_wrong_root(tmp_path):
+def test_cuhk03_np_refuses_the_other_subsets_folder_and_explains_a_wrong_root(tmp_path, write_cuhk03_np):
     write_cuhk03_np(tmp_path / "cuhk03-np")
     with pytest.raises(ReIDError, match="is CUHK03-NP's labeled subset but data.cuhk03_subset is detected"):
         read_dataset(DataConfig(root=str(tmp_path / "cuhk03-np" / "labeled"), layout="cuhk03_np"))
@@ -205,15 +217,21 @@ def test_cuhk03_np_refuses_the_other_subsets_folder_and_explains_a_wrong_root(tm
         read_dataset(DataConfig(layout="cuhk03_np"))
 
 
-def write_market(root, train, query, gallery):
-    """A Market-1501 tree from (identity, camera) lists."""
-    for folder, entries in (("bounding_box_train", train), ("query", query), ("bounding_box_test", gallery)):
-        for index, (pid, camid) in enumerate(entries):
-            write_image(root / folder / f"{pid:04d}_c{camid}s1_{index:06d}_01.jpg", seed=index)
+@pytest.fixture
+def write_market(write_image):
+    """A function (root, train, query, gallery) that writes a Market-1501 tree from
+    (identity, camera) lists."""
+
+    def write(root, train, query, gallery):
+        for folder, entries in (("bounding_box_train", train), ("query", query), ("bounding_box_test", gallery)):
+            for index, (pid, camid) in enumerate(entries):
+                write_image(root / folder / f"{pid:04d}_c{camid}s1_{index:06d}_01.jpg", seed=index)
+
+    return write
 
 
 @pytest.fixture
-def three_datasets(tmp_path):
+def three_datasets(tmp_path, write_msmt17, write_market):
     """Market-style main (train people 1, 2; test 3, 4; cameras 1..3), a second Market-style
     dataset using the same numbers 1, 2 for other people (and a junk box), and an MSMT17."""
     main, other = tmp_path / "main", tmp_path / "other"
@@ -255,7 +273,7 @@ def test_a_dataset_listed_twice_or_the_main_one_is_refused(three_datasets):
         read_extra_training(missing, read_dataset(missing))
 
 
-def test_a_folder_per_identity_extra_dataset_trains_on_all_its_identities(three_datasets, tmp_path):
+def test_a_folder_per_identity_extra_dataset_trains_on_all_its_identities(three_datasets, tmp_path, write_image):
     main, _, _ = three_datasets
     for name in ("alice", "bob", "carol"):
         for shot in range(2):
@@ -293,7 +311,7 @@ def test_prepare_data_trains_on_every_dataset_and_counts_each(three_datasets, tm
     assert "1 junk (identity -1)" in (tmp_path / "run" / "data_warnings.txt").read_text()
 
 
-def test_datasets_in_folders_of_the_same_name_are_all_trained_and_counted(tmp_path):
+def test_datasets_in_folders_of_the_same_name_are_all_trained_and_counted(tmp_path, write_market):
     from siamese_reid.data.preparation import prepare_data
 
     write_market(tmp_path / "a" / "data", [(1, 1), (1, 2), (2, 1)], [(3, 1)], [(3, 2)])
@@ -311,7 +329,7 @@ def test_datasets_in_folders_of_the_same_name_are_all_trained_and_counted(tmp_pa
     }
 
 
-def test_prepare_data_on_an_msmt17_tree(tmp_path):
+def test_prepare_data_on_an_msmt17_tree(tmp_path, write_msmt17):
     from siamese_reid.data.preparation import check_dataset, prepare_data
 
     write_msmt17(tmp_path / "MSMT17_V2" / "MSMT17_V2", "MSMT17_V2")  # nested, as the archive unpacks

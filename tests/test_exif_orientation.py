@@ -19,7 +19,6 @@ from siamese_reid.data.orientation import apply_orientation, exif_orientation
 from siamese_reid.data.pipeline import pk_dataset
 from siamese_reid.data.readers import Sample
 from siamese_reid.data.scan import scan_samples
-from tests.conftest import PROJECT_ROOT
 
 ORIENTATIONS = range(1, 9)
 HEIGHT, WIDTH = 48, 32
@@ -256,10 +255,10 @@ TOWER_SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_config():
+def tiny_config(project_root):
     from siamese_reid.config import load_config
 
-    return load_config(PROJECT_ROOT / "config.yaml", TOWER_SETTINGS)
+    return load_config(project_root / "config.yaml", TOWER_SETTINGS)
 
 
 @pytest.fixture(scope="module")

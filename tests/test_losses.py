@@ -197,7 +197,7 @@ def test_config_keeps_every_constructor_argument_and_keras_own(loss_class):
     assert restored.margin == loss.margin and restored.reduction == "sum"
 
 
-def test_identities_above_two_to_the_24_stay_apart():
+def test_identities_above_two_to_the_24_stay_apart(write_image):
     # Keras casts y_true to float32, where 2**24 and 2**24 + 1 are the same number: training
     # labels are relabelled 0..N-1 before they reach the loss.
     import tempfile
@@ -206,7 +206,6 @@ def test_identities_above_two_to_the_24_stay_apart():
     from siamese_reid.config import AugmentConfig, TrainingConfig
     from siamese_reid.data.pipeline import training_dataset
     from siamese_reid.data.readers import Sample
-    from tests.conftest import write_image
 
     with tempfile.TemporaryDirectory() as folder:
         big = 2**24

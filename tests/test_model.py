@@ -380,7 +380,7 @@ def test_the_saved_tower_holds_no_classifier_or_centres_and_loads_with_plain_ker
     np.testing.assert_allclose(saved.predict(batch, verbose=0), tower.predict(batch, verbose=0), atol=1e-6)
 
 
-def test_identity_centres_take_the_global_batch_step_across_replicas(tmp_path):
+def test_identity_centres_take_the_global_batch_step_across_replicas(tmp_path, project_root):
     # Two replicas each see half of the batch; the "mean" aggregation of the centres must give
     # the step on the whole batch. In a fresh process: logical devices are set before TF starts.
     script = """
@@ -410,10 +410,8 @@ np.testing.assert_allclose(np.array(centers.numpy()), expected, rtol=1e-4, atol=
 assert np.abs(expected - before).max() > 0.1
 print("global step")
 """
-    from tests.conftest import PROJECT_ROOT
-
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], cwd=project_root, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global step" in result.stdout

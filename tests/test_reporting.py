@@ -4,10 +4,9 @@ import numpy as np
 
 from siamese_reid.data.readers import Sample
 from siamese_reid.reporting import plot_retrieval_examples
-from tests.conftest import write_image
 
 
-def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_path):
+def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_path, write_image):
     samples = []
     for index, (pid, camid) in enumerate([(1, 1), (2, 1), (1, 2), (2, 2), (3, 2)]):
         write_image(tmp_path / f"{index}.png", seed=index)

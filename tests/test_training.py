@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from siamese_reid.config import load_config
 from siamese_reid.data.readers import read_market_folder
 from siamese_reid.errors import ReIDError, RunInterrupted
 from siamese_reid.model.building import build_tower
-from tests.conftest import PROJECT_ROOT
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Small, fast settings: 3 VGG blocks on 32x32 inputs.
 FAST = [
@@ -296,9 +298,7 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint_and_backup(tmp_path
     assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
 
 
-def test_training_split_with_one_identity_is_a_clear_error(tmp_path):
-    from tests.conftest import write_image
-
+def test_training_split_with_one_identity_is_a_clear_error(tmp_path, write_image):
     root = tmp_path / "data"
     for split, names in (
         ("bounding_box_train", ["0001_c1s1_000001_01.jpg", "0001_c2s1_000002_01.jpg"]),
