@@ -92,7 +92,7 @@ def resume(run_dir, overrides=()):
         return None  # the chief writes the report; there is nothing left to train
     logger.info("training had finished; evaluating the saved model and writing the report")
     config, data = prepare_data(config, run_dir)
-    return final_report(load_embedding_model(run_dir / "last.keras"), data, config, run_dir, {})
+    return final_report(load_embedding_model(run_dir / runs.LAST_MODEL), data, config, run_dir, {})
 
 
 def evaluate(model, config, checkpoint="last", output_dir=None):

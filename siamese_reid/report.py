@@ -8,7 +8,7 @@ from pathlib import Path
 from siamese_reid import reporting
 from siamese_reid.config import save_config
 from siamese_reid.data.preparation import prepare_data
-from siamese_reid.runs import CONFIG, HISTORY
+from siamese_reid.runs import CONFIG, HISTORY, read_history
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def final_report(tower, data, config, run_dir, extra, last_periodic=None):
 
     size, settings = image_size(config), config.evaluation
     monitored = "validation" if data.has_validation else "query / gallery (test)"
-    reporting.write_training_curves(reporting.read_history(Path(run_dir) / HISTORY), run_dir, monitored)
+    reporting.write_training_curves(read_history(Path(run_dir) / HISTORY), run_dir, monitored)
     if data.has_validation:
         validation = last_periodic or evaluate_model(
             tower, data.validation_query, data.validation_gallery, size, settings

@@ -4,7 +4,6 @@ Plot functions return a matplotlib `Figure` and never save it: the caller decide
 saves them, a notebook shows them). The only module that formats fractions as percentages.
 """
 
-import csv
 import dataclasses
 import logging
 from pathlib import Path
@@ -18,7 +17,18 @@ from siamese_reid import files
 from siamese_reid.data.scan import upright
 from siamese_reid.evaluation.protocol import protocol_gallery_mask, protocol_record
 from siamese_reid.evaluation.ranking import top_k_gallery
-from siamese_reid.runs import THRESHOLD
+from siamese_reid.runs import (
+    CMC_FIGURE,
+    GALLERY_EMBEDDINGS,
+    LOSS_FIGURE,
+    METRICS,
+    QUERY_AVERAGE_PRECISIONS,
+    QUERY_EMBEDDINGS,
+    RETRIEVAL_EXAMPLES_FIGURE,
+    RETRIEVAL_PER_EPOCH_FIGURE,
+    THRESHOLD,
+    THRESHOLD_FIGURE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -179,29 +189,6 @@ def plot_retrieval_examples(
     return figure
 
 
-def read_history(path):
-    """The training history CSV as {column: np.ndarray}; empty cells become NaN, epochs count from 1."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    with path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return {}
-    history = {key: np.array([_number(row.get(key)) for row in rows]) for key in rows[0]}
-    if "epoch" in history and history["epoch"][0] == 0:
-        history["epoch"] = history["epoch"] + 1  # written before epochs were numbered from 1
-    return history
-
-
-def _number(text):
-    """CSVLogger writes "NA" for a metric missing in an epoch (evaluation did not run)."""
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return np.nan
-
-
 # Loss columns of history.csv besides the total "loss": the per-output losses of the
 # strong-baseline training model (Keras names them after the model's outputs).
 _COMPONENT_LOSSES = {"triplet_loss": "triplet", "id_loss": "identity (cross-entropy)", "center_loss": "center"}
@@ -268,8 +255,8 @@ def plot_retrieval_per_epoch(history, split_name="query / gallery"):
 def write_training_curves(history, output_dir, split_name="query / gallery"):
     """Writes loss.png and retrieval_per_epoch.png (when evaluation ran); returns the paths."""
     figures = {
-        "loss.png": plot_loss_curves(history),
-        "retrieval_per_epoch.png": plot_retrieval_per_epoch(history, split_name),
+        LOSS_FIGURE: plot_loss_curves(history),
+        RETRIEVAL_PER_EPOCH_FIGURE: plot_retrieval_per_epoch(history, split_name),
     }
     return [save_figure(figure, Path(output_dir) / name) for name, figure in figures.items() if figure is not None]
 
@@ -305,7 +292,7 @@ def write_threshold(threshold, split_name, metric, output_dir, positive, negativ
     record = {**dataclasses.asdict(threshold), "split": split_name, "metric": metric}
     write_json(Path(output_dir) / THRESHOLD, record)
     figure = plot_pair_distances(positive, negative, {f"threshold ({split_name})": threshold})
-    save_figure(figure, Path(output_dir) / "threshold.png")
+    save_figure(figure, Path(output_dir) / THRESHOLD_FIGURE)
     return record
 
 
@@ -478,8 +465,8 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None, i
         evaluation.ranking, len(query), len(gallery), protocol_record(settings, evaluation.distance)
     )
     metrics.update(extra or {})
-    write_json(output_dir / "metrics.json", metrics)
-    save_figure(plot_cmc(evaluation.ranking.cmc), output_dir / "cmc.png")
+    write_json(output_dir / METRICS, metrics)
+    save_figure(plot_cmc(evaluation.ranking.cmc), output_dir / CMC_FIGURE)
     if settings.num_examples:
         rng = np.random.default_rng(0)
         chosen = rng.choice(len(query), min(settings.num_examples, len(query)), replace=False)
@@ -491,13 +478,11 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None, i
             identity_names=identity_names,
             chosen="drawn at random (seed 0)",
         )
-        save_figure(figure, output_dir / "retrieval_examples.png", dpi=110)
-    save_embeddings(output_dir / "query_embeddings.npz", evaluation.query_features, query)
-    save_embeddings(output_dir / "gallery_embeddings.npz", evaluation.gallery_features, gallery)
+        save_figure(figure, output_dir / RETRIEVAL_EXAMPLES_FIGURE, dpi=110)
+    save_embeddings(output_dir / QUERY_EMBEDDINGS, evaluation.query_features, query)
+    save_embeddings(output_dir / GALLERY_EMBEDDINGS, evaluation.gallery_features, gallery)
     average_precisions = evaluation.ranking.query_average_precisions
-    files.write_atomically(
-        output_dir / "query_average_precisions.npy", lambda path: _save_array(path, average_precisions)
-    )
+    files.write_atomically(output_dir / QUERY_AVERAGE_PRECISIONS, lambda path: _save_array(path, average_precisions))
     logger.info(metrics_table(metrics))
     return metrics
 

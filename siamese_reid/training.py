@@ -19,7 +19,7 @@ from siamese_reid.distribution import batch_norm_unsynchronized
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_atomically, write_json
 from siamese_reid.model.embedding import Float32Mirror
-from siamese_reid.runs import BEST
+from siamese_reid.runs import BACKUP_STATE, BEST, BEST_MODEL, LAST_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self._save("last.keras")
+        self._save(LAST_MODEL)
         key = self.monitor
         value = float(logs.get(key, np.nan))
         if not np.isfinite(value):
@@ -314,7 +314,7 @@ class EmbeddingCheckpoint(keras.callbacks.Callback):
         previous = self.best.get(key)
         if previous is None or value > previous:
             self.best = {key: value, "epoch": epoch + 1}
-            self._save("best.keras")
+            self._save(BEST_MODEL)
             write_json(self.state_path, self.best)
 
     def _save(self, name):
@@ -341,7 +341,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 def resume_epoch(backup_dir):
     """The epoch a BackupAndRestore backup will resume from (0 when there is none)."""
-    metadata = Path(backup_dir) / "training_metadata.json"
+    metadata = Path(backup_dir) / BACKUP_STATE
     if not metadata.exists():
         return 0
     return int(json.loads(metadata.read_text()).get("epoch", 0))

@@ -425,7 +425,7 @@ def test_epochs_without_evaluation_show_no_nan_and_history_keeps_the_columns(
 
 
 def reporting_history(run_dir):
-    from siamese_reid.reporting import read_history
+    from siamese_reid.runs import read_history
 
     return read_history(run_dir / "history.csv")
 
