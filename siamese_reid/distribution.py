@@ -150,7 +150,7 @@ def split_by_data(dataset):
 
 
 def _batch_norm_layers(model):
-    from siamese_reid.model.embedding import all_layers
+    from siamese_reid.model.float32 import all_layers
 
     return [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 

@@ -47,7 +47,7 @@ def train(config, output_dir=None):
     scores and writes there; the others train beside it and get None for metrics.
     """
     from siamese_reid.distribution import folder_made_by_chief, is_chief, start_distribution
-    from siamese_reid.model.embedding import resolve_weights
+    from siamese_reid.model.backbones import resolve_weights
 
     config = check_dataset(config)
     resolve_weights(config.model.weights)

@@ -18,7 +18,7 @@ from keras import ops
 from siamese_reid.distribution import batch_norm_unsynchronized
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_atomically, write_json
-from siamese_reid.model.embedding import Float32Mirror
+from siamese_reid.model.float32 import Float32Mirror
 from siamese_reid.runs import BACKUP_STATE, BEST, BEST_MODEL, LAST_MODEL
 
 logger = logging.getLogger(__name__)

@@ -139,7 +139,7 @@ def test_freeze_blocks_freezes_the_first_blocks_of_every_backbone(backbone, firs
 
 
 def test_freeze_blocks_beyond_the_backbone_names_the_valid_range():
-    from siamese_reid.model.embedding import build_backbone, freeze_blocks
+    from siamese_reid.model.backbones import build_backbone, freeze_blocks
 
     backbone = build_backbone("mobilenetv2", "none", (64, 32, 3))
     with pytest.raises(ReIDError, match="between 0 and 5"):
@@ -148,7 +148,7 @@ def test_freeze_blocks_beyond_the_backbone_names_the_valid_range():
 
 def test_gem_pooling_stays_finite_under_mixed_float16():
     # x^3 of an activation above 40 overflows float16 (max 65504): GeM must compute in float32.
-    from siamese_reid.model.embedding import POOLINGS
+    from siamese_reid.model.pooling import POOLINGS
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -241,7 +241,7 @@ def resnet50_weights_file(tmp_path_factory):
 
 
 def test_last_stride_one_doubles_the_feature_map_with_the_same_weights(resnet50_weights_file):
-    from siamese_reid.model.embedding import build_backbone
+    from siamese_reid.model.backbones import build_backbone
 
     path, source_weights = resnet50_weights_file
     strided = build_backbone("resnet50", str(path), (256, 128, 3))
@@ -443,7 +443,7 @@ def test_a_one_dimensional_embedding_is_refused():
 
 def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_path):
     from siamese_reid.export import export_model
-    from siamese_reid.model.embedding import all_layers, float32_copy
+    from siamese_reid.model.float32 import all_layers, float32_copy
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -477,7 +477,7 @@ def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_p
 def test_the_float32_copy_of_a_mixed_precision_tower_computes_as_the_float32_tower(pooling):
     # GeM pooling is keras.ops calls, not layers: the copy clones them too (it raised a
     # TypeError on them, so a GeM run under the default precision "auto" crashed before training).
-    from siamese_reid.model.embedding import float32_copy
+    from siamese_reid.model.float32 import float32_copy
 
     keras.utils.set_random_seed(0)
     reference = tower_of(pooling=pooling)  # built under float32
@@ -494,7 +494,7 @@ def test_the_float32_copy_of_a_mixed_precision_tower_computes_as_the_float32_tow
 
 def test_the_float32_mirror_follows_the_trained_towers_weights():
     # What scoring and checkpoints use during a bfloat16 run: it must see each epoch's weights.
-    from siamese_reid.model.embedding import Float32Mirror
+    from siamese_reid.model.float32 import Float32Mirror
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

@@ -236,7 +236,7 @@ def test_head_options_work_on_top_and_the_saved_tower_loads_with_plain_keras(tmp
 def test_the_float32_copy_of_a_mixed_precision_osnet_tower_computes_as_the_float32_tower():
     # What checkpoints and exports hold after a bfloat16 run (precision "auto" picks it on CPUs
     # with AVX512_BF16): the clone must keep the gate's two convolutions shared by four streams.
-    from siamese_reid.model.embedding import float32_copy
+    from siamese_reid.model.float32 import float32_copy
 
     model = ModelConfig(backbone="osnet_ain_x1_0", embedding_dim=16)
     keras.utils.set_random_seed(0)

@@ -15,7 +15,7 @@ import dataclasses
 LAYOUTS = ("market", "folders", "msmt17", "cuhk03_np")  # siamese_reid.data.datasets.LAYOUTS
 CUHK03_SUBSETS = ("detected", "labeled")  # siamese_reid.data.cuhk03.CUHK03_SUBSETS
 MSMT17_VAL = ("unused", "train")  # siamese_reid.data.msmt17.MSMT17_VAL
-BACKBONES = (  # siamese_reid.model.embedding.BACKBONES
+BACKBONES = (  # siamese_reid.model.backbones.BACKBONES
     "vgg16",
     "resnet50",
     "mobilenetv2",
@@ -26,8 +26,8 @@ BACKBONES = (  # siamese_reid.model.embedding.BACKBONES
     "osnet_ibn_x1_0",
     "osnet_ain_x1_0",
 )
-FEATURE_LAYERS = ("none", "torchreid")  # siamese_reid.model.embedding.FEATURE_LAYERS
-POOLINGS = ("avg", "max", "gem")  # siamese_reid.model.embedding.POOLINGS
+FEATURE_LAYERS = ("none", "torchreid")  # siamese_reid.model.pooling.FEATURE_LAYERS
+POOLINGS = ("avg", "max", "gem")  # siamese_reid.model.pooling.POOLINGS
 BRANCHES = ("batched", "separate")  # siamese_reid.model.siamese.BRANCHES
 BATCH_LOSSES = ("batch_hard", "semihard", "batch_all")  # siamese_reid.losses.triplet.BATCH_LOSSES
 LOSS_DISTANCE_METRICS = ("L2", "squared-L2", "angular")  # siamese_reid.losses.distances.DISTANCE_METRICS
@@ -45,9 +45,9 @@ CHOICE_SOURCES = {
     "LAYOUTS": "siamese_reid.data.datasets:LAYOUTS",
     "CUHK03_SUBSETS": "siamese_reid.data.cuhk03:CUHK03_SUBSETS",
     "MSMT17_VAL": "siamese_reid.data.msmt17:MSMT17_VAL",
-    "BACKBONES": "siamese_reid.model.embedding:BACKBONES",
-    "FEATURE_LAYERS": "siamese_reid.model.embedding:FEATURE_LAYERS",
-    "POOLINGS": "siamese_reid.model.embedding:POOLINGS",
+    "BACKBONES": "siamese_reid.model.backbones:BACKBONES",
+    "FEATURE_LAYERS": "siamese_reid.model.pooling:FEATURE_LAYERS",
+    "POOLINGS": "siamese_reid.model.pooling:POOLINGS",
     "BRANCHES": "siamese_reid.model.siamese:BRANCHES",
     "BATCH_LOSSES": "siamese_reid.losses.triplet:BATCH_LOSSES",
     "LOSS_DISTANCE_METRICS": "siamese_reid.losses.distances:DISTANCE_METRICS",
