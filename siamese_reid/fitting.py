@@ -37,7 +37,8 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
     from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
     from siamese_reid.model.training_model import fit_batches
-    from siamese_reid.training import MonitoredSplit, PeriodicEvaluation, monitored_history_split, peak_memory_gib
+    from siamese_reid.run_cost import peak_memory_gib
+    from siamese_reid.training import MonitoredSplit, PeriodicEvaluation, monitored_history_split
 
     chief = is_chief(strategy)
     report_sampling(data.train, config.training)
@@ -98,14 +99,9 @@ def _callbacks(tower, run_dir, periodic, resuming, split, total_epochs):
     ("val" or "test") names the scores of periodic evaluation."""
     import keras
 
-    from siamese_reid.training import (
-        AtomicBackupAndRestore,
-        EmbeddingCheckpoint,
-        HistoryLogger,
-        RunClock,
-        StopOnNonFiniteLoss,
-        evaluation_keys,
-    )
+    from siamese_reid.checkpoints import AtomicBackupAndRestore, EmbeddingCheckpoint
+    from siamese_reid.run_cost import RunClock
+    from siamese_reid.training import HistoryLogger, StopOnNonFiniteLoss, evaluation_keys
 
     evaluation = [] if periodic is None else [periodic]
     return [

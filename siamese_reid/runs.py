@@ -134,7 +134,7 @@ def has_saved_epoch(run_dir):
 def trained_but_unreported(run_dir, epochs):
     """Whether the run's training is over but its report was never written: stopped after
     its last epoch (the backup is deleted at the end of fit, or still says the last epoch)."""
-    from siamese_reid.training import resume_epoch
+    from siamese_reid.checkpoints import resume_epoch
 
     run_dir = Path(run_dir)
     if (run_dir / METRICS).exists() or not (run_dir / LAST_MODEL).is_file():

@@ -44,7 +44,7 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
 def test_a_checkpoint_is_written_whole(tmp_path, monkeypatch):
     import keras
 
-    from siamese_reid.training import EmbeddingCheckpoint
+    from siamese_reid.checkpoints import EmbeddingCheckpoint
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     checkpoint = EmbeddingCheckpoint(model, tmp_path)
@@ -67,7 +67,7 @@ def test_the_training_backup_is_written_whole(tmp_path, monkeypatch):
     # truncated file no resume could open.
     import keras
 
-    from siamese_reid.training import AtomicBackupAndRestore
+    from siamese_reid.checkpoints import AtomicBackupAndRestore
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     backup = AtomicBackupAndRestore(str(tmp_path / "backup"))

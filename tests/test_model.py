@@ -351,10 +351,10 @@ def test_identity_centres_move_by_one_sgd_step_per_batch_as_defined():
 
 
 def test_the_saved_tower_holds_no_classifier_or_centres_and_loads_with_plain_keras(tmp_path):
+    from siamese_reid.checkpoints import EmbeddingCheckpoint
     from siamese_reid.losses import TripletHardLoss
     from siamese_reid.losses.identity import CenterLoss, LabelSmoothedCrossEntropy
     from siamese_reid.model.training_model import build_pk_training_model, fit_batches
-    from siamese_reid.training import EmbeddingCheckpoint
 
     tower = bnneck_tower()
     model = build_pk_training_model(tower, 3, "pre_bnneck", id_loss=True, center_loss=True)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from siamese_reid.training import OPTIMIZERS, AdamL2, make_optimizer
+from siamese_reid.optimizers import OPTIMIZERS, AdamL2, make_optimizer
 
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7
 

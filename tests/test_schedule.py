@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from siamese_reid.training import make_schedule
+from siamese_reid.optimizers import make_schedule
 
 
 def reference(step, peak, warmup_steps, total_steps, constant):

@@ -277,7 +277,8 @@ def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint_and_backup(tmp_path
     import keras
     import tensorflow as tf
 
-    from siamese_reid.training import EmbeddingCheckpoint, NonFiniteLossError, StopOnNonFiniteLoss
+    from siamese_reid.checkpoints import EmbeddingCheckpoint
+    from siamese_reid.training import NonFiniteLossError, StopOnNonFiniteLoss
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.UnitNormalization()])
@@ -520,13 +521,13 @@ def test_a_history_written_by_an_older_version_keeps_its_columns_and_numbering(t
 def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, caplog):
     import logging
 
-    from siamese_reid import training
+    from siamese_reid import run_cost
 
     caplog.set_level(logging.INFO, logger="siamese_reid")
 
     now = iter([100.0, 100.0, 160.0, 160.0, 300.0])  # epochs of 60 s and 140 s: a mean of 100 s
-    monkeypatch.setattr(training.time, "monotonic", lambda: next(now))
-    clock = training.RunClock(total_epochs=12)
+    monkeypatch.setattr(run_cost.time, "monotonic", lambda: next(now))
+    clock = run_cost.RunClock(total_epochs=12)
     clock.on_train_begin()
     for epoch in (0, 1):
         clock.on_epoch_begin(epoch)
@@ -534,7 +535,7 @@ def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, caplo
     lines = [message for message in caplog.messages if message.startswith("epoch ")]
     assert lines[0].startswith("epoch 1/12 took 60 s; about 11 min left")  # 11 epochs x 60 s
     assert lines[1].startswith("epoch 2/12 took 2 min; about 17 min left")  # 10 epochs x 100 s
-    assert training.format_duration(3900) == "1 h 05 min"
+    assert run_cost.format_duration(3900) == "1 h 05 min"
 
 
 def test_periodic_evaluation_scores_the_epochs_asked_for_and_keeps_the_last(tiny_demo, caplog):
@@ -573,7 +574,7 @@ def test_periodic_evaluation_scores_the_epochs_asked_for_and_keeps_the_last(tiny
 def test_the_best_checkpoint_is_chosen_on_a_map_only(tmp_path):
     import keras
 
-    from siamese_reid.training import EmbeddingCheckpoint
+    from siamese_reid.checkpoints import EmbeddingCheckpoint
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="monitor must be a mAP"):

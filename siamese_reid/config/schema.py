@@ -34,8 +34,8 @@ LOSS_DISTANCE_METRICS = ("L2", "squared-L2", "angular")  # siamese_reid.losses.d
 TRIPLET_FEATURES = ("embedding", "pre_bnneck")  # siamese_reid.model.training_model.TRIPLET_FEATURES
 ERASING_FILLS = ("random", "mean")  # siamese_reid.data.images.ERASING_FILLS
 SAMPLERS = ("pk", "triplet")  # siamese_reid.data.pipeline.SAMPLERS
-OPTIMIZERS = ("adam", "adamw", "sgd")  # siamese_reid.training.OPTIMIZERS
-SCHEDULES = ("cosine", "constant", "multistep")  # siamese_reid.training.SCHEDULES
+OPTIMIZERS = ("adam", "adamw", "sgd")  # siamese_reid.optimizers.OPTIMIZERS
+SCHEDULES = ("cosine", "constant", "multistep")  # siamese_reid.optimizers.SCHEDULES
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")  # siamese_reid.precision.PRECISIONS
 STRATEGIES = ("default", "mirrored", "multi_worker")  # siamese_reid.distribution.STRATEGIES
 EVALUATION_METRICS = ("euclidean", "cosine")  # siamese_reid.evaluation.distances.METRICS
@@ -54,8 +54,8 @@ CHOICE_SOURCES = {
     "TRIPLET_FEATURES": "siamese_reid.model.training_model:TRIPLET_FEATURES",
     "ERASING_FILLS": "siamese_reid.data.images:ERASING_FILLS",
     "SAMPLERS": "siamese_reid.data.pipeline:SAMPLERS",
-    "OPTIMIZERS": "siamese_reid.training:OPTIMIZERS",
-    "SCHEDULES": "siamese_reid.training:SCHEDULES",
+    "OPTIMIZERS": "siamese_reid.optimizers:OPTIMIZERS",
+    "SCHEDULES": "siamese_reid.optimizers:SCHEDULES",
     "PRECISIONS": "siamese_reid.precision:PRECISIONS",
     "STRATEGIES": "siamese_reid.distribution:STRATEGIES",
     "EVALUATION_METRICS": "siamese_reid.evaluation.distances:METRICS",
