@@ -209,7 +209,7 @@ def mean_over_splits(split_rows):
 
 
 def markdown_table(rows, report_test):
-    from siamese_reid.reporting import percent, percent_with_error
+    from siamese_reid.formatting import percent, percent_with_error
 
     columns = ["variant", "val rank-1", "val mAP", "val mAP per split", "wall time per run"]
     columns += ["test rank-1", "test mAP"] if report_test else []

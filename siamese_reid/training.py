@@ -98,7 +98,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             logs.update(dict(zip(keys, (metrics[key] for key in RANKING_KEYS), strict=True)))
 
     def _score(self, epoch):
-        from siamese_reid import reporting
+        from siamese_reid import formatting, reporting
         from siamese_reid.evaluation.evaluator import evaluate_model
 
         query, gallery = self.monitored.query, self.monitored.gallery
@@ -106,7 +106,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         logger.info(f"\nepoch {epoch + 1}: scoring on {self.monitored.description}... ", extra={"end": ""})
         self.latest = evaluate_model(self.current_tower(), query, gallery, self.image_size, self.settings)
         metrics = reporting.ranking_metrics(self.latest.ranking, len(query), len(gallery), {})
-        logger.info(f"rank-1 {reporting.percent(metrics['rank1'])}  mAP {reporting.percent(metrics['mAP'])}")
+        logger.info(f"rank-1 {formatting.percent(metrics['rank1'])}  mAP {formatting.percent(metrics['mAP'])}")
         return metrics
 
     def current_tower(self):

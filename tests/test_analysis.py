@@ -122,7 +122,7 @@ def test_sample_indices_draws_each_index_once_in_order():
 def test_loss_figure_shows_each_loss_and_the_prefixed_collapse_indicators():
     # The strong-baseline training model has outputs triplet / id / center: Keras logs
     # triplet_loss, id_loss, center_loss and triplet_<metric> columns.
-    from siamese_reid.reporting import plot_loss_curves
+    from siamese_reid.figures import plot_loss_curves
 
     epochs = np.arange(3)
     history = {

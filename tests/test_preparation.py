@@ -46,7 +46,7 @@ def test_a_dataset_of_unreadable_images_names_them(tmp_path):
 def test_identity_folders_named_in_another_encoding_reach_the_figures(tmp_path, write_image):
     # a Latin-1 folder name (é = 0xE9) must not reach matplotlib as a lone surrogate, which stops it
     from siamese_reid.evaluation import compute_distances
-    from siamese_reid.reporting import plot_retrieval_examples, save_figure
+    from siamese_reid.figures import plot_retrieval_examples, save_figure
 
     root = tmp_path / "people"
     for name in (b"\xe9t\xe9", b"caf\xe9", b"na\xefve", b"\xe0 la carte"):

@@ -221,7 +221,7 @@ def test_images_nested_deeper_than_identity_folders_are_explained(tmp_path, writ
 
 def test_folder_datasets_keep_their_identity_names_for_the_figures(tmp_path, write_image):
     from siamese_reid.evaluation import compute_distances
-    from siamese_reid.reporting import plot_retrieval_examples
+    from siamese_reid.figures import plot_retrieval_examples
 
     for name in ("s13", "s2", "alice"):
         for shot in range(3):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from siamese_reid.data.readers import Sample
-from siamese_reid.reporting import plot_retrieval_examples
+from siamese_reid.figures import plot_retrieval_examples
 
 
 def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_path, write_image):
@@ -20,14 +20,14 @@ def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_
 
 
 def test_the_ranked_distance_is_said_in_words():
-    from siamese_reid.reporting import distance_in_words
+    from siamese_reid.formatting import distance_in_words
 
     assert distance_in_words({"name": "euclidean"}) == "euclidean"
     assert distance_in_words({"name": "k_reciprocal", "k1": 20, "k2": 6}) == "k_reciprocal (k1=20, k2=6)"
 
 
 def test_embedding_projection_gives_every_identity_its_own_colour_and_labels_its_axes():
-    from siamese_reid.reporting import plot_embedding_projection
+    from siamese_reid.figures import plot_embedding_projection
 
     pids = np.repeat(np.arange(1, 46), 2)  # 45 identities: more than any qualitative colour map
     points = np.random.default_rng(0).normal(size=(len(pids), 2))

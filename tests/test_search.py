@@ -603,7 +603,7 @@ def marks(axis):
 def test_the_answers_figure_marks_right_and_wrong_results_and_keeps_the_query_name_end(tmp_path, write_image):
     from matplotlib.figure import Figure
 
-    from siamese_reid.reporting import plot_search_answers
+    from siamese_reid.search.presentation import plot_search_answers
 
     for name in ("q.jpg", "a.jpg", "b.jpg", "c.jpg"):
         write_image(tmp_path / name, size=(32, 16))
@@ -651,7 +651,7 @@ def test_the_answers_figure_marks_right_and_wrong_results_and_keeps_the_query_na
 
 
 def test_a_short_query_name_is_shown_whole(tmp_path, write_image):
-    from siamese_reid.reporting import plot_search_answers
+    from siamese_reid.search.presentation import plot_search_answers
 
     write_image(tmp_path / "0001_c1s1_000001_00.jpg", size=(32, 16))
     answer = answer_of(tmp_path / "0001_c1s1_000001_00.jpg", [(tmp_path / "0001_c1s1_000001_00.jpg", 0.0, 1)], 1)

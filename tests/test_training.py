@@ -545,6 +545,7 @@ def test_periodic_evaluation_scores_the_epochs_asked_for_and_keeps_the_last(tiny
 
     from siamese_reid import reporting
     from siamese_reid.evaluation.evaluator import evaluate_model
+    from siamese_reid.formatting import percent
     from siamese_reid.model.building import image_size
     from siamese_reid.training import MonitoredSplit, PeriodicEvaluation
 
@@ -568,7 +569,7 @@ def test_periodic_evaluation_scores_the_epochs_asked_for_and_keeps_the_last(tiny
     assert kept["mAP"] == pytest.approx(expected["mAP"])  # the last epoch's, which the report reuses
     scoring = [message for message in caplog.messages if "scoring on" in message]
     assert scoring == [f"\nepoch {n}: scoring on query / gallery (test)... " for n in (2, 3)]
-    assert f"rank-1 {reporting.percent(expected['rank1'])}  mAP {reporting.percent(expected['mAP'])}" in caplog.messages
+    assert f"rank-1 {percent(expected['rank1'])}  mAP {percent(expected['mAP'])}" in caplog.messages
 
 
 def test_the_best_checkpoint_is_chosen_on_a_map_only(tmp_path):

@@ -174,7 +174,7 @@ def _record_data(summary, warnings, output_dir):
     write_json(output_dir / DATASET_SUMMARY, summary)
     if warnings:
         write_text(output_dir / DATA_WARNINGS, "\n".join(warnings) + "\n")
-    from siamese_reid.reporting import log_data_summary  # the one place that formats a summary
+    from siamese_reid.formatting import log_data_summary  # the one place that formats a summary
 
     log_data_summary(summary, warnings, output_dir / DATA_WARNINGS)
 
