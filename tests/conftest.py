@@ -108,3 +108,49 @@ def litert_embeddings():
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
     return run
+
+
+# (listed identity, camera) of each image, per list file; val holds more images of the
+# training identities, as in the release.
+MSMT17_SPEC = {
+    "list_train.txt": [(0, 1), (0, 2), (1, 3), (1, 15), (2, 7), (2, 7)],
+    "list_val.txt": [(0, 4), (2, 9)],
+    "list_query.txt": [(0, 2), (1, 5)],
+    "list_gallery.txt": [(0, 1), (0, 11), (1, 6), (1, 5), (2, 8)],
+}
+MSMT17_FOLDERS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
+
+
+@pytest.fixture(scope="session")
+def msmt17_folders():
+    """{release: (training image folder, test image folder)} of the MSMT17 releases."""
+    return MSMT17_FOLDERS
+
+
+@pytest.fixture
+def write_msmt17(write_image):
+    """A function (release folder, version) that writes an MSMT17 release folder: images in
+    <image folder>/<identity>/ and the four lists.
+
+    The function returns {list file name: [(absolute path, listed identity, camera)]}, in list order.
+    """
+
+    def write(release, version):
+        train_folder, test_folder = MSMT17_FOLDERS[version]
+        written = {}
+        for list_name, entries in MSMT17_SPEC.items():
+            folder = train_folder if list_name in ("list_train.txt", "list_val.txt") else test_folder
+            lines, written[list_name] = [], []
+            for index, (pid, camid) in enumerate(entries):
+                # the real name: identity_index_camera_date+time_frame_n, e.g. 0000_000_01_0303morning_0008_0.jpg
+                frame = f"{len(lines) + 8:04d}_{index % 3}"
+                relative = f"{pid:04d}/{pid:04d}_{index:03d}_{camid:02d}_0303morning_{frame}.jpg"
+                if list_name == "list_val.txt":
+                    relative = relative.replace("morning", "noon")  # other files of the same people
+                write_image(release / folder / relative, seed=index)
+                lines.append(f"{relative} {pid}\n")
+                written[list_name].append((str((release / folder / relative).resolve()), pid, camid))
+            (release / list_name).write_text("".join(lines))
+        return written
+
+    return write

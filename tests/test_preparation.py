@@ -115,3 +115,10 @@ def test_preparing_data_logs_the_summary_and_prints_nothing(tmp_path, tiny_demo,
     assert caplog.messages[0] == "dataset summary:"
     train_line = next(message for message in caplog.messages if message.lstrip().startswith("train "))
     assert f"{data.summary['train']['images']} images" in train_line
+
+
+def test_asking_for_a_benchmark_without_its_folder_does_not_train_on_the_demo():
+    from siamese_reid.data.preparation import resolve_dataset
+
+    with pytest.raises(ReIDError, match="data.layout msmt17 needs data.root"):
+        resolve_dataset(load_config(None, ["data.layout=msmt17"]))
