@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamese_reid import experiment, runs
+from siamese_reid import experiment
 from siamese_reid.config import load_config
 from siamese_reid.data.readers import read_market_folder
 from siamese_reid.errors import ReIDError, RunInterrupted
@@ -121,15 +121,6 @@ def test_evaluate_cli_never_overwrites_an_evaluation_and_rejects_bad_models(tmp_
     (tmp_path / "bad.keras").write_text("garbage")
     bad = command_line("evaluate.py", "--weights", tmp_path / "bad.keras", "--set", f"data.root={tiny_demo}")
     assert bad.returncode == 2 and "not a loadable Keras model" in bad.stderr
-
-
-def test_evaluation_folders_are_fresh_even_within_one_second(tmp_path):
-    first = runs.create_evaluation_dir(tmp_path)
-    (first / "metrics.json").write_text("{}")
-    second = runs.create_evaluation_dir(tmp_path)
-    assert first != second and (first / "metrics.json").read_text() == "{}"
-    with pytest.raises(ReIDError, match="already (exists|holds a finished run)"):
-        runs.create_run_dir(tmp_path / "evaluations", first.name)
 
 
 def test_validation_split_monitors_training_and_the_test_split_is_scored_once(tmp_path, tiny_demo):
@@ -273,32 +264,6 @@ def test_mixed_precision_and_xla_switches_train_on_cpu(tmp_path, tiny_demo, prec
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-3)
 
 
-def test_nan_in_a_later_epoch_keeps_the_last_good_checkpoint_and_backup(tmp_path):
-    import keras
-    import tensorflow as tf
-
-    from siamese_reid.checkpoints import EmbeddingCheckpoint
-    from siamese_reid.training import NonFiniteLossError, StopOnNonFiniteLoss
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.UnitNormalization()])
-    model.compile(optimizer="adam", loss="mse")
-    inputs = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
-    poisoned = inputs.copy()
-    poisoned[0, 0] = np.nan  # epoch 2 sees a NaN input: its loss is NaN
-    dataset = tf.data.Dataset.from_tensor_slices((np.concatenate([inputs, poisoned]), np.zeros((16, 3)))).batch(8)
-    callbacks = [
-        StopOnNonFiniteLoss(),
-        EmbeddingCheckpoint(model, tmp_path),
-        keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
-    ]
-    with pytest.raises(NonFiniteLossError, match="epoch 2, batch 1"):
-        model.fit(dataset, epochs=2, steps_per_epoch=1, callbacks=callbacks, verbose=0, shuffle=False)
-    saved = keras.saving.load_model(tmp_path / "last.keras")
-    assert all(np.isfinite(w).all() for w in saved.get_weights())  # the epoch-1 model, not NaN
-    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
-
-
 def test_training_split_with_one_identity_is_a_clear_error(tmp_path, write_image):
     root = tmp_path / "data"
     for split, names in (
@@ -431,17 +396,6 @@ def reporting_history(run_dir):
     return read_history(run_dir / "history.csv")
 
 
-def test_reusing_the_name_of_a_finished_run_does_not_suggest_resuming_it(tmp_path):
-    finished = tmp_path / "done"
-    finished.mkdir()
-    (finished / "metrics.json").write_text("{}")
-    with pytest.raises(ReIDError, match="already holds a finished run: choose another output.run_name"):
-        runs.create_run_dir(tmp_path, "done")
-    (tmp_path / "interrupted" / "backup").mkdir(parents=True)
-    with pytest.raises(ReIDError, match="resume it"):
-        runs.create_run_dir(tmp_path, "interrupted")
-
-
 STRONG_BASELINE = [
     "model.backbone=resnet50",
     "model.last_stride=1",
@@ -518,26 +472,6 @@ def test_a_history_written_by_an_older_version_keeps_its_columns_and_numbering(t
     assert monitored_history_split(path, has_validation=True) == "val"
 
 
-def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, caplog):
-    import logging
-
-    from siamese_reid import run_cost
-
-    caplog.set_level(logging.INFO, logger="siamese_reid")
-
-    now = iter([100.0, 100.0, 160.0, 160.0, 300.0])  # epochs of 60 s and 140 s: a mean of 100 s
-    monkeypatch.setattr(run_cost.time, "monotonic", lambda: next(now))
-    clock = run_cost.RunClock(total_epochs=12)
-    clock.on_train_begin()
-    for epoch in (0, 1):
-        clock.on_epoch_begin(epoch)
-        clock.on_epoch_end(epoch)
-    lines = [message for message in caplog.messages if message.startswith("epoch ")]
-    assert lines[0].startswith("epoch 1/12 took 60 s; about 11 min left")  # 11 epochs x 60 s
-    assert lines[1].startswith("epoch 2/12 took 2 min; about 17 min left")  # 10 epochs x 100 s
-    assert run_cost.format_duration(3900) == "1 h 05 min"
-
-
 def test_periodic_evaluation_scores_the_epochs_asked_for_and_keeps_the_last(tiny_demo, caplog):
     # one callback scores, names the scores for their split, logs its line and keeps the
     # evaluation the report reuses
@@ -570,20 +504,6 @@ def test_periodic_evaluation_scores_the_epochs_asked_for_and_keeps_the_last(tiny
     scoring = [message for message in caplog.messages if "scoring on" in message]
     assert scoring == [f"\nepoch {n}: scoring on query / gallery (test)... " for n in (2, 3)]
     assert f"rank-1 {percent(expected['rank1'])}  mAP {percent(expected['mAP'])}" in caplog.messages
-
-
-def test_the_best_checkpoint_is_chosen_on_a_map_only(tmp_path):
-    import keras
-
-    from siamese_reid.checkpoints import EmbeddingCheckpoint
-
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    with pytest.raises(ValueError, match="monitor must be a mAP"):
-        EmbeddingCheckpoint(model, tmp_path, monitor="loss")
-    checkpoint = EmbeddingCheckpoint(model, tmp_path, monitor="test_mAP")
-    for epoch, value in enumerate((0.2, 0.5, 0.4)):
-        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "test_mAP": value})
-    assert json.loads((tmp_path / "best.json").read_text()) == {"test_mAP": 0.5, "epoch": 2}
 
 
 def test_a_run_stopped_while_writing_its_report_is_kept_and_resumes_to_the_report(tmp_path, tiny_demo, monkeypatch):
