@@ -154,3 +154,45 @@ def write_msmt17(write_image):
         return written
 
     return write
+
+
+@pytest.fixture
+def fast_settings():
+    """Small, fast settings for training end to end: 3 VGG blocks on 32x32 inputs."""
+    return [
+        "data.image_height=32",
+        "data.image_width=32",
+        "model.vgg_blocks=3",
+        "model.embedding_dim=32",
+        "evaluation.num_examples=2",
+        "evaluation.flip_test=false",
+        "training.warmup_epochs=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def run_train(project_root):
+    """A function (output folder, config overrides, run name="run") that trains as train.py
+    does and returns (metrics, run folder)."""
+    from siamese_reid import experiment
+    from siamese_reid.config import load_config
+
+    def train(output_dir, settings, name="run"):
+        config = load_config(project_root / "config.yaml", [*settings, f"output.run_name={name}"])
+        return experiment.train(config, output_dir)
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def command_line(project_root):
+    """A function (script, *arguments, timeout=300) that runs `python SCRIPT ARGS...` from the
+    project root, as a user types it, and returns the finished process."""
+    import subprocess
+    import sys
+
+    def run(script, *arguments, timeout=300):
+        command = [sys.executable, script, *map(str, arguments)]
+        return subprocess.run(command, cwd=project_root, capture_output=True, text=True, timeout=timeout)
+
+    return run
