@@ -45,8 +45,8 @@ def test_projection_keeps_the_main_axis():
 
 
 def test_a_reranked_run_records_and_shows_the_distances_it_was_scored_on(tmp_path):
-    # metrics.json used to record the plain metric with re-ranking on, and the notebook ranked
-    # with plain distances while the APs came from re-ranked ones.
+    # With re-ranking on, metrics.json records the re-ranked distance, and the notebook ranks
+    # with the distances the APs came from, not with the plain metric.
     from siamese_reid import analysis
     from siamese_reid.config import EvaluationConfig
     from siamese_reid.evaluation import compute_distances, evaluate_features, evaluate_ranking, rerank_distances

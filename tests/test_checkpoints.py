@@ -72,8 +72,8 @@ def test_a_checkpoint_is_written_whole(tmp_path, monkeypatch):
 
 
 def test_the_training_backup_is_written_whole(tmp_path, monkeypatch):
-    # Keras' BackupAndRestore overwrote latest.weights.h5 in place: a kill during a save left a
-    # truncated file no resume could open.
+    # Keras' BackupAndRestore writes latest.weights.h5 in place; a kill during a save must leave
+    # the previous backup whole, for a resume to open.
     import keras
 
     from siamese_reid.checkpoints import AtomicBackupAndRestore

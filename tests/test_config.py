@@ -148,7 +148,7 @@ def test_cli_reports_config_typo_in_one_line_and_fails(tmp_path, project_root):
 @pytest.mark.parametrize("key", ["training.seed", "data.split_seed", "demo.seed"])
 @pytest.mark.parametrize("value", [-1, 2**32])
 def test_seeds_out_of_numpys_range_are_a_config_error(key, value):
-    # numpy's Generator takes seeds in [0, 2**32 - 1]: outside, a numpy traceback used to appear
+    # numpy's Generator takes seeds in [0, 2**32 - 1]: outside it, a config error, not a numpy traceback
     with pytest.raises(ReIDError, match=f"config key '{key}' must be"):
         load_config(None, [f"{key}={value}"])
 
@@ -302,7 +302,8 @@ def test_rules_of_one_builder_are_checked_once_where_the_model_is_built(override
 
 
 def test_a_run_folder_of_the_triplet_sampler_that_saved_loss_name_triplet_still_loads(tmp_path):
-    # loss.name no longer offers "triplet": the triplet sampler chooses that loss itself
+    # loss.name does not offer "triplet" (the triplet sampler chooses that loss itself), yet a
+    # saved run folder that names it loads
     with pytest.raises(ReIDError, match="loss.name"):
         load_config(None, ["loss.name=triplet"])
     saved = tmp_path / "config.yaml"

@@ -185,8 +185,8 @@ def test_tensorflow_addons_defaults_and_import_path():
 
 @pytest.mark.parametrize("loss_class", [TripletHardLoss, TripletSemiHardLoss, TripletBatchAllLoss, TripletMarginLoss])
 def test_config_keeps_every_constructor_argument_and_keras_own(loss_class):
-    # Keras recipe: one attribute per argument, get_config chained to super(); `dtype` used to
-    # be dropped and `reduction` silently popped.
+    # Keras recipe: one attribute per argument, get_config chained to super(); `dtype` and
+    # `reduction` are kept as given.
     loss = loss_class(margin=0.25, distance_metric="angular", name="mine", reduction="sum", dtype="float64")
     config = loss.get_config()
     assert config["name"] == "mine" and config["reduction"] == "sum" and config["margin"] == 0.25

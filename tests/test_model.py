@@ -125,7 +125,7 @@ def test_freezing_blocks_and_truncating_vgg():
     ],
 )
 def test_freeze_blocks_freezes_the_first_blocks_of_every_backbone(backbone, first_frozen, first_trainable):
-    # MobileNetV2 used to freeze nothing, silently.
+    # MobileNetV2 included, whose layers are named block_<n>_... and grouped into five stages.
     tower = build_embedding_model(ModelConfig(backbone=backbone, vgg_blocks=5, freeze_blocks=2), (64, 32))
     base = next(layer for layer in tower.layers if isinstance(layer, keras.Model))
     layers = {layer.name: layer for layer in base.layers}
@@ -251,8 +251,8 @@ def test_last_stride_one_doubles_the_feature_map_with_the_same_weights(resnet50_
     assert [w.shape for w in unstrided.weights] == [w.shape for w in strided.weights]
     for weight in unstrided.weights:  # every weight is the file's
         np.testing.assert_array_equal(weight.numpy(), source_weights[weight.path])
-    # The last stage's first 1x1 convolution now computes on every position instead of every
-    # second one: the stride-2 output is the stride-1 output subsampled.
+    # With stride 1 the last stage's first 1x1 convolution computes on every position instead of
+    # every second one: the stride-2 output is the stride-1 output subsampled.
     batch = images(0, 1, (256, 128))
 
     def last_stage_input(model):
@@ -462,7 +462,7 @@ def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_p
     # the same network: bfloat16 rounding apart (about 3 significant digits)
     np.testing.assert_allclose(copy.predict(batch, verbose=0), tower.predict(batch, verbose=0), atol=3e-2)
     assert float32_copy(copy) is copy
-    # LiteRT refused the bfloat16 graph ("FlexConv2D failed to prepare") before the copy
+    # the export is the float32 copy: LiteRT refuses a bfloat16 graph ("FlexConv2D failed to prepare")
     output = export_model(tower, "litert", tmp_path / "litert")
     interpreter = tf.lite.Interpreter(model_path=str(output / "model.tflite"))
     interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], batch.shape)
@@ -475,8 +475,8 @@ def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_p
 
 @pytest.mark.parametrize("pooling", ["gem", "avg"])
 def test_the_float32_copy_of_a_mixed_precision_tower_computes_as_the_float32_tower(pooling):
-    # GeM pooling is keras.ops calls, not layers: the copy clones them too (it raised a
-    # TypeError on them, so a GeM run under the default precision "auto" crashed before training).
+    # GeM pooling is keras.ops calls, not layers: the copy clones them too, without the dtype
+    # they do not take (a GeM run under the default precision "auto" is scored on the copy).
     from siamese_reid.model.float32 import float32_copy
 
     keras.utils.set_random_seed(0)

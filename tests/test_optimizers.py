@@ -78,14 +78,14 @@ def test_adamw_shrinks_the_weights_as_its_rule_says(gradient_of, weight_decay):
 
 
 def test_adam_without_weight_decay_is_keras_adam():
-    # today's default recipe (weight decay 0) trains exactly as before the fix
+    # the default recipe (weight decay 0) trains exactly as Keras' own Adam
     ours = run_optimizer(make_optimizer("adam", 0.01, 0.0), START, quadratic, 20)
     stock = run_optimizer(keras.optimizers.Adam(0.01), START, quadratic, 20)
     np.testing.assert_array_equal(ours, stock)
 
 
 def test_the_weight_decay_reaches_every_optimizer():
-    # the bug this replaces: `adam` ignored training.weight_decay
+    # every optimizer, `adam` included, applies training.weight_decay
     for name in OPTIMIZERS:
         decayed = run_optimizer(make_optimizer(name, 0.01, 0.1), START, no_gradient, 5)
         assert np.all(np.abs(decayed) < np.abs(START)), name
@@ -129,8 +129,8 @@ def previous_warmup_schedule(step, peak, warmup_steps, total_steps):
 
 
 def test_keras_schedule_equals_the_previous_one_after_warm_up_and_lags_it_one_step_during():
-    # The reason the swap is acceptable: identical from the end of warm-up on; during warm-up
-    # Keras' rate at step s is the old one's at step s - 1 (it starts at 0).
+    # Keras' CosineDecay equals the hand-written warm-up schedule from the end of warm-up on;
+    # during warm-up its rate at step s is that schedule's at step s - 1 (it starts at 0).
     schedule = make_schedule("cosine", 3e-4, 10, 60)
     for step in range(70):
         old = previous_warmup_schedule(step, 3e-4, 10, 60)

@@ -184,8 +184,8 @@ def test_validation_split_that_cannot_be_scored_is_refused():
 
 @pytest.mark.parametrize(("mode", "name"), [("1", "one_bit"), ("P", "palette"), ("L", "grey")])
 def test_bmps_tensorflow_misreads_are_converted_and_reach_the_model_as_their_colours(tmp_path, mode, name):
-    # 1-bit BMPs used to pass the scan and crash in epoch 1; palette BMPs reached the model as
-    # grey palette indices.
+    # TensorFlow misreads 1-bit BMPs (a crash in epoch 1, after the scan) and palette BMPs (grey
+    # palette indices): the scan converts both, to their colours.
     from PIL import Image
 
     from siamese_reid.data.images import decode_image
@@ -209,7 +209,8 @@ def test_converted_images_are_recorded_by_absolute_paths(tmp_path, monkeypatch, 
 
 
 def test_images_nested_deeper_than_identity_folders_are_explained(tmp_path, write_image):
-    # Omniglot-style alphabet/character/images: "holds no image files" was wrong and unhelpful
+    # Omniglot-style alphabet/character/images: the error says how deep the images are and where
+    # to point data.root
     for alphabet in ("Greek", "Latin"):
         for character in ("c1", "c2"):
             write_image(tmp_path / alphabet / character / "1.png", image_format="PNG")

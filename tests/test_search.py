@@ -374,7 +374,7 @@ def test_a_second_folder_joins_the_index_and_a_refresh_covers_every_folder(
     first = update_index(trained_run, [g1], index_dir)
     assert first.line() == f"indexed: {count1} added, 0 updated, 0 removed, 0 unchanged"
     second = update_index(trained_run, [g2], index_dir)
-    # the first folder's images are still on disk: they stay (the old code said "{count1} removed")
+    # the first folder's images are still on disk: they stay, counted as unchanged, not removed
     assert second.line() == f"indexed: {count2} added, 0 updated, 0 removed, {count1} unchanged"
     assert second.folders == sorted([str(g1.resolve()), str(g2.resolve())])
     assert indexed_paths(index_dir) == images_under(g1, g2)
