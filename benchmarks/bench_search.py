@@ -46,7 +46,7 @@ def main():
 
     from siamese_reid.config import load_config, save_config
     from siamese_reid.model.building import build_tower
-    from siamese_reid.runs import CONFIG, THRESHOLD
+    from siamese_reid.runs import CONFIG, LAST_MODEL, THRESHOLD
     from siamese_reid.search import Searcher
     from siamese_reid.search import index as index_files
 
@@ -57,13 +57,13 @@ def main():
         folder = Path(folder)
         run_dir, index_dir = folder / "run", folder / "index"
         run_dir.mkdir()
-        tower.save(run_dir / "last.keras")
+        tower.save(run_dir / LAST_MODEL)
         save_config(config, run_dir / CONFIG)
         (run_dir / THRESHOLD).write_text(json.dumps({"value": 0.8}))
         index_dir.mkdir()
         header = index_files.new_header(
             {
-                "path": str(run_dir / "last.keras"),
+                "path": str(run_dir / LAST_MODEL),
                 "fingerprint": index_files.model_fingerprint(tower),
                 "input_size": list(tower.input_shape[1:3]),
                 "embedding_dim": dim,

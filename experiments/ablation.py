@@ -144,6 +144,7 @@ def train_variant(name, shared, own, split_seed, arguments, output_dir):
     from siamese_reid import experiment
     from siamese_reid.config import load_config
     from siamese_reid.errors import ReIDError
+    from siamese_reid.runs import RUN_INFO
 
     row = {"variant": name, "split_seed": split_seed, "description": VARIANTS[name].description}
     row["overrides"] = " ".join(own)
@@ -164,7 +165,7 @@ def train_variant(name, shared, own, split_seed, arguments, output_dir):
         "val_mAP": validation["mAP"],
         "val_mAP_se": validation["standard_errors"]["mAP"],
         "wall_seconds": round(time.time() - started, 1),
-        "precision": json.loads((run_dir / "run_info.json").read_text())["precision"]["policy"],
+        "precision": json.loads((run_dir / RUN_INFO).read_text())["precision"]["policy"],
         "run_dir": str(run_dir),
     }
     if arguments.report_test:
@@ -208,7 +209,7 @@ def mean_over_splits(split_rows):
 
 
 def markdown_table(rows, report_test):
-    from siamese_reid.reporting import percent, percent_with_error
+    from siamese_reid.formatting import percent, percent_with_error
 
     columns = ["variant", "val rank-1", "val mAP", "val mAP per split", "wall time per run"]
     columns += ["test rank-1", "test mAP"] if report_test else []

@@ -35,6 +35,7 @@ def main():
     from siamese_reid.data.preparation import prepare_data
     from siamese_reid.evaluation import evaluate_features, evaluate_model
     from siamese_reid.evaluation.baselines import colour_histogram_features
+    from siamese_reid.formatting import percent, percent_with_error
     from siamese_reid.model.building import build_tower, image_size
 
     show_messages()  # the run's progress, as train.py shows it
@@ -77,14 +78,12 @@ def main():
     reporting.write_json(run_dir / "learning.json", result)
     if trained.get("validation"):
         validation = trained["validation"]
-        print(
-            f"\nvalidation: rank-1 {reporting.percent(validation['rank1'])}, mAP {reporting.percent(validation['mAP'])}"
-        )
+        print(f"\nvalidation: rank-1 {percent(validation['rank1'])}, mAP {percent(validation['mAP'])}")
     print("\n| embedding | rank-1 | mAP |\n|---|---|---|")
     for name, numbers in rows.items():
         errors = numbers["standard_errors"]
-        rank1 = reporting.percent_with_error(numbers["rank1"], errors["rank1"])
-        print(f"| {name} | {rank1} | {reporting.percent_with_error(numbers['mAP'], errors['mAP'])} |")
+        rank1 = percent_with_error(numbers["rank1"], errors["rank1"])
+        print(f"| {name} | {rank1} | {percent_with_error(numbers['mAP'], errors['mAP'])} |")
     print(f"\ntrain + evaluate wall time: {wall:.0f} s; run folder {run_dir}")
 
 

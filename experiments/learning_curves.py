@@ -33,8 +33,8 @@ def main():
     arguments = parser.parse_args()
 
     from siamese_reid.errors import ReIDError
+    from siamese_reid.figures import save_figure
     from siamese_reid.learning_curves import plot_learning_curves, read_curve
-    from siamese_reid.reporting import save_figure
 
     try:
         curves = [read_curve(*parse_run(text, arguments.metric)) for text in arguments.runs]

@@ -15,8 +15,19 @@ from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.distances import QueryGalleryDistances
 from siamese_reid.evaluation.embeddings import load_embeddings
 from siamese_reid.evaluation.evaluator import RERANKED, scoring_distance_rows
-from siamese_reid.reporting import read_history
-from siamese_reid.runs import read_threshold
+from siamese_reid.runs import (
+    CONFIG,
+    DATASET_SUMMARY,
+    GALLERY_EMBEDDINGS,
+    HISTORY,
+    IDENTITY_NAMES,
+    METRICS,
+    QUERY_AVERAGE_PRECISIONS,
+    QUERY_EMBEDDINGS,
+    RUN_INFO,
+    read_history,
+    read_threshold,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +49,7 @@ class Run:
 
 def newest_run(runs_dir="runs"):
     """The most recently finished run (one with metrics.json) under `runs_dir`."""
-    candidates = sorted(Path(runs_dir).glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    candidates = sorted(Path(runs_dir).glob(f"*/{METRICS}"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise ReIDError(f"no finished run under '{runs_dir}': run python train.py first")
     return candidates[-1].parent
@@ -46,29 +57,29 @@ def newest_run(runs_dir="runs"):
 
 def load_run(path):
     path = Path(path)
-    if not (path / "metrics.json").is_file():
-        raise ReIDError(f"'{path}' is not a finished run (no metrics.json)")
-    query_features, query_samples = load_embeddings(path / "query_embeddings.npz")
-    gallery_features, gallery_samples = load_embeddings(path / "gallery_embeddings.npz")
+    if not (path / METRICS).is_file():
+        raise ReIDError(f"'{path}' is not a finished run (no {METRICS})")
+    query_features, query_samples = load_embeddings(path / QUERY_EMBEDDINGS)
+    gallery_features, gallery_samples = load_embeddings(path / GALLERY_EMBEDDINGS)
     return Run(
         path=path,
-        config=yaml.safe_load((path / "config.yaml").read_text()),
-        dataset_summary=json.loads((path / "dataset_summary.json").read_text()),
-        history=read_history(path / "history.csv"),
-        metrics=json.loads((path / "metrics.json").read_text()),
+        config=yaml.safe_load((path / CONFIG).read_text()),
+        dataset_summary=json.loads((path / DATASET_SUMMARY).read_text()),
+        history=read_history(path / HISTORY),
+        metrics=json.loads((path / METRICS).read_text()),
         query_features=query_features,
         query_samples=query_samples,
         gallery_features=gallery_features,
         gallery_samples=gallery_samples,
-        query_average_precisions=np.load(path / "query_average_precisions.npy"),
-        run_info=json.loads((path / "run_info.json").read_text()) if (path / "run_info.json").is_file() else {},
+        query_average_precisions=np.load(path / QUERY_AVERAGE_PRECISIONS),
+        run_info=json.loads((path / RUN_INFO).read_text()) if (path / RUN_INFO).is_file() else {},
         threshold=read_threshold(path),
         identity_names=_identity_names(path),
     )
 
 
 def _identity_names(path):
-    names_file = path / "identity_names.json"
+    names_file = path / IDENTITY_NAMES
     if not names_file.is_file():
         return {}
     return {int(pid): name for pid, name in json.loads(names_file.read_text()).items()}

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from siamese_reid.errors import ReIDError
+from siamese_reid.runs import BACKUP
 
 
 def configure_cpu_replicas(count):
@@ -149,7 +150,7 @@ def split_by_data(dataset):
 
 
 def _batch_norm_layers(model):
-    from siamese_reid.model.embedding import all_layers
+    from siamese_reid.model.float32 import all_layers
 
     return [layer for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
@@ -270,14 +271,14 @@ def worker_output_dir(run_dir, strategy, resuming):
         return
     scratch = Path(tempfile.mkdtemp(prefix="siamese-reid-worker-"))
     try:
-        backup = Path(run_dir) / "backup"
+        backup = Path(run_dir) / BACKUP
         if resuming:
             if not backup.is_dir():
                 raise ReIDError(
                     f"{worker_name(strategy)} cannot read '{backup}': resuming a multi-worker run needs its run "
                     "folder on a filesystem every worker can read"
                 )
-            shutil.copytree(backup, scratch / "backup")
+            shutil.copytree(backup, scratch / BACKUP)
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -47,7 +47,7 @@ def train(config, output_dir=None):
     scores and writes there; the others train beside it and get None for metrics.
     """
     from siamese_reid.distribution import folder_made_by_chief, is_chief, start_distribution
-    from siamese_reid.model.embedding import resolve_weights
+    from siamese_reid.model.backbones import resolve_weights
 
     config = check_dataset(config)
     resolve_weights(config.model.weights)
@@ -92,7 +92,7 @@ def resume(run_dir, overrides=()):
         return None  # the chief writes the report; there is nothing left to train
     logger.info("training had finished; evaluating the saved model and writing the report")
     config, data = prepare_data(config, run_dir)
-    return final_report(load_embedding_model(run_dir / "last.keras"), data, config, run_dir, {})
+    return final_report(load_embedding_model(run_dir / runs.LAST_MODEL), data, config, run_dir, {})
 
 
 def evaluate(model, config, checkpoint="last", output_dir=None):

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import create_folder
-from siamese_reid.model.embedding import float32_copy
+from siamese_reid.model.float32 import float32_copy
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"

@@ -13,7 +13,7 @@ from siamese_reid.data.preparation import report_sampling
 from siamese_reid.errors import ReIDError
 from siamese_reid.model.building import build_training_model, image_size
 from siamese_reid.resuming import start_epoch
-from siamese_reid.runs import BACKUP, HISTORY
+from siamese_reid.runs import BACKUP, HISTORY, LAST_MODEL, RUN_INFO, TENSORBOARD
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
     from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
     from siamese_reid.model.training_model import fit_batches
-    from siamese_reid.training import MonitoredSplit, PeriodicEvaluation, monitored_history_split, peak_memory_gib
+    from siamese_reid.run_cost import peak_memory_gib
+    from siamese_reid.training import MonitoredSplit, PeriodicEvaluation, monitored_history_split
 
     chief = is_chief(strategy)
     report_sampling(data.train, config.training)
@@ -47,7 +48,7 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
     tower, model, initialisation = build_training_model(config, steps, strategy, num_identities)
     monitored = "validation" if data.has_validation else "query / gallery (test)"
     files.write_json(
-        Path(run_dir) / "run_info.json",
+        Path(run_dir) / RUN_INFO,
         {"initialisation": initialisation, "monitored_split": monitored, "precision": precision._asdict()},
     )
     logger.info(
@@ -98,14 +99,9 @@ def _callbacks(tower, run_dir, periodic, resuming, split, total_epochs):
     ("val" or "test") names the scores of periodic evaluation."""
     import keras
 
-    from siamese_reid.training import (
-        AtomicBackupAndRestore,
-        EmbeddingCheckpoint,
-        HistoryLogger,
-        RunClock,
-        StopOnNonFiniteLoss,
-        evaluation_keys,
-    )
+    from siamese_reid.checkpoints import AtomicBackupAndRestore, EmbeddingCheckpoint
+    from siamese_reid.run_cost import RunClock
+    from siamese_reid.training import HistoryLogger, StopOnNonFiniteLoss, evaluation_keys
 
     evaluation = [] if periodic is None else [periodic]
     return [
@@ -117,7 +113,7 @@ def _callbacks(tower, run_dir, periodic, resuming, split, total_epochs):
         EmbeddingCheckpoint(tower, run_dir, monitor=f"{split}_mAP"),
         AtomicBackupAndRestore(str(Path(run_dir) / BACKUP)),
         HistoryLogger(str(Path(run_dir) / HISTORY), append=resuming, extra_keys=evaluation_keys(split)),
-        keras.callbacks.TensorBoard(str(Path(run_dir) / "tensorboard"), write_graph=False),
+        keras.callbacks.TensorBoard(str(Path(run_dir) / TENSORBOARD), write_graph=False),
     ]
 
 
@@ -138,7 +134,7 @@ def _fit(model, dataset, steps, epochs, callbacks, run_dir):
         )
     except NonFiniteLossError as error:
         raise ReIDError(
-            f"{error}. Training stopped; the last good model is {Path(run_dir) / 'last.keras'} "
+            f"{error}. Training stopped; the last good model is {Path(run_dir) / LAST_MODEL} "
             "and the run can be resumed after lowering training.learning_rate "
             "(or using loss.soft / a larger warm-up)"
         ) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from siamese_reid.errors import ReIDError
-from siamese_reid.runs import HISTORY
+from siamese_reid.runs import HISTORY, read_history
 from siamese_reid.runs import HISTORY_ELAPSED as ELAPSED
 
 
@@ -31,8 +31,6 @@ def read_curve(run_dir, metric, label):
     Raises:
       ReIDError: the run has no history, no wall-time column, or never scored `metric`.
     """
-    from siamese_reid.reporting import read_history
-
     history = read_history(Path(run_dir) / HISTORY)
     if not history:
         raise ReIDError(f"{run_dir} has no {HISTORY}: is it a run folder?")

@@ -21,7 +21,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from siamese_reid import reporting
+from siamese_reid import reporting, runs
 from siamese_reid.config import config_from_dict, save_config
 from siamese_reid.errors import ArgumentError, ReIDError
 from siamese_reid.files import create_folder, write_atomically
@@ -136,10 +136,10 @@ def import_torchreid_checkpoint(checkpoint, architecture, output_dir, validation
 
 
 def _write_run(run_dir, tower, config, weights, validate):
-    save_config(config, run_dir / "config.yaml")
-    write_atomically(run_dir / "last.keras", tower.save, suffix=".keras")
+    save_config(config, run_dir / runs.CONFIG)
+    write_atomically(run_dir / runs.LAST_MODEL, tower.save, suffix=".keras")
     metrics, threshold = _validate(tower, config, run_dir) if validate else (None, None)
-    reporting.write_json(run_dir / "run_info.json", _run_info(tower, config, weights, metrics))
+    reporting.write_json(run_dir / runs.RUN_INFO, _run_info(tower, config, weights, metrics))
     return ImportResult(run_dir, weights.num_classes, weights.epoch, metrics, threshold)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from siamese_reid import reporting
 from siamese_reid.config import save_config
 from siamese_reid.data.preparation import prepare_data
-from siamese_reid.runs import CONFIG, HISTORY
+from siamese_reid.formatting import percent
+from siamese_reid.runs import CONFIG, HISTORY, read_history
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def final_report(tower, data, config, run_dir, extra, last_periodic=None):
 
     size, settings = image_size(config), config.evaluation
     monitored = "validation" if data.has_validation else "query / gallery (test)"
-    reporting.write_training_curves(reporting.read_history(Path(run_dir) / HISTORY), run_dir, monitored)
+    reporting.write_training_curves(read_history(Path(run_dir) / HISTORY), run_dir, monitored)
     if data.has_validation:
         validation = last_periodic or evaluate_model(
             tower, data.validation_query, data.validation_gallery, size, settings
@@ -62,8 +63,8 @@ def fit_search_threshold(evaluation, query, gallery, settings, split_name, outpu
     record = reporting.write_threshold(threshold, split_name, settings.metric, output_dir, positive, negative)
     logger.info(
         f"no-match threshold {threshold.value:.4f} ({split_name}, {len(positive) + len(negative)} pairs): "
-        f"TAR {reporting.percent(threshold.true_accept_rate)} at FAR {reporting.percent(threshold.false_accept_rate)}, "
-        f"EER {reporting.percent(threshold.equal_error_rate)}"
+        f"TAR {percent(threshold.true_accept_rate)} at FAR {percent(threshold.false_accept_rate)}, "
+        f"EER {percent(threshold.equal_error_rate)}"
     )
     return record
 

@@ -64,7 +64,7 @@ def check_resume_changes(run_dir, config):
 
 def start_epoch(run_dir, epochs):
     """The epoch training resumes from (0 for a new run); refuses a run that is over."""
-    from siamese_reid.training import resume_epoch  # imports TensorFlow
+    from siamese_reid.checkpoints import resume_epoch  # imports TensorFlow
 
     epoch = resume_epoch(Path(run_dir) / BACKUP)
     if epoch >= epochs:

@@ -1,9 +1,12 @@
 """Run and evaluation folders: always new, never reused, so nothing is overwritten; the name
-of every file a run folder holds that other code reads, and the readers of those files."""
+of every file a run (or evaluation) folder holds, and the readers of those files."""
 
+import csv
 import datetime
 import json
 from pathlib import Path
+
+import numpy as np
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.files import create_folder
@@ -63,8 +66,25 @@ METRICS = "metrics.json"  # written last: a run with it and without BACKUP is fi
 HISTORY = "history.csv"  # one row per epoch
 HISTORY_ELAPSED = "elapsed_seconds"  # history.csv's column of training time at the end of each epoch
 BACKUP = "backup"  # BackupAndRestore's training state; removed when fit ends
+BACKUP_STATE = "training_metadata.json"  # in BACKUP: the epoch to resume from (Keras' name)
+LAST_MODEL = "last.keras"  # the embedding tower after the last epoch
+BEST_MODEL = "best.keras"  # the embedding tower of the best monitored epoch
 BEST = "best.json"  # the monitored value and epoch of best.keras
 THRESHOLD = "threshold.json"  # the open-set threshold search.py uses
+RUN_INFO = "run_info.json"  # initialisation, monitored split, precision
+DATASET_SUMMARY = "dataset_summary.json"  # images, identities and cameras of every split
+DATA_WARNINGS = "data_warnings.txt"  # images skipped and why, when there are any
+IDENTITY_NAMES = "identity_names.json"  # pid -> folder name, for folder-per-identity datasets
+QUERY_EMBEDDINGS = "query_embeddings.npz"
+GALLERY_EMBEDDINGS = "gallery_embeddings.npz"
+QUERY_AVERAGE_PRECISIONS = "query_average_precisions.npy"  # as scored for metrics.json
+TENSORBOARD = "tensorboard"  # TensorBoard's event files
+# Figures: written for a person to look at; no code reads them back.
+LOSS_FIGURE = "loss.png"
+RETRIEVAL_PER_EPOCH_FIGURE = "retrieval_per_epoch.png"
+CMC_FIGURE = "cmc.png"
+RETRIEVAL_EXAMPLES_FIGURE = "retrieval_examples.png"
+THRESHOLD_FIGURE = "threshold.png"
 
 
 def require_run_dir(run_dir, refusal=""):
@@ -85,7 +105,7 @@ def load_run_config(run_dir, overrides=()):
 
 def run_model_path(run_dir, checkpoint="last"):
     """The embedding tower a training run saved: last.keras or best.keras."""
-    model_path = require_run_dir(run_dir) / f"{checkpoint}.keras"
+    model_path = require_run_dir(run_dir) / f"{checkpoint}.keras"  # LAST_MODEL or BEST_MODEL
     if not model_path.is_file():
         raise ReIDError(f"no {model_path.name} in run folder '{run_dir}'")
     return model_path
@@ -109,17 +129,16 @@ def has_saved_epoch(run_dir):
     """Whether the run saved an epoch that `resume` can continue from or report: its backup
     while training, last.keras once fit has ended (and removed the backup)."""
     run_dir = Path(run_dir)
-    return (run_dir / BACKUP / "training_metadata.json").exists() or (run_dir / "last.keras").is_file()
+    return (run_dir / BACKUP / BACKUP_STATE).exists() or (run_dir / LAST_MODEL).is_file()
 
 
 def trained_but_unreported(run_dir, epochs):
     """Whether the run's training is over but its report was never written: stopped after
     its last epoch (the backup is deleted at the end of fit, or still says the last epoch)."""
-    from siamese_reid.reporting import read_history
-    from siamese_reid.training import resume_epoch
+    from siamese_reid.checkpoints import resume_epoch
 
     run_dir = Path(run_dir)
-    if (run_dir / METRICS).exists() or not (run_dir / "last.keras").is_file():
+    if (run_dir / METRICS).exists() or not (run_dir / LAST_MODEL).is_file():
         return False
     if (run_dir / BACKUP).exists():
         return resume_epoch(run_dir / BACKUP) >= epochs
@@ -130,3 +149,26 @@ def trained_but_unreported(run_dir, epochs):
             "its training state is gone; evaluate its last.keras with evaluate.py, or start a new run"
         )
     return trained >= epochs
+
+
+def read_history(path):
+    """The training history CSV as {column: np.ndarray}; empty cells become NaN, epochs count from 1."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return {}
+    history = {key: np.array([_number(row.get(key)) for row in rows]) for key in rows[0]}
+    if "epoch" in history and history["epoch"][0] == 0:
+        history["epoch"] = history["epoch"] + 1  # written before epochs were numbered from 1
+    return history
+
+
+def _number(text):
+    """CSVLogger writes "NA" for a metric missing in an epoch (evaluation did not run)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return np.nan

@@ -1,136 +1,24 @@
-"""Compile and fit with `keras.callbacks`: schedule, checkpoints, resume, NaN guard, evaluation.
+"""The callbacks `fit` runs with beyond Keras' stock ones: the NaN guard, periodic evaluation
+and the history, with its evaluation columns.
 
 No engine of our own: `model.fit` runs the loop; what a re-ID run needs beyond Keras' stock
-callbacks is a few small callbacks below.
+callbacks is a few small callbacks: these, the checkpoints (`checkpoints`) and the clock
+(`run_cost`). Optimizers and schedules are in `optimizers`.
 """
 
 import csv
 import dataclasses
-import json
 import logging
-import resource
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
-from keras import ops
 
-from siamese_reid.distribution import batch_norm_unsynchronized
-from siamese_reid.errors import ReIDError
-from siamese_reid.files import write_atomically, write_json
-from siamese_reid.model.embedding import Float32Mirror
-from siamese_reid.runs import BEST, HISTORY_ELAPSED
+from siamese_reid.model.float32 import Float32Mirror
+from siamese_reid.runs import HISTORY_ELAPSED
 
 logger = logging.getLogger(__name__)
-
-
-def _cosine_decay(peak, warmup_steps, total_steps, alpha):
-    # Keras' own CosineDecay (with `warmup_target`), a function of the optimizer's step counter
-    # only, so a resumed run continues exactly where the schedule left off. "constant" is the
-    # same schedule with alpha=1: the decayed value is alpha x peak.
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=max(total_steps - warmup_steps, 1),
-        alpha=alpha,
-        warmup_target=peak,
-        warmup_steps=warmup_steps,
-    )
-
-
-@keras.saving.register_keras_serializable(package="siamese_reid")
-class WarmupMultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to `peak` over `warmup_steps`, times `gamma` for every milestone
-    reached: rate(step) = peak x min(step / warmup_steps, 1) x gamma ^ #{m : step >= m}.
-
-    The strong baseline's reference code (WarmupMultiStepLR) steps its rate once per epoch and
-    warms up from 0.01 x peak; here the rate changes every step and warms up from 0, as the
-    cosine schedule does, so the two schedules differ only in what follows the warm-up.
-
-    Reference: Luo et al., Bag of Tricks, https://arxiv.org/abs/1903.07071 (milestones at
-    epochs 40 and 70 of 120, gamma 0.1, 10 warm-up epochs).
-    """
-
-    def __init__(self, peak, warmup_steps, milestone_steps, gamma):
-        self.peak = peak
-        self.warmup_steps = warmup_steps
-        self.milestone_steps = tuple(milestone_steps)
-        self.gamma = gamma
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        warmup = ops.minimum(step / self.warmup_steps, 1.0) if self.warmup_steps else 1.0
-        decays = sum((ops.cast(step >= milestone, "float32") for milestone in self.milestone_steps), 0.0)
-        return self.peak * warmup * ops.power(self.gamma, decays)
-
-    def get_config(self):
-        return {
-            "peak": self.peak,
-            "warmup_steps": self.warmup_steps,
-            "milestone_steps": list(self.milestone_steps),
-            "gamma": self.gamma,
-        }
-
-
-# training.schedule -> builder(peak, warmup_steps, total_steps, milestone_steps, gamma)
-SCHEDULES = {
-    "cosine": lambda peak, warmup, total, milestones, gamma: _cosine_decay(peak, warmup, total, alpha=0.0),
-    "constant": lambda peak, warmup, total, milestones, gamma: _cosine_decay(peak, warmup, total, alpha=1.0),
-    "multistep": lambda peak, warmup, total, milestones, gamma: WarmupMultiStepDecay(peak, warmup, milestones, gamma),
-}
-
-
-def make_schedule(name, peak, warmup_steps, total_steps, milestone_steps=(), gamma=0.1):
-    """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine decay to 0 at
-    `total_steps` ("cosine"), `peak` held ("constant"), or `peak` multiplied by `gamma` at
-    each of `milestone_steps` ("multistep"; the other schedules ignore the milestones).
-    """
-    if name not in SCHEDULES:
-        raise ReIDError(f"unknown schedule {name!r}; valid names: {list(SCHEDULES)}")
-    return SCHEDULES[name](peak, warmup_steps, total_steps, milestone_steps, gamma)
-
-
-@keras.saving.register_keras_serializable(package="siamese_reid")
-class AdamL2(keras.optimizers.Adam):
-    """Adam with weight decay as an L2 penalty: `l2 x variable` is added to every gradient
-    before the moment estimates, as torch.optim.Adam(weight_decay=...) does, which the strong
-    baseline's reference code trains with (Keras' own `weight_decay` argument decays the
-    weights directly instead, which is AdamW).
-
-    Reference: Kingma and Ba, https://arxiv.org/abs/1412.6980; Loshchilov and Hutter
-    (decoupled weight decay, and why the two differ), https://arxiv.org/abs/1711.05101
-    """
-
-    def __init__(self, learning_rate=0.001, l2=0.0, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self.l2 = l2
-
-    def update_step(self, gradient, variable, learning_rate):
-        if self.l2:
-            gradient = ops.add(ops.cast(gradient, variable.dtype), ops.multiply(self.l2, variable))
-        super().update_step(gradient, variable, learning_rate)
-
-    def get_config(self):
-        return {**super().get_config(), "l2": self.l2}
-
-
-# training.optimizer -> builder(learning rate or schedule, weight decay)
-OPTIMIZERS = {
-    # weight decay as an L2 penalty in the gradient (the strong baseline's optimizer)
-    "adam": lambda rate, weight_decay: AdamL2(rate, l2=weight_decay),
-    # decoupled: each step shrinks the weights by learning rate x weight decay
-    "adamw": lambda rate, weight_decay: keras.optimizers.AdamW(rate, weight_decay=weight_decay),
-    "sgd": lambda rate, weight_decay: keras.optimizers.SGD(
-        rate, momentum=0.9, nesterov=True, weight_decay=weight_decay
-    ),
-}
-
-
-def make_optimizer(name, learning_rate, weight_decay):
-    """adam | adamw | sgd (momentum 0.9, Nesterov) with a rate or a schedule (`make_schedule`)."""
-    if name not in OPTIMIZERS:
-        raise ReIDError(f"unknown optimizer {name!r}; valid names: {list(OPTIMIZERS)}")
-    return OPTIMIZERS[name](learning_rate, weight_decay)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -212,7 +100,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             logs.update(dict(zip(keys, (metrics[key] for key in RANKING_KEYS), strict=True)))
 
     def _score(self, epoch):
-        from siamese_reid import reporting
+        from siamese_reid import formatting, reporting
         from siamese_reid.evaluation.evaluator import evaluate_model
 
         query, gallery = self.monitored.query, self.monitored.gallery
@@ -220,7 +108,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         logger.info(f"\nepoch {epoch + 1}: scoring on {self.monitored.description}... ", extra={"end": ""})
         self.latest = evaluate_model(self.current_tower(), query, gallery, self.image_size, self.settings)
         metrics = reporting.ranking_metrics(self.latest.ranking, len(query), len(gallery), {})
-        logger.info(f"rank-1 {reporting.percent(metrics['rank1'])}  mAP {reporting.percent(metrics['mAP'])}")
+        logger.info(f"rank-1 {formatting.percent(metrics['rank1'])}  mAP {formatting.percent(metrics['mAP'])}")
         return metrics
 
     def current_tower(self):
@@ -287,121 +175,3 @@ class HistoryLogger(keras.callbacks.CSVLogger):
         if self.keys is None:
             self.keys = sorted(set(logs) | set(self.extra_keys))
         super().on_epoch_end(epoch + self.first_epoch_number, logs)
-
-
-class EmbeddingCheckpoint(keras.callbacks.Callback):
-    """Saves the embedding tower as last.keras every epoch and best.keras on improvement.
-
-    best.keras is chosen on whatever split periodic evaluation scores: the validation split
-    when `data.validation_fraction` holds one out, else query/gallery, i.e. test data, and
-    then it is for monitoring, not for reporting results.
-
-    The monitored value is `monitor`, a mAP that `PeriodicEvaluation` logs: "val_mAP" or
-    "test_mAP" (higher is better; epochs without evaluation are skipped).
-
-    The files hold the tower alone, uncompiled: no optimizer state (the resumable state is in
-    backup/) and no reference to this package's loss and metric functions, so
-    `keras.saving.load_model` opens them anywhere. A tower trained in mixed precision is saved
-    as its float32 copy (`float32_copy`), which evaluates, searches and exports anywhere. Each
-    file is written to a temporary file and renamed, so an interruption never leaves a
-    truncated model.
-    """
-
-    def __init__(self, tower, output_dir, monitor="val_mAP"):
-        super().__init__()
-        if not monitor.endswith("_mAP"):
-            raise ValueError(f"monitor must be a mAP logged by PeriodicEvaluation (val_mAP, test_mAP), got {monitor!r}")
-        self.tower = tower
-        self.monitor = monitor
-        # A second, never-compiled functional model over the same layers and weights.
-        self.saved_view = keras.Model(tower.inputs, tower.outputs, name=tower.name)
-        # Its copy is made at the first save, inside batch_norm_unsynchronized: plain BatchNorms.
-        self.float32_view = Float32Mirror(self.saved_view)
-        self.output_dir = Path(output_dir)
-        self.state_path = self.output_dir / BEST
-        self.best = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self._save("last.keras")
-        key = self.monitor
-        value = float(logs.get(key, np.nan))
-        if not np.isfinite(value):
-            return
-        previous = self.best.get(key)
-        if previous is None or value > previous:
-            self.best = {key: value, "epoch": epoch + 1}
-            self._save("best.keras")
-            write_json(self.state_path, self.best)
-
-    def _save(self, name):
-        with batch_norm_unsynchronized(self.saved_view):
-            write_atomically(self.output_dir / name, self.float32_view.current().save, suffix=".keras")
-
-
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """keras.callbacks.BackupAndRestore whose files are written whole.
-
-    Keras overwrites latest.weights.h5 in place, so a kill -9 or power cut during a save left
-    a truncated HDF5 file that no resume could open ("bad object header version number"):
-    here the weights and then the metadata are each written to a temporary file and renamed.
-    """
-
-    def _save_model(self):
-        from siamese_reid.files import create_folder
-
-        create_folder(self.backup_dir, exist_ok=True)
-        weights_path = Path(self._weights_path)
-        write_atomically(weights_path, lambda temporary: self.model.save_weights(str(temporary)), suffix=".weights.h5")
-        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
-
-
-def resume_epoch(backup_dir):
-    """The epoch a BackupAndRestore backup will resume from (0 when there is none)."""
-    metadata = Path(backup_dir) / "training_metadata.json"
-    if not metadata.exists():
-        return 0
-    return int(json.loads(metadata.read_text()).get("epoch", 0))
-
-
-def peak_memory_gib():
-    """The largest resident memory this process has held so far, in GiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def format_duration(seconds):
-    """'42 s', '17 min' or '1 h 05 min'."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-class RunClock(keras.callbacks.Callback):
-    """Prints, after each epoch, how long it took and how long the run has left, from the mean
-    epoch of this session (periodic evaluation included: place it after PeriodicEvaluation), so a
-    run of hours says when it will end. A resumed run counts from its first new epoch."""
-
-    def __init__(self, total_epochs):
-        super().__init__()
-        self.total_epochs = total_epochs
-        self.first_epoch = None
-
-    def on_train_begin(self, logs=None):
-        self.started = self.epoch_started = time.monotonic()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.first_epoch is None:
-            self.first_epoch = epoch
-        self.epoch_started = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.monotonic()
-        epochs_left = self.total_epochs - epoch - 1
-        mean_epoch = (now - self.started) / (epoch + 1 - self.first_epoch)
-        line = f"epoch {epoch + 1}/{self.total_epochs} took {format_duration(now - self.epoch_started)}"
-        if epochs_left:
-            left = epochs_left * mean_epoch
-            finish = time.strftime("%H:%M", time.localtime(time.time() + left))
-            line += f"; about {format_duration(left)} left (done near {finish})"
-        logger.info(line)

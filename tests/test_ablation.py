@@ -1,11 +1,13 @@
 """experiments/ablation.py: every variant is a valid recipe, and test numbers stay out unless asked."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
 from siamese_reid.config import load_config
-from tests.conftest import PROJECT_ROOT
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_ablation():

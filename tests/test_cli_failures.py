@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,8 @@ from siamese_reid.errors import ReIDError
 from siamese_reid.files import write_text
 from siamese_reid.report import REPORT_PROGRESS
 from siamese_reid.runs import create_evaluation_dir, create_run_dir
-from tests.conftest import PROJECT_ROOT
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # The smallest training that runs every stage: one VGG block on 32x32 images, one step.
 TINY = [
@@ -53,7 +55,7 @@ def test_training_prints_no_tensorflow_log_lines_and_names_each_step_after_the_l
     assert result.returncode == 0, result.stderr
     assert not CPP_LOG_LINE.search(result.stderr), result.stderr
     # the last epoch's scoring (minutes on a large gallery, under a full progress bar) and the
-    # report (figures, embeddings) were silent
+    # report (figures, embeddings) each say what is happening
     lines = result.stdout.splitlines()
     assert any(line.startswith("epoch 1: scoring on query / gallery (test)... rank-1 ") for line in lines)
     after = lines[next(i for i, line in enumerate(lines) if line.startswith("training took")) :]
@@ -73,10 +75,10 @@ def test_training_prints_no_tensorflow_log_lines_and_names_each_step_after_the_l
         (b"5: {}\n", "unknown config section '5'"),
         (b"training:\n  5: 3\n", "unknown config key 'training.5'"),
         (b"\xff\xfe training", "is not UTF-8 text"),
-        # PyYAML keeps the last of two equal keys: the first section's keys were silently lost
+        # PyYAML keeps the last of two equal keys: the first section's keys would be lost silently
         (b"training:\n  epochs: 3\n  seed: 7\ntraining:\n  epochs: 4\n", "'training' is given twice"),
         (b"training:\n  epochs: 3\n  epochs: 4\n", "'epochs' is given twice"),
-        # an emptied file used to train with the built-in defaults, unnoticed
+        # an emptied file is refused, not trained on with the built-in defaults unnoticed
         (b"", "is empty"),
         (b"# nothing but a comment\n", "is empty"),
         (b"training:\n  learning_rate: .nan\n", "config key 'training.learning_rate' must be a finite number"),

@@ -8,11 +8,10 @@ import yaml
 
 from siamese_reid.config import Config, ExtraTrainingSet, config_to_dict, load_config, save_config
 from siamese_reid.errors import ReIDError
-from tests.conftest import PROJECT_ROOT
 
 
-def test_shipped_config_lists_every_key_with_its_default():
-    shipped = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
+def test_shipped_config_lists_every_key_with_its_default(project_root):
+    shipped = yaml.safe_load((project_root / "config.yaml").read_text())
     defaults = config_to_dict(Config())
     assert shipped == defaults
 
@@ -38,8 +37,8 @@ def uncommented_keys(text):
     return missing
 
 
-def test_every_key_in_shipped_config_is_commented():
-    text = (PROJECT_ROOT / "config.yaml").read_text()
+def test_every_key_in_shipped_config_is_commented(project_root):
+    text = (project_root / "config.yaml").read_text()
     assert uncommented_keys(text) == []
     # the check itself catches a key right under its section header, and one cut off from its
     # commented group by a blank line
@@ -49,8 +48,8 @@ def test_every_key_in_shipped_config_is_commented():
     assert cut_off != text and uncommented_keys(cut_off) == ["epochs: 150"]
 
 
-def test_overrides_are_typed_and_applied():
-    config = load_config(PROJECT_ROOT / "config.yaml", ["training.epochs=3", "loss.soft=true", "data.root=/x"])
+def test_overrides_are_typed_and_applied(project_root):
+    config = load_config(project_root / "config.yaml", ["training.epochs=3", "loss.soft=true", "data.root=/x"])
     assert config.training.epochs == 3
     assert config.loss.soft is True
     assert config.data.root == "/x"
@@ -133,10 +132,10 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_cli_reports_config_typo_in_one_line_and_fails(tmp_path):
+def test_cli_reports_config_typo_in_one_line_and_fails(tmp_path, project_root):
     result = subprocess.run(
         [sys.executable, "train.py", "--set", "training.epocs=3", "--output_dir", str(tmp_path)],
-        cwd=PROJECT_ROOT,
+        cwd=project_root,
         capture_output=True,
         text=True,
         timeout=120,
@@ -149,20 +148,20 @@ def test_cli_reports_config_typo_in_one_line_and_fails(tmp_path):
 @pytest.mark.parametrize("key", ["training.seed", "data.split_seed", "demo.seed"])
 @pytest.mark.parametrize("value", [-1, 2**32])
 def test_seeds_out_of_numpys_range_are_a_config_error(key, value):
-    # numpy's Generator takes seeds in [0, 2**32 - 1]: outside, a numpy traceback used to appear
+    # numpy's Generator takes seeds in [0, 2**32 - 1]: outside it, a config error, not a numpy traceback
     with pytest.raises(ReIDError, match=f"config key '{key}' must be"):
         load_config(None, [f"{key}={value}"])
 
 
-def test_train_py_run_from_another_folder_reads_the_repository_config(tmp_path):
+def test_train_py_run_from_another_folder_reads_the_repository_config(tmp_path, project_root):
     result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), "--set", "training.epocs=3"],
+        [sys.executable, str(project_root / "train.py"), "--set", "training.epocs=3"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert f"config: {PROJECT_ROOT / 'config.yaml'}" in result.stdout
+    assert f"config: {project_root / 'config.yaml'}" in result.stdout
     assert result.returncode == 2 and not list(tmp_path.iterdir())  # and nothing was created
 
 
@@ -225,9 +224,9 @@ def test_strong_baseline_switches_that_cannot_work_are_named(overrides, message)
     assert message in str(caught.value)
 
 
-def test_the_strong_baseline_switches_load_together():
+def test_the_strong_baseline_switches_load_together(project_root):
     config = load_config(
-        PROJECT_ROOT / "config.yaml",
+        project_root / "config.yaml",
         [
             "model.backbone=resnet50",
             "model.last_stride=1",
@@ -256,17 +255,17 @@ def test_a_run_saved_before_stripes_existed_keeps_its_global_pooling(tmp_path):
     assert load_config(tmp_path / "short.yaml").model.stripes == Config().model.stripes == 4
 
 
-def test_loading_a_config_imports_no_tensorflow():
+def test_loading_a_config_imports_no_tensorflow(project_root):
     # a config is plain data: a notebook, a service or a CLI that only reads one starts at once
     import subprocess
     import sys
 
     code = (
         "import sys; from siamese_reid.config import load_config; "
-        f"load_config({str(PROJECT_ROOT / 'config.yaml')!r}, ['model.backbone=resnet50']); "
+        f"load_config({str(project_root / 'config.yaml')!r}, ['model.backbone=resnet50']); "
         "print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project_root)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -303,7 +302,8 @@ def test_rules_of_one_builder_are_checked_once_where_the_model_is_built(override
 
 
 def test_a_run_folder_of_the_triplet_sampler_that_saved_loss_name_triplet_still_loads(tmp_path):
-    # loss.name no longer offers "triplet": the triplet sampler chooses that loss itself
+    # loss.name does not offer "triplet" (the triplet sampler chooses that loss itself), yet a
+    # saved run folder that names it loads
     with pytest.raises(ReIDError, match="loss.name"):
         load_config(None, ["loss.name=triplet"])
     saved = tmp_path / "config.yaml"

@@ -1,11 +1,14 @@
 """Every recipe in configs/ loads and builds its model, at a tiny size."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from siamese_reid.config import load_config
 from siamese_reid.model.building import build_training_model
-from tests.conftest import PROJECT_ROOT
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 RECIPES = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
 TINY = ["data.image_height=64", "data.image_width=32", "model.weights=none"]

@@ -5,10 +5,9 @@ from pathlib import Path
 import numpy as np
 
 from siamese_reid.evaluation.embeddings import extract_embeddings
-from tests.conftest import write_image
 
 
-def test_progress_written_to_a_log_is_plain_lines(tmp_path, capfd):
+def test_progress_written_to_a_log_is_plain_lines(tmp_path, capfd, write_image):
     # evaluate.py or search.py index piped into a file or a CI log: no colour codes, carriage
     # returns or backspaces, one readable line when the bar is done
     import keras

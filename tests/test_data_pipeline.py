@@ -7,7 +7,6 @@ from siamese_reid.data import images, samplers
 from siamese_reid.data.pipeline import inference_dataset, pk_dataset, triplet_dataset
 from siamese_reid.data.readers import read_market_folder
 from siamese_reid.errors import ReIDError
-from tests.conftest import write_image
 
 PIDS = np.array([1, 1, 1, 2, 2, 3, 3, 3, 3, 4, 5])
 CAMIDS = np.array([1, 2, 1, 1, 1, 1, 2, 3, 3, 1, 2])
@@ -190,7 +189,7 @@ def test_random_erasing_rectangles_follow_the_reference_distribution():
     ("name", "mode", "image_format"),
     [("a.jpg", "RGB", "JPEG"), ("b.png", "RGBA", "PNG"), ("c.bmp", "RGB", "BMP"), ("d.png", "L", "PNG")],
 )
-def test_every_format_reaches_the_model_as_rgb(tmp_path, name, mode, image_format):
+def test_every_format_reaches_the_model_as_rgb(tmp_path, name, mode, image_format, write_image):
     path = tmp_path / name
     array = write_image(path, size=(20, 10), mode=mode, image_format=image_format)
     decoded = images.decode_image(str(path), 20, 10).numpy()

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ import pytest
 from siamese_reid.config import load_config
 from siamese_reid.distribution import check_batch_split
 from siamese_reid.errors import ReIDError
-from tests.conftest import PROJECT_ROOT
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # A tiny tower (one VGG block, BatchNorm "bnneck" before the L2 normalisation), batch-hard
 # mining, plain SGD with momentum at a constant rate: two steps of one batch each.

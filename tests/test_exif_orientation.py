@@ -19,7 +19,6 @@ from siamese_reid.data.orientation import apply_orientation, exif_orientation
 from siamese_reid.data.pipeline import pk_dataset
 from siamese_reid.data.readers import Sample
 from siamese_reid.data.scan import scan_samples
-from tests.conftest import PROJECT_ROOT
 
 ORIENTATIONS = range(1, 9)
 HEIGHT, WIDTH = 48, 32
@@ -256,10 +255,10 @@ TOWER_SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_config():
+def tiny_config(project_root):
     from siamese_reid.config import load_config
 
-    return load_config(PROJECT_ROOT / "config.yaml", TOWER_SETTINGS)
+    return load_config(project_root / "config.yaml", TOWER_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -330,12 +329,12 @@ def test_a_rotated_copy_finds_its_original_first(tmp_path, tiny_config, random_t
 
 def test_thumbnails_and_the_histogram_baseline_see_the_upright_picture(tmp_path):
     from siamese_reid.evaluation.baselines import colour_histogram_features
-    from siamese_reid.reporting import _framed
+    from siamese_reid.figures import framed_image
 
     upright = upright_picture()
     paths = [write_oriented(tmp_path / f"{o}.jpg", upright, o) for o in ORIENTATIONS]
     for path in paths:
-        assert mean_error(_framed(path, None, (HEIGHT, WIDTH)), upright) < JPEG_MEAN_ERROR
+        assert mean_error(framed_image(path, None, (HEIGHT, WIDTH)), upright) < JPEG_MEAN_ERROR
     features = colour_histogram_features(paths, image_size=(HEIGHT, WIDTH))
     # stripes of the picture from top to bottom: a turned picture has other colours per stripe
     np.testing.assert_allclose(features, np.repeat(features[:1], len(paths), axis=0), atol=0.05)

@@ -145,8 +145,8 @@ def _decoded_by_the_pipeline(path):
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_bmps_tensorflow_cannot_read_are_converted_to_their_exact_colours(tmp_path, name):
-    # RLE8/RLE4 and 16-bit BMPs passed the scan (or were untested) and would stop training in
-    # epoch 1; a padded 24-bit BMP passed as "uncompressed colour" and failed the same way.
+    # TensorFlow cannot read RLE8/RLE4 or 16-bit BMPs, nor a padded 24-bit one that looks like
+    # "uncompressed colour": the scan converts them, so that training does not stop in epoch 1.
     contents, expected = VARIANTS[name]
     path = tmp_path / f"0001_c1s1_000001_{name}.bmp"
     path.write_bytes(contents)
@@ -180,7 +180,7 @@ def _sixteen_bit_grey(path, image_format):
 
 @pytest.mark.parametrize(("name", "image_format"), [("scan.tif", "TIFF"), ("scan.pgm", "PPM")])
 def test_sixteen_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path, name, image_format):
-    # Pillow's convert("RGB") clips 16-bit values at 255: the model was trained on white images
+    # Pillow's convert("RGB") clips 16-bit values at 255, which would show the model white images
     path = tmp_path / name
     expected = _sixteen_bit_grey(path, image_format)
     usable, skipped = scan_samples([Sample(str(path), 1, 1)], tmp_path / "cache")

@@ -185,8 +185,8 @@ def test_tensorflow_addons_defaults_and_import_path():
 
 @pytest.mark.parametrize("loss_class", [TripletHardLoss, TripletSemiHardLoss, TripletBatchAllLoss, TripletMarginLoss])
 def test_config_keeps_every_constructor_argument_and_keras_own(loss_class):
-    # Keras recipe: one attribute per argument, get_config chained to super(); `dtype` used to
-    # be dropped and `reduction` silently popped.
+    # Keras recipe: one attribute per argument, get_config chained to super(); `dtype` and
+    # `reduction` are kept as given.
     loss = loss_class(margin=0.25, distance_metric="angular", name="mine", reduction="sum", dtype="float64")
     config = loss.get_config()
     assert config["name"] == "mine" and config["reduction"] == "sum" and config["margin"] == 0.25
@@ -197,7 +197,7 @@ def test_config_keeps_every_constructor_argument_and_keras_own(loss_class):
     assert restored.margin == loss.margin and restored.reduction == "sum"
 
 
-def test_identities_above_two_to_the_24_stay_apart():
+def test_identities_above_two_to_the_24_stay_apart(write_image):
     # Keras casts y_true to float32, where 2**24 and 2**24 + 1 are the same number: training
     # labels are relabelled 0..N-1 before they reach the loss.
     import tempfile
@@ -206,7 +206,6 @@ def test_identities_above_two_to_the_24_stay_apart():
     from siamese_reid.config import AugmentConfig, TrainingConfig
     from siamese_reid.data.pipeline import training_dataset
     from siamese_reid.data.readers import Sample
-    from tests.conftest import write_image
 
     with tempfile.TemporaryDirectory() as folder:
         big = 2**24

@@ -125,7 +125,7 @@ def test_freezing_blocks_and_truncating_vgg():
     ],
 )
 def test_freeze_blocks_freezes_the_first_blocks_of_every_backbone(backbone, first_frozen, first_trainable):
-    # MobileNetV2 used to freeze nothing, silently.
+    # MobileNetV2 included, whose layers are named block_<n>_... and grouped into five stages.
     tower = build_embedding_model(ModelConfig(backbone=backbone, vgg_blocks=5, freeze_blocks=2), (64, 32))
     base = next(layer for layer in tower.layers if isinstance(layer, keras.Model))
     layers = {layer.name: layer for layer in base.layers}
@@ -139,7 +139,7 @@ def test_freeze_blocks_freezes_the_first_blocks_of_every_backbone(backbone, firs
 
 
 def test_freeze_blocks_beyond_the_backbone_names_the_valid_range():
-    from siamese_reid.model.embedding import build_backbone, freeze_blocks
+    from siamese_reid.model.backbones import build_backbone, freeze_blocks
 
     backbone = build_backbone("mobilenetv2", "none", (64, 32, 3))
     with pytest.raises(ReIDError, match="between 0 and 5"):
@@ -148,7 +148,7 @@ def test_freeze_blocks_beyond_the_backbone_names_the_valid_range():
 
 def test_gem_pooling_stays_finite_under_mixed_float16():
     # x^3 of an activation above 40 overflows float16 (max 65504): GeM must compute in float32.
-    from siamese_reid.model.embedding import POOLINGS
+    from siamese_reid.model.pooling import POOLINGS
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -241,7 +241,7 @@ def resnet50_weights_file(tmp_path_factory):
 
 
 def test_last_stride_one_doubles_the_feature_map_with_the_same_weights(resnet50_weights_file):
-    from siamese_reid.model.embedding import build_backbone
+    from siamese_reid.model.backbones import build_backbone
 
     path, source_weights = resnet50_weights_file
     strided = build_backbone("resnet50", str(path), (256, 128, 3))
@@ -251,8 +251,8 @@ def test_last_stride_one_doubles_the_feature_map_with_the_same_weights(resnet50_
     assert [w.shape for w in unstrided.weights] == [w.shape for w in strided.weights]
     for weight in unstrided.weights:  # every weight is the file's
         np.testing.assert_array_equal(weight.numpy(), source_weights[weight.path])
-    # The last stage's first 1x1 convolution now computes on every position instead of every
-    # second one: the stride-2 output is the stride-1 output subsampled.
+    # With stride 1 the last stage's first 1x1 convolution computes on every position instead of
+    # every second one: the stride-2 output is the stride-1 output subsampled.
     batch = images(0, 1, (256, 128))
 
     def last_stage_input(model):
@@ -351,10 +351,10 @@ def test_identity_centres_move_by_one_sgd_step_per_batch_as_defined():
 
 
 def test_the_saved_tower_holds_no_classifier_or_centres_and_loads_with_plain_keras(tmp_path):
+    from siamese_reid.checkpoints import EmbeddingCheckpoint
     from siamese_reid.losses import TripletHardLoss
     from siamese_reid.losses.identity import CenterLoss, LabelSmoothedCrossEntropy
     from siamese_reid.model.training_model import build_pk_training_model, fit_batches
-    from siamese_reid.training import EmbeddingCheckpoint
 
     tower = bnneck_tower()
     model = build_pk_training_model(tower, 3, "pre_bnneck", id_loss=True, center_loss=True)
@@ -380,7 +380,7 @@ def test_the_saved_tower_holds_no_classifier_or_centres_and_loads_with_plain_ker
     np.testing.assert_allclose(saved.predict(batch, verbose=0), tower.predict(batch, verbose=0), atol=1e-6)
 
 
-def test_identity_centres_take_the_global_batch_step_across_replicas(tmp_path):
+def test_identity_centres_take_the_global_batch_step_across_replicas(tmp_path, project_root):
     # Two replicas each see half of the batch; the "mean" aggregation of the centres must give
     # the step on the whole batch. In a fresh process: logical devices are set before TF starts.
     script = """
@@ -410,10 +410,8 @@ np.testing.assert_allclose(np.array(centers.numpy()), expected, rtol=1e-4, atol=
 assert np.abs(expected - before).max() > 0.1
 print("global step")
 """
-    from tests.conftest import PROJECT_ROOT
-
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], cwd=project_root, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global step" in result.stdout
@@ -445,7 +443,7 @@ def test_a_one_dimensional_embedding_is_refused():
 
 def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_path):
     from siamese_reid.export import export_model
-    from siamese_reid.model.embedding import all_layers, float32_copy
+    from siamese_reid.model.float32 import all_layers, float32_copy
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -464,7 +462,7 @@ def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_p
     # the same network: bfloat16 rounding apart (about 3 significant digits)
     np.testing.assert_allclose(copy.predict(batch, verbose=0), tower.predict(batch, verbose=0), atol=3e-2)
     assert float32_copy(copy) is copy
-    # LiteRT refused the bfloat16 graph ("FlexConv2D failed to prepare") before the copy
+    # the export is the float32 copy: LiteRT refuses a bfloat16 graph ("FlexConv2D failed to prepare")
     output = export_model(tower, "litert", tmp_path / "litert")
     interpreter = tf.lite.Interpreter(model_path=str(output / "model.tflite"))
     interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], batch.shape)
@@ -477,9 +475,9 @@ def test_a_mixed_precision_tower_is_saved_and_exported_as_its_float32_copy(tmp_p
 
 @pytest.mark.parametrize("pooling", ["gem", "avg"])
 def test_the_float32_copy_of_a_mixed_precision_tower_computes_as_the_float32_tower(pooling):
-    # GeM pooling is keras.ops calls, not layers: the copy clones them too (it raised a
-    # TypeError on them, so a GeM run under the default precision "auto" crashed before training).
-    from siamese_reid.model.embedding import float32_copy
+    # GeM pooling is keras.ops calls, not layers: the copy clones them too, without the dtype
+    # they do not take (a GeM run under the default precision "auto" is scored on the copy).
+    from siamese_reid.model.float32 import float32_copy
 
     keras.utils.set_random_seed(0)
     reference = tower_of(pooling=pooling)  # built under float32
@@ -496,7 +494,7 @@ def test_the_float32_copy_of_a_mixed_precision_tower_computes_as_the_float32_tow
 
 def test_the_float32_mirror_follows_the_trained_towers_weights():
     # What scoring and checkpoints use during a bfloat16 run: it must see each epoch's weights.
-    from siamese_reid.model.embedding import Float32Mirror
+    from siamese_reid.model.float32 import Float32Mirror
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

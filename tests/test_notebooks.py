@@ -1,12 +1,15 @@
 """Every notebook runs top to bottom on a small finished run."""
 
+from pathlib import Path
+
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
 from siamese_reid import experiment
 from siamese_reid.config import load_config
-from tests.conftest import PROJECT_ROOT
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 

@@ -19,7 +19,6 @@ from siamese_reid.errors import ReIDError
 from siamese_reid.model import build_embedding_model
 from siamese_reid.model.osnet import OSNET_VARIANTS, build_osnet
 from siamese_reid.model.osnet_weights import load_torchreid_state_dict
-from tests.conftest import MARKET_SAMPLE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torchreid_osnet"
 STRUCTURE = json.loads((FIXTURES / "structure.json").read_text())
@@ -125,12 +124,11 @@ def test_ported_weights_give_torchreids_features_of_random_images(name, monkeypa
     np.testing.assert_allclose(embed(tower, images), normalised, atol=1e-4, rtol=0)
 
 
-@pytest.mark.skipif(not MARKET_SAMPLE.is_dir(), reason="the Market-1501 sample is not on this machine")
 @pytest.mark.parametrize("name", list(REFERENCES))
-def test_ported_weights_give_torchreids_features_of_market_images(name, monkeypatch):
+def test_ported_weights_give_torchreids_features_of_market_images(name, monkeypatch, market_sample):
     # The crops are read by path (never stored in the repository), at their own 128x64.
     _, data = reference(name)
-    paths = [MARKET_SAMPLE / "query" / file_name for file_name in data["real_image_names"]]
+    paths = [market_sample / "query" / file_name for file_name in data["real_image_names"]]
     images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths]).astype("float32")
     _, features, _ = ported_tower(name, images.shape[1:3], monkeypatch)
     np.testing.assert_allclose(embed(features, images), data["real_features"], atol=1e-4, rtol=0)
@@ -238,7 +236,7 @@ def test_head_options_work_on_top_and_the_saved_tower_loads_with_plain_keras(tmp
 def test_the_float32_copy_of_a_mixed_precision_osnet_tower_computes_as_the_float32_tower():
     # What checkpoints and exports hold after a bfloat16 run (precision "auto" picks it on CPUs
     # with AVX512_BF16): the clone must keep the gate's two convolutions shared by four streams.
-    from siamese_reid.model.embedding import float32_copy
+    from siamese_reid.model.float32 import float32_copy
 
     model = ModelConfig(backbone="osnet_ain_x1_0", embedding_dim=16)
     keras.utils.set_random_seed(0)
@@ -313,13 +311,12 @@ TRAINING = [
 # About 3 minutes per variant on 2 shared cores (tracing the training step of ~700 layers).
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", list(OSNET_VARIANTS))
-def test_every_variant_trains_through_the_package(variant, tiny_demo, tmp_path):
+def test_every_variant_trains_through_the_package(variant, tiny_demo, tmp_path, project_root):
     from siamese_reid import experiment
     from siamese_reid.model.building import build_tower
-    from tests.conftest import PROJECT_ROOT
 
     settings = TRAINING + [f"model.backbone={variant}", f"data.root={tiny_demo}", "training.precision=float32"]
-    config = load_config(PROJECT_ROOT / "config.yaml", settings)
+    config = load_config(project_root / "config.yaml", settings)
     metrics, run_dir = experiment.train(config, tmp_path)
     history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
     assert np.isfinite(history["loss"]).all() and 0.0 <= metrics["mAP"] <= 1.0

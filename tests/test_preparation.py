@@ -11,7 +11,6 @@ import pytest
 from siamese_reid.config import load_config
 from siamese_reid.data.preparation import prepare_data, resolve_dataset
 from siamese_reid.errors import ReIDError
-from tests.conftest import PROJECT_ROOT, write_image
 
 # Small inputs: 32x32 images.
 FAST = ["data.image_height=32", "data.image_width=32"]
@@ -44,10 +43,10 @@ def test_a_dataset_of_unreadable_images_names_them(tmp_path):
     assert "bounding_box_train/0001_c1s1_000001_01.jpg" in message
 
 
-def test_identity_folders_named_in_another_encoding_reach_the_figures(tmp_path):
+def test_identity_folders_named_in_another_encoding_reach_the_figures(tmp_path, write_image):
     # a Latin-1 folder name (é = 0xE9) must not reach matplotlib as a lone surrogate, which stops it
     from siamese_reid.evaluation import compute_distances
-    from siamese_reid.reporting import plot_retrieval_examples, save_figure
+    from siamese_reid.figures import plot_retrieval_examples, save_figure
 
     root = tmp_path / "people"
     for name in (b"\xe9t\xe9", b"caf\xe9", b"na\xefve", b"\xe0 la carte"):
@@ -63,7 +62,7 @@ def test_identity_folders_named_in_another_encoding_reach_the_figures(tmp_path):
     assert (tmp_path / "examples.png").stat().st_size > 1000
 
 
-def test_junk_and_distractors_in_the_training_folder_are_not_trained_as_people(tmp_path, tiny_demo):
+def test_junk_and_distractors_in_the_training_folder_are_not_trained_as_people(tmp_path, tiny_demo, project_root):
     import shutil
 
     root = tmp_path / "data"
@@ -73,7 +72,7 @@ def test_junk_and_distractors_in_the_training_folder_are_not_trained_as_people(t
     extras = [g for g in gallery if g.name.startswith(("-1_", "0000_"))]
     for path in extras:
         shutil.copy(path, root / "bounding_box_train" / path.name)
-    config = load_config(PROJECT_ROOT / "config.yaml", FAST + [f"data.root={root}"])
+    config = load_config(project_root / "config.yaml", FAST + [f"data.root={root}"])
     _, data = prepare_data(config, tmp_path)
     assert all(sample.pid > 0 for sample in data.train)
     junk = sum(p.name.startswith("-1_") for p in extras)
@@ -85,7 +84,7 @@ def test_junk_and_distractors_in_the_training_folder_are_not_trained_as_people(t
     assert data.summary["train"]["junk_images"] == 0 and data.summary["train"]["distractor_images"] == 0
 
 
-def test_queries_without_any_possible_match_fail_before_training(tmp_path):
+def test_queries_without_any_possible_match_fail_before_training(tmp_path, project_root, write_image):
     root = tmp_path / "data"
     for split, names in (
         (
@@ -102,7 +101,7 @@ def test_queries_without_any_possible_match_fail_before_training(tmp_path):
     ):
         for index, name in enumerate(names):
             write_image(root / split / name, seed=index)
-    config = load_config(PROJECT_ROOT / "config.yaml", FAST + [f"data.root={root}"])
+    config = load_config(project_root / "config.yaml", FAST + [f"data.root={root}"])
     with pytest.raises(ReIDError, match="no query identity has a gallery image from another camera"):
         prepare_data(config, tmp_path)
 
@@ -116,3 +115,10 @@ def test_preparing_data_logs_the_summary_and_prints_nothing(tmp_path, tiny_demo,
     assert caplog.messages[0] == "dataset summary:"
     train_line = next(message for message in caplog.messages if message.lstrip().startswith("train "))
     assert f"{data.summary['train']['images']} images" in train_line
+
+
+def test_asking_for_a_benchmark_without_its_folder_does_not_train_on_the_demo():
+    from siamese_reid.data.preparation import resolve_dataset
+
+    with pytest.raises(ReIDError, match="data.layout msmt17 needs data.root"):
+        resolve_dataset(load_config(None, ["data.layout=msmt17"]))

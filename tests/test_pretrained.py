@@ -24,8 +24,8 @@ from siamese_reid.model import torchreid_checkpoint
 from siamese_reid.model.embedding import build_embedding_model, load_embedding_model
 from siamese_reid.pretrained import TORCHREID_IMAGE_SIZE, ValidationData, import_torchreid_checkpoint
 from siamese_reid.search import search_images, update_index
-from tests.conftest import PROJECT_ROOT
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "torchreid"
 CHECKPOINT = FIXTURES / "osnet_x0_25_checkpoint.pth.tar-1"
 

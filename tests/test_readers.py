@@ -14,7 +14,6 @@ from siamese_reid.data.readers import (
 )
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.errors import ReIDError
-from tests.conftest import MARKET_SAMPLE, write_image
 
 
 @pytest.mark.parametrize(
@@ -32,7 +31,7 @@ def test_parse_market_name(name, expected):
     assert parse_market_name(name) == expected
 
 
-def test_market_reader_keeps_junk_and_distractors(tmp_path):
+def test_market_reader_keeps_junk_and_distractors(tmp_path, write_image):
     for name in ("0002_c1s1_000451_03.jpg", "-1_c1s1_000001_01.jpg", "0000_c2s1_000002_01.jpg"):
         write_image(tmp_path / name)
     samples, _ = read_market_folder(tmp_path)
@@ -47,13 +46,13 @@ def test_missing_and_empty_folders(tmp_path):
         read_market_folder(tmp_path / "empty", what="query")
 
 
-def test_folder_without_parseable_names(tmp_path):
+def test_folder_without_parseable_names(tmp_path, write_image):
     write_image(tmp_path / "person_1.jpg")
     with pytest.raises(ReIDError, match="Market-1501-style name"):
         read_market_folder(tmp_path)
 
 
-def test_non_image_and_unparseable_files_are_skipped_with_warning(tmp_path):
+def test_non_image_and_unparseable_files_are_skipped_with_warning(tmp_path, write_image):
     write_image(tmp_path / "0002_c1s1_000451_03.jpg")
     (tmp_path / "notes.txt").write_text("hello")
     write_image(tmp_path / "person.jpg")
@@ -63,7 +62,7 @@ def test_non_image_and_unparseable_files_are_skipped_with_warning(tmp_path):
     assert any("person.jpg" in w for w in warnings)
 
 
-def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path):
+def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path, write_image):
     good = tmp_path / "0001_c1s1_000001_01.jpg"
     write_image(good, size=(64, 32))
     truncated = tmp_path / "0001_c2s1_000002_01.jpg"
@@ -76,7 +75,7 @@ def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path):
     assert {path for path, _ in skipped} == {str(truncated), str(corrupt)}
 
 
-def test_pgm_is_converted_for_tensorflow(tmp_path):
+def test_pgm_is_converted_for_tensorflow(tmp_path, write_image):
     write_image(tmp_path / "0001_c1s1_000001_01.pgm", mode="L", image_format="PPM")
     usable, skipped = scan_samples(read_market_folder(tmp_path)[0], tmp_path / "cache")
     assert not skipped
@@ -89,7 +88,7 @@ def test_pgm_is_converted_for_tensorflow(tmp_path):
     assert load_embeddings(tmp_path / "e.npz")[1] == usable
 
 
-def test_identity_folders_share_identity_numbers_across_splits(tmp_path):
+def test_identity_folders_share_identity_numbers_across_splits(tmp_path, write_image):
     for split, names in (("train", ["alice", "bob"]), ("query", ["carol"]), ("gallery", ["carol", "dave"])):
         for name in names:
             write_image(tmp_path / split / name / "1.png", image_format="PNG")
@@ -127,9 +126,8 @@ def test_summary_counts():
     }
 
 
-@pytest.mark.skipif(not MARKET_SAMPLE.is_dir(), reason=f"real Market-1501 sample not present at {MARKET_SAMPLE}")
-def test_real_market_sample_counts_match_its_readme():
-    splits = read_dataset(DataConfig(root=str(MARKET_SAMPLE)))
+def test_real_market_sample_counts_match_its_readme(market_sample):
+    splits = read_dataset(DataConfig(root=str(market_sample)))
     counts = {name: summarize_split(getattr(splits, name)) for name in ("train", "query", "gallery")}
     assert (counts["train"]["images"], counts["train"]["identities"]) == (204, 25)
     assert (counts["query"]["images"], counts["query"]["identities"]) == (77, 25)
@@ -143,7 +141,7 @@ def test_real_market_sample_counts_match_its_readme():
     assert np.all([s.camid >= 1 for s in splits.query])
 
 
-def test_records_hold_absolute_paths(tmp_path, monkeypatch):
+def test_records_hold_absolute_paths(tmp_path, monkeypatch, write_image):
     write_image(tmp_path / "data" / "0002_c1s1_000451_03.jpg")
     monkeypatch.chdir(tmp_path)
     [sample], _ = read_market_folder("data")
@@ -186,8 +184,8 @@ def test_validation_split_that_cannot_be_scored_is_refused():
 
 @pytest.mark.parametrize(("mode", "name"), [("1", "one_bit"), ("P", "palette"), ("L", "grey")])
 def test_bmps_tensorflow_misreads_are_converted_and_reach_the_model_as_their_colours(tmp_path, mode, name):
-    # 1-bit BMPs used to pass the scan and crash in epoch 1; palette BMPs reached the model as
-    # grey palette indices.
+    # TensorFlow misreads 1-bit BMPs (a crash in epoch 1, after the scan) and palette BMPs (grey
+    # palette indices): the scan converts both, to their colours.
     from PIL import Image
 
     from siamese_reid.data.images import decode_image
@@ -203,15 +201,16 @@ def test_bmps_tensorflow_misreads_are_converted_and_reach_the_model_as_their_col
     np.testing.assert_allclose(decode_image(usable[0].path, 8, 6).numpy(), expected, atol=1e-3)
 
 
-def test_converted_images_are_recorded_by_absolute_paths(tmp_path, monkeypatch):
+def test_converted_images_are_recorded_by_absolute_paths(tmp_path, monkeypatch, write_image):
     write_image(tmp_path / "data" / "0001_c1s1_000001_01.pgm", mode="L", image_format="PPM")
     monkeypatch.chdir(tmp_path)
     usable, _ = scan_samples(read_market_folder("data")[0], "relative_cache")
     assert Path(usable[0].path).is_absolute() and Path(usable[0].path).is_file()
 
 
-def test_images_nested_deeper_than_identity_folders_are_explained(tmp_path):
-    # Omniglot-style alphabet/character/images: "holds no image files" was wrong and unhelpful
+def test_images_nested_deeper_than_identity_folders_are_explained(tmp_path, write_image):
+    # Omniglot-style alphabet/character/images: the error says how deep the images are and where
+    # to point data.root
     for alphabet in ("Greek", "Latin"):
         for character in ("c1", "c2"):
             write_image(tmp_path / alphabet / character / "1.png", image_format="PNG")
@@ -221,9 +220,9 @@ def test_images_nested_deeper_than_identity_folders_are_explained(tmp_path):
     assert "2 folders deep" in message and "point data.root at" in message and "Greek" in message
 
 
-def test_folder_datasets_keep_their_identity_names_for_the_figures(tmp_path):
+def test_folder_datasets_keep_their_identity_names_for_the_figures(tmp_path, write_image):
     from siamese_reid.evaluation import compute_distances
-    from siamese_reid.reporting import plot_retrieval_examples
+    from siamese_reid.figures import plot_retrieval_examples
 
     for name in ("s13", "s2", "alice"):
         for shot in range(3):

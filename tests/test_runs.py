@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from siamese_reid import runs
 from siamese_reid.errors import ReIDError
 from siamese_reid.runs import create_run_dir
 
@@ -110,3 +111,23 @@ def test_a_run_stopped_after_its_last_epoch_is_trained_but_unreported(tmp_path):
     assert trained_but_unreported(tmp_path, epochs=2) and not trained_but_unreported(tmp_path, epochs=3)
     (tmp_path / "metrics.json").write_text("{}")
     assert not trained_but_unreported(tmp_path, epochs=2)
+
+
+def test_evaluation_folders_are_fresh_even_within_one_second(tmp_path):
+    first = runs.create_evaluation_dir(tmp_path)
+    (first / "metrics.json").write_text("{}")
+    second = runs.create_evaluation_dir(tmp_path)
+    assert first != second and (first / "metrics.json").read_text() == "{}"
+    with pytest.raises(ReIDError, match="already (exists|holds a finished run)"):
+        runs.create_run_dir(tmp_path / "evaluations", first.name)
+
+
+def test_reusing_the_name_of_a_finished_run_does_not_suggest_resuming_it(tmp_path):
+    finished = tmp_path / "done"
+    finished.mkdir()
+    (finished / "metrics.json").write_text("{}")
+    with pytest.raises(ReIDError, match="already holds a finished run: choose another output.run_name"):
+        runs.create_run_dir(tmp_path, "done")
+    (tmp_path / "interrupted" / "backup").mkdir(parents=True)
+    with pytest.raises(ReIDError, match="resume it"):
+        runs.create_run_dir(tmp_path, "interrupted")

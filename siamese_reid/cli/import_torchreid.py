@@ -55,7 +55,7 @@ def main(argv=None):
     source = f"{result.num_classes}-class classifier dropped" if result.num_classes else "no classifier"
     print(f"imported {arguments.checkpoint} ({arguments.arch}, {source}) into {result.run_dir}")
     if result.validation_metrics is not None:
-        from siamese_reid.reporting import percent
+        from siamese_reid.formatting import percent
 
         metrics = result.validation_metrics
         print(f"validation: rank-1 {percent(metrics['rank1'])}  mAP {percent(metrics['mAP'])}")

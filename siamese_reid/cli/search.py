@@ -78,8 +78,9 @@ def _run_of(index_dir):
 
 
 def _query(arguments):
-    from siamese_reid import reporting
+    from siamese_reid.figures import save_figure
     from siamese_reid.search import Searcher
+    from siamese_reid.search.presentation import plot_search_answers, search_table
 
     searcher = Searcher(arguments.index, arguments.threshold)
     if searcher.trained_on_demo:
@@ -90,9 +91,9 @@ def _query(arguments):
     if arguments.json:
         print(json.dumps([answer.to_json() for answer in answers]))
     elif answers:
-        print(reporting.search_table(answers, searcher.index.identity_names))
+        print(search_table(answers, searcher.index.identity_names))
     if arguments.save and answers:
-        reporting.save_figure(reporting.plot_search_answers(answers, searcher.index.identity_names), arguments.save)
+        save_figure(plot_search_answers(answers, searcher.index.identity_names), arguments.save)
         print(f"saved {arguments.save}", file=sys.stderr if arguments.json else sys.stdout)
     return 1 if errors else 0
 

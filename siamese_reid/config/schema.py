@@ -15,7 +15,7 @@ import dataclasses
 LAYOUTS = ("market", "folders", "msmt17", "cuhk03_np")  # siamese_reid.data.datasets.LAYOUTS
 CUHK03_SUBSETS = ("detected", "labeled")  # siamese_reid.data.cuhk03.CUHK03_SUBSETS
 MSMT17_VAL = ("unused", "train")  # siamese_reid.data.msmt17.MSMT17_VAL
-BACKBONES = (  # siamese_reid.model.embedding.BACKBONES
+BACKBONES = (  # siamese_reid.model.backbones.BACKBONES
     "vgg16",
     "resnet50",
     "mobilenetv2",
@@ -26,16 +26,16 @@ BACKBONES = (  # siamese_reid.model.embedding.BACKBONES
     "osnet_ibn_x1_0",
     "osnet_ain_x1_0",
 )
-FEATURE_LAYERS = ("none", "torchreid")  # siamese_reid.model.embedding.FEATURE_LAYERS
-POOLINGS = ("avg", "max", "gem")  # siamese_reid.model.embedding.POOLINGS
+FEATURE_LAYERS = ("none", "torchreid")  # siamese_reid.model.pooling.FEATURE_LAYERS
+POOLINGS = ("avg", "max", "gem")  # siamese_reid.model.pooling.POOLINGS
 BRANCHES = ("batched", "separate")  # siamese_reid.model.siamese.BRANCHES
 BATCH_LOSSES = ("batch_hard", "semihard", "batch_all")  # siamese_reid.losses.triplet.BATCH_LOSSES
 LOSS_DISTANCE_METRICS = ("L2", "squared-L2", "angular")  # siamese_reid.losses.distances.DISTANCE_METRICS
 TRIPLET_FEATURES = ("embedding", "pre_bnneck")  # siamese_reid.model.training_model.TRIPLET_FEATURES
 ERASING_FILLS = ("random", "mean")  # siamese_reid.data.images.ERASING_FILLS
 SAMPLERS = ("pk", "triplet")  # siamese_reid.data.pipeline.SAMPLERS
-OPTIMIZERS = ("adam", "adamw", "sgd")  # siamese_reid.training.OPTIMIZERS
-SCHEDULES = ("cosine", "constant", "multistep")  # siamese_reid.training.SCHEDULES
+OPTIMIZERS = ("adam", "adamw", "sgd")  # siamese_reid.optimizers.OPTIMIZERS
+SCHEDULES = ("cosine", "constant", "multistep")  # siamese_reid.optimizers.SCHEDULES
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")  # siamese_reid.precision.PRECISIONS
 STRATEGIES = ("default", "mirrored", "multi_worker")  # siamese_reid.distribution.STRATEGIES
 EVALUATION_METRICS = ("euclidean", "cosine")  # siamese_reid.evaluation.distances.METRICS
@@ -45,17 +45,17 @@ CHOICE_SOURCES = {
     "LAYOUTS": "siamese_reid.data.datasets:LAYOUTS",
     "CUHK03_SUBSETS": "siamese_reid.data.cuhk03:CUHK03_SUBSETS",
     "MSMT17_VAL": "siamese_reid.data.msmt17:MSMT17_VAL",
-    "BACKBONES": "siamese_reid.model.embedding:BACKBONES",
-    "FEATURE_LAYERS": "siamese_reid.model.embedding:FEATURE_LAYERS",
-    "POOLINGS": "siamese_reid.model.embedding:POOLINGS",
+    "BACKBONES": "siamese_reid.model.backbones:BACKBONES",
+    "FEATURE_LAYERS": "siamese_reid.model.pooling:FEATURE_LAYERS",
+    "POOLINGS": "siamese_reid.model.pooling:POOLINGS",
     "BRANCHES": "siamese_reid.model.siamese:BRANCHES",
     "BATCH_LOSSES": "siamese_reid.losses.triplet:BATCH_LOSSES",
     "LOSS_DISTANCE_METRICS": "siamese_reid.losses.distances:DISTANCE_METRICS",
     "TRIPLET_FEATURES": "siamese_reid.model.training_model:TRIPLET_FEATURES",
     "ERASING_FILLS": "siamese_reid.data.images:ERASING_FILLS",
     "SAMPLERS": "siamese_reid.data.pipeline:SAMPLERS",
-    "OPTIMIZERS": "siamese_reid.training:OPTIMIZERS",
-    "SCHEDULES": "siamese_reid.training:SCHEDULES",
+    "OPTIMIZERS": "siamese_reid.optimizers:OPTIMIZERS",
+    "SCHEDULES": "siamese_reid.optimizers:SCHEDULES",
     "PRECISIONS": "siamese_reid.precision:PRECISIONS",
     "STRATEGIES": "siamese_reid.distribution:STRATEGIES",
     "EVALUATION_METRICS": "siamese_reid.evaluation.distances:METRICS",

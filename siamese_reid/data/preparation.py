@@ -18,6 +18,7 @@ from siamese_reid.data.splits import person_samples, split_validation
 from siamese_reid.errors import ReIDError
 from siamese_reid.evaluation.protocol import check_queries_have_matches
 from siamese_reid.files import write_json, write_text
+from siamese_reid.runs import DATA_WARNINGS, DATASET_SUMMARY, IDENTITY_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def prepare_data(config, output_dir, need_train=True):
     # folder names that are not UTF-8 would stop matplotlib and text files: shown as \xNN
     identity_names = {pid: printable(name) for pid, name in (splits.identity_names or {}).items()}
     if identity_names:
-        write_json(Path(output_dir) / "identity_names.json", identity_names)
+        write_json(Path(output_dir) / IDENTITY_NAMES, identity_names)
     return config, PreparedData(**prepared, summary=summary, warnings=warnings, identity_names=identity_names)
 
 
@@ -170,12 +171,12 @@ def _check_splits(prepared, summary, need_train):
 
 def _record_data(summary, warnings, output_dir):
     output_dir = Path(output_dir)
-    write_json(output_dir / "dataset_summary.json", summary)
+    write_json(output_dir / DATASET_SUMMARY, summary)
     if warnings:
-        write_text(output_dir / "data_warnings.txt", "\n".join(warnings) + "\n")
-    from siamese_reid.reporting import log_data_summary  # the one place that formats a summary
+        write_text(output_dir / DATA_WARNINGS, "\n".join(warnings) + "\n")
+    from siamese_reid.formatting import log_data_summary  # the one place that formats a summary
 
-    log_data_summary(summary, warnings, output_dir / "data_warnings.txt")
+    log_data_summary(summary, warnings, output_dir / DATA_WARNINGS)
 
 
 def report_sampling(train, training):

@@ -174,74 +174,64 @@ class _TripletLoss(keras.losses.Loss):
     argument, `get_config` chained to `super()`. Every loss function already reduces the batch
     to one scalar, so `reduction` only matters for "none" (which returns that scalar too)."""
 
-    def __init__(
-        self, margin=1.0, soft=False, distance_metric="L2", name=None, reduction="sum_over_batch_size", dtype=None
-    ):
+    def __init__(self, margin=1.0, distance_metric="L2", name=None, reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name or type(self).__name__, reduction=reduction, dtype=dtype)
         metric_named(distance_metric)  # fail at construction, not at the first batch
         self.margin = margin
-        self.soft = soft
         self.distance_metric = distance_metric
 
+    def _loss_arguments(self):
+        """The keyword arguments of `loss_function`, which are the constructor's besides Keras' own."""
+        return {"margin": self.margin, "distance_metric": self.distance_metric}
+
     def call(self, y_true, y_pred):
-        return _loss_on_global_batch(
-            self.loss_function, y_true, y_pred, margin=self.margin, soft=self.soft, distance_metric=self.distance_metric
-        )
+        return _loss_on_global_batch(self.loss_function, y_true, y_pred, **self._loss_arguments())
 
     def get_config(self):
         # keras.losses.Loss.get_config leaves out dtype, which the constructor takes: add it.
-        return {
-            **super().get_config(),
-            "dtype": self.dtype,
-            "margin": self.margin,
-            "soft": self.soft,
-            "distance_metric": self.distance_metric,
-        }
+        return {**super().get_config(), "dtype": self.dtype, **self._loss_arguments()}
+
+
+class _SoftMarginTripletLoss(_TripletLoss):
+    """A triplet loss with a soft-margin variant: `soft` uses softplus(d_ap - d_an) instead of
+    the hinge."""
+
+    def __init__(
+        self, margin=1.0, soft=False, distance_metric="L2", name=None, reduction="sum_over_batch_size", dtype=None
+    ):
+        super().__init__(margin=margin, distance_metric=distance_metric, name=name, reduction=reduction, dtype=dtype)
+        self.soft = soft
+
+    def _loss_arguments(self):
+        return {**super()._loss_arguments(), "soft": self.soft}
 
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
-class TripletHardLoss(_TripletLoss):
+class TripletHardLoss(_SoftMarginTripletLoss):
     """Batch-hard triplet loss (see `triplet_hard_loss`); tfa.losses.TripletHardLoss API."""
 
     loss_function = staticmethod(triplet_hard_loss)
 
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
-class TripletSemiHardLoss(keras.losses.Loss):
+class TripletSemiHardLoss(_TripletLoss):
     """Semi-hard triplet loss (see `triplet_semihard_loss`); tfa.losses.TripletSemiHardLoss API.
 
     Semi-hard mining has no soft-margin variant, hence no `soft` argument.
     """
 
-    def __init__(self, margin=1.0, distance_metric="L2", name=None, reduction="sum_over_batch_size", dtype=None):
-        super().__init__(name=name or type(self).__name__, reduction=reduction, dtype=dtype)
-        metric_named(distance_metric)
-        self.margin = margin
-        self.distance_metric = distance_metric
-
-    def call(self, y_true, y_pred):
-        return _loss_on_global_batch(
-            triplet_semihard_loss, y_true, y_pred, margin=self.margin, distance_metric=self.distance_metric
-        )
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "dtype": self.dtype,
-            "margin": self.margin,
-            "distance_metric": self.distance_metric,
-        }
+    loss_function = staticmethod(triplet_semihard_loss)
 
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
-class TripletBatchAllLoss(_TripletLoss):
+class TripletBatchAllLoss(_SoftMarginTripletLoss):
     """Batch-all triplet loss over active triplets (see `triplet_batch_all_loss`)."""
 
     loss_function = staticmethod(triplet_batch_all_loss)
 
 
 @keras.saving.register_keras_serializable(package="siamese_reid")
-class TripletMarginLoss(_TripletLoss):
+class TripletMarginLoss(_SoftMarginTripletLoss):
     """Hinge or soft-margin loss on explicit (anchor, positive, negative) embeddings."""
 
     loss_function = staticmethod(triplet_margin_loss)

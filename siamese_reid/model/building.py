@@ -52,7 +52,7 @@ def build_training_model(config, steps, strategy, num_identities=None):
     import keras
 
     from siamese_reid.model.training_model import compile_arguments
-    from siamese_reid.training import make_optimizer, make_schedule
+    from siamese_reid.optimizers import make_optimizer, make_schedule
 
     training = config.training
     schedule = make_schedule(

@@ -3,11 +3,10 @@
 import numpy as np
 
 from siamese_reid.data.readers import Sample
-from siamese_reid.reporting import plot_retrieval_examples
-from tests.conftest import write_image
+from siamese_reid.figures import plot_retrieval_examples
 
 
-def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_path):
+def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_path, write_image):
     samples = []
     for index, (pid, camid) in enumerate([(1, 1), (2, 1), (1, 2), (2, 2), (3, 2)]):
         write_image(tmp_path / f"{index}.png", seed=index)
@@ -20,15 +19,8 @@ def test_retrieval_examples_say_they_are_a_sample_and_what_the_colours_mean(tmp_
     assert "green" in caption and "same person" in caption and "red" in caption and "another person" in caption
 
 
-def test_the_ranked_distance_is_said_in_words():
-    from siamese_reid.reporting import distance_in_words
-
-    assert distance_in_words({"name": "euclidean"}) == "euclidean"
-    assert distance_in_words({"name": "k_reciprocal", "k1": 20, "k2": 6}) == "k_reciprocal (k1=20, k2=6)"
-
-
 def test_embedding_projection_gives_every_identity_its_own_colour_and_labels_its_axes():
-    from siamese_reid.reporting import plot_embedding_projection
+    from siamese_reid.figures import plot_embedding_projection
 
     pids = np.repeat(np.arange(1, 46), 2)  # 45 identities: more than any qualitative colour map
     points = np.random.default_rng(0).normal(size=(len(pids), 2))
@@ -40,3 +32,28 @@ def test_embedding_projection_gives_every_identity_its_own_colour_and_labels_its
     # the two images of one identity share their colour
     np.testing.assert_array_equal(colours[0], colours[1])
     assert axis.get_xlabel() and axis.get_ylabel() and "45 identities" in axis.get_title()
+
+
+def test_loss_figure_shows_each_loss_and_the_prefixed_collapse_indicators():
+    # The strong-baseline training model has outputs triplet / id / center: Keras logs
+    # triplet_loss, id_loss, center_loss and triplet_<metric> columns.
+    from siamese_reid.figures import plot_loss_curves
+
+    epochs = np.arange(3)
+    history = {
+        "epoch": epochs,
+        "loss": np.array([3.0, 2.0, 1.0]),
+        "triplet_loss": np.array([0.3, 0.2, 0.1]),
+        "id_loss": np.array([2.7, 1.8, 0.9]),
+        "triplet_mean_positive_distance": np.array([0.5, 0.4, 0.3]),
+        "triplet_active_triplet_fraction": np.array([0.9, 0.8, 0.7]),
+    }
+    loss_axis, stats_axis = plot_loss_curves(history).axes
+    assert [line.get_label() for line in loss_axis.get_lines()] == ["total", "triplet", "identity (cross-entropy)"]
+    assert [line.get_label() for line in stats_axis.get_lines()] == [
+        "mean positive distance",
+        "active triplet fraction",
+    ]
+    np.testing.assert_array_equal(stats_axis.get_lines()[0].get_ydata(), [0.5, 0.4, 0.3])
+    assert loss_axis.get_yscale() == "log"  # parts of very different sizes all visible
+    assert plot_loss_curves({"epoch": epochs, "loss": np.array([0.3, 0.2, 0.0])}).axes[0].get_yscale() == "linear"
