@@ -63,3 +63,9 @@ def main(argv=None):
         print("no threshold.json: search.py query needs --threshold (or import again with validation data)")
     print(f"next: python export.py --run {result.run_dir}   |   python search.py index --run {result.run_dir} ...")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
