@@ -5,7 +5,6 @@ on turned into one-line errors.
 
 import logging
 import sys
-import time
 from pathlib import Path
 
 from siamese_reid import files
@@ -37,7 +36,7 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
     from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
     from siamese_reid.model.training_model import fit_batches
-    from siamese_reid.run_cost import peak_memory_gib
+    from siamese_reid.run_cost import RunCostMeter
     from siamese_reid.training import MonitoredSplit, PeriodicEvaluation, monitored_history_split
 
     chief = is_chief(strategy)
@@ -76,27 +75,25 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
         )
         periodic = PeriodicEvaluation(tower, scored, size, config.evaluation, config.training.epochs)
     logger.info(f"training {config.training.epochs} epochs of {steps} batches ({config.training.sampler} sampler)")
-    started = time.time()
-    callbacks = _callbacks(tower, run_dir, periodic, resuming, split, config.training.epochs)
+    # the whole run's cost, earlier sessions included when it resumes
+    meter = RunCostMeter(Path(run_dir) / BACKUP, periodic)
+    callbacks = _callbacks(tower, run_dir, periodic, meter, resuming, split, config.training.epochs)
     _fit(model, dataset, steps, config.training.epochs, callbacks, run_dir)
-    elapsed = time.time() - started
-    scoring = periodic.seconds if periodic is not None else 0.0
-    cost = {
-        "training_seconds": round(elapsed, 1),
-        "periodic_evaluation_seconds": round(scoring, 1),
-        "peak_memory_gib": round(peak_memory_gib(), 2),
-    }
+    cost = meter.cost()
+    elapsed, scoring = cost["training_seconds"], cost["periodic_evaluation_seconds"]
+    sessions = f" ({meter.session_seconds():.0f} s in this session)" if meter.before else ""
     logger.info(
-        f"training took {elapsed:.0f} s, of which periodic evaluation {scoring:.0f} s "
+        f"training took {elapsed:.0f} s{sessions}, of which periodic evaluation {scoring:.0f} s "
         f"({100 * scoring / max(elapsed, 1e-9):.1f}%); peak memory {cost['peak_memory_gib']:.2f} GiB"
     )
     return periodic, cost
 
 
-def _callbacks(tower, run_dir, periodic, resuming, split, total_epochs):
+def _callbacks(tower, run_dir, periodic, meter, resuming, split, total_epochs):
     """The callbacks of `fit`; without periodic evaluation when `periodic` is None (a worker
-    other than the chief: every worker runs the others, which read the same variables). `split`
-    ("val" or "test") names the scores of periodic evaluation."""
+    other than the chief: every worker runs the others, which read the same variables). `meter`
+    is the run's `RunCostMeter`; `split` ("val" or "test") names the scores of periodic
+    evaluation."""
     import keras
 
     from siamese_reid.checkpoints import AtomicBackupAndRestore, EmbeddingCheckpoint
@@ -111,6 +108,7 @@ def _callbacks(tower, run_dir, periodic, resuming, split, total_epochs):
         *evaluation,
         RunClock(total_epochs),  # after scoring, whose time counts in what is left
         EmbeddingCheckpoint(tower, run_dir, monitor=f"{split}_mAP"),
+        meter,  # after scoring, before the backup: the cost so far is saved with the epoch
         AtomicBackupAndRestore(str(Path(run_dir) / BACKUP)),
         HistoryLogger(str(Path(run_dir) / HISTORY), append=resuming, extra_keys=evaluation_keys(split)),
         keras.callbacks.TensorBoard(str(Path(run_dir) / TENSORBOARD), write_graph=False),

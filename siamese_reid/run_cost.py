@@ -1,10 +1,14 @@
 """What a run costs while it trains: the time of each epoch, the time left, the peak memory."""
 
+import json
 import logging
 import resource
 import time
+from pathlib import Path
 
 import keras
+
+from siamese_reid.files import create_folder, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +54,48 @@ class RunClock(keras.callbacks.Callback):
             finish = time.strftime("%H:%M", time.localtime(time.time() + left))
             line += f"; about {format_duration(left)} left (done near {finish})"
         logger.info(line)
+
+
+COST_SO_FAR = "run_cost.json"  # in the run's backup folder: what the sessions before this one cost
+
+
+class RunCostMeter(keras.callbacks.Callback):
+    """What the whole run has cost, over all its sessions: training time (periodic scoring
+    included), the part spent in periodic scoring, and the peak memory of any session.
+
+    A run killed and resumed would otherwise report only its last session. The cost so far is
+    written to the backup folder after each epoch (place this callback before the backup, so the
+    folder holds it with the epoch it resumes from), and read back when the run resumes; the
+    time between sessions is not training.
+
+    Args:
+      backup_dir: the run's backup folder (`runs.BACKUP`).
+      periodic: the run's `PeriodicEvaluation`, whose `seconds` this session spent scoring, or
+        None when this process does not score.
+    """
+
+    def __init__(self, backup_dir, periodic=None):
+        super().__init__()
+        self.path = Path(backup_dir) / COST_SO_FAR
+        self.periodic = periodic
+        self.before = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.started = time.monotonic()
+
+    def on_train_begin(self, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        create_folder(self.path.parent, exist_ok=True)
+        write_json(self.path, self.cost())
+
+    def session_seconds(self):
+        return time.monotonic() - self.started
+
+    def cost(self):
+        """{training_seconds, periodic_evaluation_seconds, peak_memory_gib} of the run so far."""
+        scoring = self.periodic.seconds if self.periodic is not None else 0.0
+        return {
+            "training_seconds": round(self.before.get("training_seconds", 0.0) + self.session_seconds(), 1),
+            "periodic_evaluation_seconds": round(self.before.get("periodic_evaluation_seconds", 0.0) + scoring, 1),
+            "peak_memory_gib": round(max(self.before.get("peak_memory_gib", 0.0), peak_memory_gib()), 2),
+        }

@@ -66,7 +66,10 @@ def test_resume_after_kill_continues_with_the_right_epoch(tmp_path, tiny_demo, f
     assert f"resuming from the end of epoch {killed_at}" in result.stdout
     history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
     assert list(history["epoch"].astype(int)) == [1, 2, 3, 4]  # no epoch lost, none repeated
-    assert (run_dir / "metrics.json").is_file()
+    # the run's cost is both sessions', not only the resumed one's
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["training_seconds"] >= 0.95 * history["elapsed_seconds"][-1]
+    assert "s in this session), of which periodic evaluation" in result.stdout
     again = resume(run_dir)
     assert again.returncode == 2 and "already finished" in again.stderr
 

@@ -19,3 +19,33 @@ def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, caplo
     assert lines[0].startswith("epoch 1/12 took 60 s; about 11 min left")  # 11 epochs x 60 s
     assert lines[1].startswith("epoch 2/12 took 2 min; about 17 min left")  # 10 epochs x 100 s
     assert run_cost.format_duration(3900) == "1 h 05 min"
+
+
+def test_a_resumed_run_costs_its_sessions_together_not_only_its_last(tmp_path, monkeypatch):
+    # killed after 2 epochs (300 s, 40 s of them scoring), resumed hours later for 1 epoch of
+    # 100 s (10 s scoring): the run cost 400 s, 50 s of them scoring; the pause is not training
+    from types import SimpleNamespace
+
+    from siamese_reid import run_cost
+
+    clock = iter([1000.0, 1000.0, 1150.0, 1300.0, 9000.0, 9000.0, 9100.0, 9100.0, 9100.0])
+    monkeypatch.setattr(run_cost.time, "monotonic", lambda: next(clock))
+    memory = iter([1.5, 1.5, 0.75, 0.75, 0.75])
+    monkeypatch.setattr(run_cost, "peak_memory_gib", lambda: next(memory))
+    backup = tmp_path / "backup"
+
+    scoring = SimpleNamespace(seconds=0.0)
+    first = run_cost.RunCostMeter(backup, scoring)
+    first.on_train_begin()
+    scoring.seconds = 20.0
+    first.on_epoch_end(0)
+    scoring.seconds = 40.0
+    first.on_epoch_end(1)  # then kill -9: nothing more of this session is written
+
+    scoring = SimpleNamespace(seconds=0.0)
+    second = run_cost.RunCostMeter(backup, scoring)
+    second.on_train_begin()
+    scoring.seconds = 10.0
+    second.on_epoch_end(2)
+    assert second.cost() == {"training_seconds": 400.0, "periodic_evaluation_seconds": 50.0, "peak_memory_gib": 1.5}
+    assert second.session_seconds() == 100.0
