@@ -77,6 +77,7 @@ def resume(run_dir, overrides=()):
     """
     from siamese_reid.distribution import is_chief, start_distribution
     from siamese_reid.model.embedding import load_embedding_model
+    from siamese_reid.run_cost import cost_so_far
 
     run_dir = runs.require_run_dir(run_dir, refusal="cannot resume: ")
     config = runs.load_run_config(run_dir, overrides)
@@ -92,7 +93,8 @@ def resume(run_dir, overrides=()):
         return None  # the chief writes the report; there is nothing left to train
     logger.info("training had finished; evaluating the saved model and writing the report")
     config, data = prepare_data(config, run_dir)
-    return final_report(load_embedding_model(run_dir / runs.LAST_MODEL), data, config, run_dir, {})
+    cost = cost_so_far(run_dir)  # the training sessions', kept in the run folder
+    return final_report(load_embedding_model(run_dir / runs.LAST_MODEL), data, config, run_dir, cost)
 
 
 def evaluate(model, config, checkpoint="last", output_dir=None):

@@ -12,7 +12,7 @@ from siamese_reid.data.preparation import report_sampling
 from siamese_reid.errors import ReIDError
 from siamese_reid.model.building import build_training_model, image_size
 from siamese_reid.resuming import start_epoch
-from siamese_reid.runs import BACKUP, HISTORY, LAST_MODEL, RUN_INFO, TENSORBOARD
+from siamese_reid.runs import BACKUP, HISTORY, LAST_MODEL, RUN_COST, RUN_INFO, TENSORBOARD
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
     from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
     from siamese_reid.model.training_model import fit_batches
-    from siamese_reid.run_cost import RunCostMeter
+    from siamese_reid.run_cost import RunCostMeter, cost_so_far
     from siamese_reid.training import MonitoredSplit, PeriodicEvaluation, monitored_history_split
 
     chief = is_chief(strategy)
@@ -76,12 +76,12 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
         periodic = PeriodicEvaluation(tower, scored, size, config.evaluation, config.training.epochs)
     logger.info(f"training {config.training.epochs} epochs of {steps} batches ({config.training.sampler} sampler)")
     # the whole run's cost, earlier sessions included when it resumes
-    meter = RunCostMeter(Path(run_dir) / BACKUP, periodic)
+    meter = RunCostMeter(Path(run_dir) / RUN_COST, periodic, cost_so_far(run_dir) if resuming else {})
     callbacks = _callbacks(tower, run_dir, periodic, meter, resuming, split, config.training.epochs)
     _fit(model, dataset, steps, config.training.epochs, callbacks, run_dir)
-    cost = meter.cost()
+    cost = meter.save()
     elapsed, scoring = cost["training_seconds"], cost["periodic_evaluation_seconds"]
-    sessions = f" ({meter.session_seconds():.0f} s in this session)" if meter.before else ""
+    sessions = f" ({meter.session_seconds():.0f} s in this session)" if resuming else ""
     logger.info(
         f"training took {elapsed:.0f} s{sessions}, of which periodic evaluation {scoring:.0f} s "
         f"({100 * scoring / max(elapsed, 1e-9):.1f}%); peak memory {cost['peak_memory_gib']:.2f} GiB"
@@ -108,7 +108,7 @@ def _callbacks(tower, run_dir, periodic, meter, resuming, split, total_epochs):
         *evaluation,
         RunClock(total_epochs),  # after scoring, whose time counts in what is left
         EmbeddingCheckpoint(tower, run_dir, monitor=f"{split}_mAP"),
-        meter,  # after scoring, before the backup: the cost so far is saved with the epoch
+        meter,  # after scoring, whose time it counts
         AtomicBackupAndRestore(str(Path(run_dir) / BACKUP)),
         HistoryLogger(str(Path(run_dir) / HISTORY), append=resuming, extra_keys=evaluation_keys(split)),
         keras.callbacks.TensorBoard(str(Path(run_dir) / TENSORBOARD), write_graph=False),

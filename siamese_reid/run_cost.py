@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
-from siamese_reid.files import create_folder, write_json
+from siamese_reid.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -56,37 +57,43 @@ class RunClock(keras.callbacks.Callback):
         logger.info(line)
 
 
-COST_SO_FAR = "run_cost.json"  # in the run's backup folder: what the sessions before this one cost
-
-
 class RunCostMeter(keras.callbacks.Callback):
     """What the whole run has cost, over all its sessions: training time (periodic scoring
-    included), the part spent in periodic scoring, and the peak memory of any session.
+    included), the part of it spent in periodic scoring, and the peak memory of the process that
+    trains and scores (the chief's, with several workers).
 
     A run killed and resumed would otherwise report only its last session. The cost so far is
-    written to the backup folder after each epoch (place this callback before the backup, so the
-    folder holds it with the epoch it resumes from), and read back when the run resumes; the
-    time between sessions is not training.
+    written to `path` (the run folder's `runs.RUN_COST`) after each epoch and given back as
+    `before` when the run resumes (`cost_so_far`). It is time spent: an epoch that a kill
+    interrupted, or finished without its backup, and that the resumed run trains again, counts
+    twice. The time between sessions is not counted.
 
     Args:
-      backup_dir: the run's backup folder (`runs.BACKUP`).
+      path: the JSON file the cost so far is written to.
       periodic: the run's `PeriodicEvaluation`, whose `seconds` this session spent scoring, or
         None when this process does not score.
+      before: what earlier sessions cost (`cost_so_far`), {} for a new run.
     """
 
-    def __init__(self, backup_dir, periodic=None):
+    def __init__(self, path, periodic=None, before=None):
         super().__init__()
-        self.path = Path(backup_dir) / COST_SO_FAR
+        self.path = Path(path)
         self.periodic = periodic
-        self.before = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.before = dict(before or {})
         self.started = time.monotonic()
 
     def on_train_begin(self, logs=None):
         self.started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        create_folder(self.path.parent, exist_ok=True)
-        write_json(self.path, self.cost())
+        self.save()
+
+    def save(self):
+        """Writes the cost so far, and returns it; fit_run saves once more after fit, whose end
+        (the backup's removal, the last checkpoints) is training time too."""
+        cost = self.cost()
+        write_json(self.path, cost)
+        return cost
 
     def session_seconds(self):
         return time.monotonic() - self.started
@@ -99,3 +106,24 @@ class RunCostMeter(keras.callbacks.Callback):
             "periodic_evaluation_seconds": round(self.before.get("periodic_evaluation_seconds", 0.0) + scoring, 1),
             "peak_memory_gib": round(max(self.before.get("peak_memory_gib", 0.0), peak_memory_gib()), 2),
         }
+
+
+def cost_so_far(run_dir):
+    """What the sessions of the run in `run_dir` have cost so far, as `RunCostMeter` wrote it.
+
+    A run folder written before the cost was kept has only history.csv's training time: that
+    is taken, with a warning that scoring time and peak memory will be the new session's only.
+    """
+    from siamese_reid.runs import HISTORY, HISTORY_ELAPSED, RUN_COST, read_history
+
+    path = Path(run_dir) / RUN_COST
+    if path.is_file():
+        return json.loads(path.read_text())
+    elapsed = read_history(Path(run_dir) / HISTORY).get(HISTORY_ELAPSED)
+    if elapsed is None or not len(elapsed) or not np.isfinite(elapsed[-1]):
+        return {}
+    logger.warning(
+        f"{RUN_COST} is missing from {run_dir} (a run of an older version): its training time is "
+        "taken from history.csv; periodic_evaluation_seconds and peak_memory_gib will cover this session only"
+    )
+    return {"training_seconds": float(elapsed[-1])}

@@ -106,6 +106,9 @@ def test_a_run_killed_before_its_report_is_finished_from_the_saved_model(
     assert (run_dir / "history.csv").read_text() == history_before  # no duplicate rows
     finished = json.loads((run_dir / "metrics.json").read_text())
     assert finished["mAP"] == pytest.approx(metrics["mAP"], abs=1e-6)
+    # what training cost is the training's, kept in the run folder, not the report's
+    for key in ("training_seconds", "periodic_evaluation_seconds", "peak_memory_gib"):
+        assert finished[key] == metrics[key]
     assert (run_dir / "cmc.png").is_file() and (run_dir / "threshold.json").is_file()
 
 

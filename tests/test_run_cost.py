@@ -21,6 +21,7 @@ def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, caplo
     assert run_cost.format_duration(3900) == "1 h 05 min"
 
 
+
 def test_a_resumed_run_costs_its_sessions_together_not_only_its_last(tmp_path, monkeypatch):
     # killed after 2 epochs (300 s, 40 s of them scoring), resumed hours later for 1 epoch of
     # 100 s (10 s scoring): the run cost 400 s, 50 s of them scoring; the pause is not training
@@ -28,24 +29,39 @@ def test_a_resumed_run_costs_its_sessions_together_not_only_its_last(tmp_path, m
 
     from siamese_reid import run_cost
 
-    clock = iter([1000.0, 1000.0, 1150.0, 1300.0, 9000.0, 9000.0, 9100.0, 9100.0, 9100.0])
-    monkeypatch.setattr(run_cost.time, "monotonic", lambda: next(clock))
-    memory = iter([1.5, 1.5, 0.75, 0.75, 0.75])
-    monkeypatch.setattr(run_cost, "peak_memory_gib", lambda: next(memory))
-    backup = tmp_path / "backup"
+    now = [1000.0]
+    monkeypatch.setattr(run_cost.time, "monotonic", lambda: now[0])
+    memory = [1.5]
+    monkeypatch.setattr(run_cost, "peak_memory_gib", lambda: memory[0])
 
     scoring = SimpleNamespace(seconds=0.0)
-    first = run_cost.RunCostMeter(backup, scoring)
+    first = run_cost.RunCostMeter(tmp_path / "run_cost.json", scoring)
     first.on_train_begin()
-    scoring.seconds = 20.0
+    now[0], scoring.seconds = 1150.0, 20.0
     first.on_epoch_end(0)
-    scoring.seconds = 40.0
+    now[0], scoring.seconds = 1300.0, 40.0
     first.on_epoch_end(1)  # then kill -9: nothing more of this session is written
 
+    now[0], memory[0] = 9000.0, 0.75  # hours later, in a new process
     scoring = SimpleNamespace(seconds=0.0)
-    second = run_cost.RunCostMeter(backup, scoring)
+    second = run_cost.RunCostMeter(tmp_path / "run_cost.json", scoring, run_cost.cost_so_far(tmp_path))
     second.on_train_begin()
-    scoring.seconds = 10.0
+    now[0], scoring.seconds = 9100.0, 10.0
     second.on_epoch_end(2)
-    assert second.cost() == {"training_seconds": 400.0, "periodic_evaluation_seconds": 50.0, "peak_memory_gib": 1.5}
+    expected = {"training_seconds": 400.0, "periodic_evaluation_seconds": 50.0, "peak_memory_gib": 1.5}
+    assert second.cost() == expected
+    assert run_cost.cost_so_far(tmp_path) == expected
     assert second.session_seconds() == 100.0
+
+
+def test_a_run_folder_without_its_cost_takes_the_training_time_from_its_history(tmp_path, caplog):
+    # a run folder of an older version: history.csv's last elapsed_seconds is its training time
+    import logging
+
+    from siamese_reid import run_cost
+
+    assert run_cost.cost_so_far(tmp_path) == {}  # a new run
+    (tmp_path / "history.csv").write_text("epoch,elapsed_seconds,loss\n1,70.5,0.9\n2,141.0,0.8\n")
+    with caplog.at_level(logging.WARNING, logger="siamese_reid"):
+        assert run_cost.cost_so_far(tmp_path) == {"training_seconds": 141.0}
+    assert "cover this session only" in caplog.text
