@@ -21,7 +21,6 @@ def test_run_clock_projects_the_time_left_from_the_mean_epoch(monkeypatch, caplo
     assert run_cost.format_duration(3900) == "1 h 05 min"
 
 
-
 def test_a_resumed_run_costs_its_sessions_together_not_only_its_last(tmp_path, monkeypatch):
     # killed after 2 epochs (300 s, 40 s of them scoring), resumed hours later for 1 epoch of
     # 100 s (10 s scoring): the run cost 400 s, 50 s of them scoring; the pause is not training
