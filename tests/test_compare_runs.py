@@ -1,18 +1,37 @@
 """experiments/compare_runs.py: the query-by-query difference docs/results.md quotes."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from siamese_reid.errors import ReIDError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = PROJECT_ROOT / "experiments" / "compare_runs.py"
 
 
-def write_run(folder, average_precisions):
+def load_script():
+    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare_runs = load_script()
+
+
+def write_run(folder, average_precisions, query_dir="query", validation_fraction=0.0):
+    """A folder as a run or evaluation leaves it, as far as the script reads it."""
     folder.mkdir()
     np.save(folder / "query_average_precisions.npy", np.array(average_precisions, dtype=np.float64))
+    (folder / "config.yaml").write_text(
+        f"data:\n  query_dir: {query_dir}\n  gallery_dir: gallery\n  train_dir: train\n"
+        f"  validation_fraction: {validation_fraction}\n"
+    )
     return folder
 
 
@@ -21,15 +40,35 @@ def compare(*arguments):
 
 
 def test_the_difference_is_taken_query_by_query_over_queries_both_runs_scored(tmp_path):
-    # Query 3 has no match (NaN) in either run and counts in neither mean nor difference.
-    baseline = write_run(tmp_path / "baseline", [0.5, 1.0, 0.25, np.nan])
-    candidate = write_run(tmp_path / "candidate", [1.0, 1.0, 0.5, np.nan])
+    # Query 4 has no match (NaN) in either run, query 5 is scored by one run only: neither counts.
+    baseline = write_run(tmp_path / "baseline", [0.5, 1.0, 0.25, np.nan, 0.75])
+    candidate = write_run(tmp_path / "candidate", [1.0, 1.0, 0.5, np.nan, np.nan])
     result = compare("--split", "test", baseline, candidate)
     assert result.returncode == 0, result.stderr
-    # by hand: differences 50, 0, 25 points; mean 25; sample standard deviation 25; / sqrt(3)
-    assert "test mAP 58.3%" in result.stdout  # (0.5 + 1 + 0.25) / 3
-    assert "test mAP 83.3%" in result.stdout
+    # by hand: differences 50, 0, 25 points; mean 25; sample standard deviation 25; / sqrt(3).
+    # A difference of the two means would give 12.5 (the baseline's mean counts query 5) and an
+    # unpaired error sqrt(var_a / n_a + var_b / n_b), not 14.4.
     assert "+25.0 ± 14.4 points query by query (3 queries)" in result.stdout
+    assert "test mAP 62.5%" in result.stdout  # each run's own mAP: (0.5 + 1 + 0.25 + 0.75) / 4
+    assert "test mAP 83.3%" in result.stdout
+
+
+def test_paired_difference_matches_the_definition():
+    rng = np.random.default_rng(0)
+    baseline = rng.uniform(size=200)
+    candidate = np.clip(baseline + rng.normal(0.02, 0.05, size=200), 0, 1)
+    mean, error, count = compare_runs.paired_difference(baseline, candidate)
+    differences = [100 * (c - b) for b, c in zip(baseline, candidate, strict=True)]
+    expected_mean = sum(differences) / 200
+    expected_variance = sum((d - expected_mean) ** 2 for d in differences) / 199
+    assert count == 200
+    assert mean == pytest.approx(expected_mean)
+    assert error == pytest.approx((expected_variance / 200) ** 0.5)
+
+
+def test_fewer_than_two_shared_queries_are_refused():
+    with pytest.raises(ReIDError, match="share 1 scored queries"):
+        compare_runs.paired_difference(np.array([0.5, np.nan]), np.array([1.0, 0.5]))
 
 
 def test_runs_scored_on_different_queries_are_refused_in_one_line(tmp_path):
@@ -40,9 +79,34 @@ def test_runs_scored_on_different_queries_are_refused_in_one_line(tmp_path):
     assert result.stderr.strip() == "error: the runs were scored on different queries (2 and 3)"
 
 
-def test_a_run_that_never_scored_the_test_split_is_named(tmp_path):
+def test_runs_of_other_query_folders_are_not_paired_even_with_as_many_queries(tmp_path):
+    baseline = write_run(tmp_path / "baseline", [0.5, 1.0], query_dir="market/query")
+    candidate = write_run(tmp_path / "candidate", [0.5, 1.0], query_dir="duke/query")
+    result = compare("--split", "test", baseline, candidate)
+    assert result.returncode != 0
+    assert "scored other test queries" in result.stderr and "data.query_dir is 'duke/query'" in result.stderr
+
+
+def test_validation_runs_must_hold_out_the_same_identities():
+    from siamese_reid.config import load_config
+
+    configs = [load_config(None, [f"data.validation_fraction={fraction}"]) for fraction in (0.1332, 0.2)]
+    with pytest.raises(ReIDError, match="data.validation_fraction is 0.2, not 0.1332"):
+        compare_runs.check_same_queries([Path("a"), Path("b")], configs, "validation")
+
+
+def test_a_folder_that_never_scored_the_test_split_is_named(tmp_path):
     baseline = write_run(tmp_path / "baseline", [0.5, 1.0])
-    (tmp_path / "unscored").mkdir()
-    result = compare("--split", "test", baseline, tmp_path / "unscored")
+    unscored = write_run(tmp_path / "unscored", [0.5, 1.0])
+    (unscored / "query_average_precisions.npy").unlink()  # written by write_run above, in tmp_path
+    result = compare("--split", "test", baseline, unscored)
     assert result.returncode != 0
     assert "unscored/query_average_precisions.npy is missing" in result.stderr
+
+
+def test_overrides_are_refused_where_saved_scores_are_read(tmp_path):
+    baseline = write_run(tmp_path / "baseline", [0.5, 1.0])
+    candidate = write_run(tmp_path / "candidate", [0.5, 1.0])
+    result = compare("--split", "test", baseline, candidate, "--candidate-set", "evaluation.rerank=true")
+    assert result.returncode == 2
+    assert "--split test reads saved scores" in result.stderr
