@@ -81,7 +81,7 @@ def validation_average_precisions(run_dir, config):
     return evaluation.ranking.query_average_precisions
 
 
-def test_average_precisions(folder):
+def saved_test_average_precisions(folder):
     from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
 
     path = folder / QUERY_AVERAGE_PRECISIONS
@@ -126,7 +126,7 @@ def main():
         scores = [
             validation_average_precisions(run, config)
             if arguments.split == "validation"
-            else test_average_precisions(run)
+            else saved_test_average_precisions(run)
             for run, config in zip(arguments.runs, configs, strict=True)
         ]
         baseline = scores[0]
