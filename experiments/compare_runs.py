@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,13 +38,12 @@ SAME_QUERIES = {
 }
 
 
-def read_config(folder, overrides=()):
-    from siamese_reid.config import load_config
-    from siamese_reid.runs import CONFIG
-
-    if not (folder / CONFIG).is_file():
-        raise ReIDError(f"{folder} holds no {CONFIG}: it is not a run or evaluation folder")
-    return load_config(folder / CONFIG, overrides)
+class Comparison(NamedTuple):
+    run: Path
+    mAP: float  # in points, over the queries this run scored
+    difference: float | None  # against the baseline, query by query, in mAP points; None for it
+    standard_error: float | None
+    queries: int | None
 
 
 def check_same_queries(folders, configs, split):
@@ -60,25 +60,32 @@ def check_same_queries(folders, configs, split):
                 )
 
 
-def validation_average_precisions(run_dir, config):
-    """Each validation query's AP (NaN for a query without a match) for the run's last.keras."""
+def validation_average_precisions(runs, configs):
+    """Each validation query's AP (NaN for a query without a match), for each run's last.keras
+    scored with its config's evaluation settings. The runs hold out the same identities
+    (`check_same_queries`), so the data is read and scanned once, not once per run."""
     from siamese_reid.data.preparation import prepare_data
     from siamese_reid.evaluation.evaluator import evaluate_model
     from siamese_reid.model.building import image_size
     from siamese_reid.model.embedding import load_embedding_model
-    from siamese_reid.runs import LAST_MODEL
+    from siamese_reid.runs import run_model_path
 
-    if config.data.validation_fraction <= 0:
-        raise ReIDError(f"{run_dir} was trained without a validation split (data.validation_fraction is 0)")
-    tower = load_embedding_model(run_dir / LAST_MODEL)
+    if configs[0].data.validation_fraction <= 0:
+        raise ReIDError(f"{runs[0]} was trained without a validation split (data.validation_fraction is 0)")
     # prepare_data writes a summary and converts unusual images into its folder: a scratch one,
-    # kept until scoring has read them, so the run folder stays as it is.
+    # kept until scoring has read them, so the run folders stay as they are.
     with tempfile.TemporaryDirectory() as scratch:
-        config, data = prepare_data(config, scratch)
-        evaluation = evaluate_model(
-            tower, data.validation_query, data.validation_gallery, image_size(config), config.evaluation
-        )
-    return evaluation.ranking.query_average_precisions
+        _, data = prepare_data(configs[0], scratch)
+        return [
+            evaluate_model(
+                load_embedding_model(run_model_path(run)),
+                data.validation_query,
+                data.validation_gallery,
+                image_size(config),
+                config.evaluation,
+            ).ranking.query_average_precisions
+            for run, config in zip(runs, configs, strict=True)
+        ]
 
 
 def saved_test_average_precisions(folder):
@@ -105,6 +112,30 @@ def paired_difference(baseline, candidate):
     return differences.mean(), differences.std(ddof=1) / np.sqrt(len(differences)), len(differences)
 
 
+def compare_runs(runs, split="validation", overrides=(), candidate_overrides=()):
+    """The baseline (runs[0]) and each candidate: a `Comparison` per run, in order.
+
+    `overrides` apply to every run's config before it is scored, `candidate_overrides` to the
+    candidates only; both only with split "validation" (the test split's scores are saved ones).
+    """
+    from siamese_reid.runs import load_run_config
+
+    runs = [Path(run) for run in runs]
+    if split == "test" and (overrides or candidate_overrides):
+        raise ReIDError("overrides change how validation is scored; the test split's scores are read as saved")
+    configs = [load_run_config(runs[0], overrides)]
+    configs += [load_run_config(run, [*overrides, *candidate_overrides]) for run in runs[1:]]
+    check_same_queries(runs, configs, split)
+    if split == "validation":
+        scores = validation_average_precisions(runs, configs)
+    else:
+        scores = [saved_test_average_precisions(run) for run in runs]
+    comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None)]
+    for run, candidate in zip(runs[1:], scores[1:], strict=True):
+        comparisons.append(Comparison(run, 100 * np.nanmean(candidate), *paired_difference(scores[0], candidate)))
+    return comparisons
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="the baseline run, then the candidates")
@@ -118,29 +149,20 @@ def main():
         parser.error("--set and --candidate-set change how validation is scored; --split test reads saved scores")
 
     try:
-        overrides = [arguments.overrides] + [arguments.overrides + arguments.candidate_overrides] * (
-            len(arguments.runs) - 1
-        )
-        configs = [read_config(run, own) for run, own in zip(arguments.runs, overrides, strict=True)]
-        check_same_queries(arguments.runs, configs, arguments.split)
-        scores = [
-            validation_average_precisions(run, config)
-            if arguments.split == "validation"
-            else saved_test_average_precisions(run)
-            for run, config in zip(arguments.runs, configs, strict=True)
-        ]
-        baseline = scores[0]
-        shown = f" ({' '.join(arguments.overrides)})" if arguments.overrides else ""
-        print(f"{arguments.runs[0]}{shown}: {arguments.split} mAP {100 * np.nanmean(baseline):.1f}%")
-        shown = " ".join(arguments.overrides + arguments.candidate_overrides)
-        for run, candidate in zip(arguments.runs[1:], scores[1:], strict=True):
-            mean, error, count = paired_difference(baseline, candidate)
-            print(
-                f"{run}{f' ({shown})' if shown else ''}: {arguments.split} mAP {100 * np.nanmean(candidate):.1f}%, "
-                f"{mean:+.1f} ± {error:.1f} points query by query ({count} queries)"
-            )
+        comparisons = compare_runs(arguments.runs, arguments.split, arguments.overrides, arguments.candidate_overrides)
     except ReIDError as error:
         sys.exit(f"error: {error}")
+    baseline_settings = " ".join(arguments.overrides)
+    candidate_settings = " ".join(arguments.overrides + arguments.candidate_overrides)
+    for comparison in comparisons:
+        settings = baseline_settings if comparison.difference is None else candidate_settings
+        line = f"{comparison.run}{f' ({settings})' if settings else ''}: {arguments.split} mAP {comparison.mAP:.1f}%"
+        if comparison.difference is not None:
+            line += (
+                f", {comparison.difference:+.1f} ± {comparison.standard_error:.1f} points query by query "
+                f"({comparison.queries} queries)"
+            )
+        print(line)
 
 
 if __name__ == "__main__":

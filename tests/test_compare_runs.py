@@ -24,10 +24,12 @@ def load_script():
 compare_runs = load_script()
 
 
-def write_run(folder, average_precisions, query_dir="query", validation_fraction=0.0):
-    """A folder as a run or evaluation leaves it, as far as the script reads it."""
+def write_run(folder, average_precisions=None, query_dir="query", validation_fraction=0.0):
+    """A folder as a run or evaluation leaves it, as far as the script reads it; without
+    `average_precisions`, one that never scored the test split."""
     folder.mkdir()
-    np.save(folder / "query_average_precisions.npy", np.array(average_precisions, dtype=np.float64))
+    if average_precisions is not None:
+        np.save(folder / "query_average_precisions.npy", np.array(average_precisions, dtype=np.float64))
     (folder / "config.yaml").write_text(
         f"data:\n  query_dir: {query_dir}\n  gallery_dir: gallery\n  train_dir: train\n"
         f"  validation_fraction: {validation_fraction}\n"
@@ -97,8 +99,7 @@ def test_validation_runs_must_hold_out_the_same_identities():
 
 def test_a_folder_that_never_scored_the_test_split_is_named(tmp_path):
     baseline = write_run(tmp_path / "baseline", [0.5, 1.0])
-    unscored = write_run(tmp_path / "unscored", [0.5, 1.0])
-    (unscored / "query_average_precisions.npy").unlink()  # written by write_run above, in tmp_path
+    unscored = write_run(tmp_path / "unscored")
     result = compare("--split", "test", baseline, unscored)
     assert result.returncode != 0
     assert "unscored/query_average_precisions.npy is missing" in result.stderr
@@ -110,3 +111,21 @@ def test_overrides_are_refused_where_saved_scores_are_read(tmp_path):
     result = compare("--split", "test", baseline, candidate, "--candidate-set", "evaluation.rerank=true")
     assert result.returncode == 2
     assert "--split test reads saved scores" in result.stderr
+
+
+def test_validation_is_scored_again_as_training_scored_it(tmp_path, tiny_demo, run_train, fast_settings):
+    # A run against itself differs by nothing, and its validation mAP scored again from last.keras
+    # is the one training recorded in metrics.json (the final report's, from the same weights).
+    settings = [
+        *fast_settings,
+        f"data.root={tiny_demo}",
+        "training.epochs=1",
+        "training.identities_per_batch=4",
+        "training.images_per_identity=2",
+        "data.validation_fraction=0.3",
+    ]
+    metrics, run_dir = run_train(tmp_path, settings)
+    baseline, itself = compare_runs.compare_runs([run_dir, run_dir])
+    assert baseline.mAP == pytest.approx(100 * metrics["validation"]["mAP"], abs=1e-3)
+    assert itself.difference == 0.0 and itself.standard_error == 0.0
+    assert itself.queries == metrics["validation"]["num_valid_queries"]
