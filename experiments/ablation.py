@@ -4,8 +4,8 @@ Trains each named recipe variant (today's recipe, today's plus one trick, all tr
 library workflow train.py runs (`siamese_reid.experiment`) on one dataset, and records each
 variant's rank-1 / mAP on the VALIDATION split, identities held out of training
 (`data.validation_fraction`), which is what a recipe is chosen on, and its wall time. The
-test-split numbers are recorded only with --report-test (each run folder's metrics.json holds
-them, as every run scores the test split once at its end).
+test split is scored only with --report-test: without it the runs are trained with
+`evaluation.score_test: false`, so they report on validation and never see a test score.
 
     python experiments/ablation.py --data-root ../shared/data/market1501-sample
     python experiments/ablation.py --data-root DATA --variants today,+id_loss --epochs 20
@@ -129,6 +129,8 @@ def base_overrides(arguments):
     if arguments.data_root:
         overrides.append(f"data.root={arguments.data_root}")
     overrides.append(f"data.validation_fraction={arguments.validation_fraction}")
+    # without --report-test the runs never score test: a recipe chosen on them cannot have seen it
+    overrides.append(f"evaluation.score_test={'true' if arguments.report_test else 'false'}")
     if arguments.epochs is not None:
         overrides.append(f"training.epochs={arguments.epochs}")
     return overrides

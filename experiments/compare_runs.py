@@ -88,9 +88,13 @@ def validation_average_precisions(runs, configs):
         ]
 
 
-def saved_test_average_precisions(folder):
+def saved_test_average_precisions(folder, config):
     from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
 
+    if not config.evaluation.score_test:
+        raise ReIDError(
+            f"{folder} never scored the test split (evaluation.score_test: false): its saved scores are validation's"
+        )
     path = folder / QUERY_AVERAGE_PRECISIONS
     if not path.is_file():
         raise ReIDError(f"{path} is missing: the folder has not scored the test split")
@@ -129,7 +133,7 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
     if split == "validation":
         scores = validation_average_precisions(runs, configs)
     else:
-        scores = [saved_test_average_precisions(run) for run in runs]
+        scores = [saved_test_average_precisions(run, config) for run, config in zip(runs, configs, strict=True)]
     comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None)]
     for run, candidate in zip(runs[1:], scores[1:], strict=True):
         comparisons.append(Comparison(run, 100 * np.nanmean(candidate), *paired_difference(scores[0], candidate)))

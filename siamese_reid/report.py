@@ -36,12 +36,25 @@ def final_report(tower, data, config, run_dir, extra, last_periodic=None):
         fit_search_threshold(
             validation, data.validation_query, data.validation_gallery, settings, "validation", run_dir
         )
+        if not settings.score_test:
+            # A tuning run: it reports on validation, so nothing chosen on it has seen test.
+            logger.info(f"{REPORT_PROGRESS} (validation split; evaluation.score_test is false)")
+            return reporting.write_report(
+                validation,
+                data.validation_query,
+                data.validation_gallery,
+                settings,
+                run_dir,
+                extra | {"split": "validation"},
+                data.identity_names,
+            )
         logger.info("scoring the last epoch's model on query / gallery (test)")
         final = evaluate_model(tower, data.query, data.gallery, size, settings)
     else:
         final = last_periodic or evaluate_model(tower, data.query, data.gallery, size, settings)
         fit_search_threshold(final, data.query, data.gallery, settings, "query/gallery", run_dir)
     logger.info(REPORT_PROGRESS)
+    extra = extra | {"split": "test"}
     return reporting.write_report(final, data.query, data.gallery, settings, run_dir, extra, data.identity_names)
 
 

@@ -137,7 +137,8 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None, i
     save_embeddings(output_dir / GALLERY_EMBEDDINGS, evaluation.gallery_features, gallery)
     average_precisions = evaluation.ranking.query_average_precisions
     files.write_atomically(output_dir / QUERY_AVERAGE_PRECISIONS, lambda path: _save_array(path, average_precisions))
-    logger.info(metrics_table(metrics))
+    title = f"Evaluation on the {metrics['split']} split" if "split" in metrics else "Evaluation"
+    logger.info(metrics_table(metrics, title))
     return metrics
 
 

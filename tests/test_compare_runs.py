@@ -129,3 +129,42 @@ def test_validation_is_scored_again_as_training_scored_it(tmp_path, tiny_demo, r
     assert baseline.mAP == pytest.approx(100 * metrics["validation"]["mAP"], abs=1e-3)
     assert itself.difference == 0.0 and itself.standard_error == 0.0
     assert itself.queries == metrics["validation"]["num_valid_queries"]
+
+
+def test_a_tuning_run_reports_on_validation_and_never_scores_test(
+    tmp_path, tiny_demo, run_train, fast_settings, monkeypatch
+):
+    # evaluation.score_test false (what ablation.py sets): the run's report, per-query APs
+    # included, is the validation split's, no evaluation ever embeds a test query, and the
+    # script refuses to read the folder as test scores.
+    from siamese_reid.evaluation import evaluator
+
+    scored_queries = []
+    evaluate_model = evaluator.evaluate_model
+
+    def recording(tower, query, *arguments, **options):
+        scored_queries.extend(sample.path for sample in query)
+        return evaluate_model(tower, query, *arguments, **options)
+
+    monkeypatch.setattr(evaluator, "evaluate_model", recording)
+    settings = [
+        *fast_settings,
+        f"data.root={tiny_demo}",
+        "training.epochs=2",
+        "training.identities_per_batch=4",
+        "training.images_per_identity=2",
+        "data.validation_fraction=0.3",
+        "evaluation.every_n_epochs=1",
+        "evaluation.score_test=false",
+    ]
+    metrics, run_dir = run_train(tmp_path, settings)
+    test_queries = {str(path) for path in (tiny_demo / "query").iterdir()}
+    assert scored_queries and not test_queries & set(scored_queries)
+    assert metrics["split"] == "validation"
+    assert metrics["mAP"] == metrics["validation"]["mAP"]
+    saved = np.load(run_dir / "query_average_precisions.npy")
+    assert len(saved) == metrics["validation"]["num_valid_queries"] + metrics["validation"]["num_skipped_queries"]
+    result = compare("--split", "test", run_dir, run_dir)
+    assert result.returncode != 0
+    assert "never scored the test split (evaluation.score_test: false)" in result.stderr
+    assert result.stderr.count("\n") == 1

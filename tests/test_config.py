@@ -216,6 +216,7 @@ def test_learning_rate_milestones_are_a_list_of_epochs(tmp_path):
         (["augment.erasing_fill=zero"], "must be one of ['random', 'mean']"),
         (["loss.triplet_feature=pre_bn"], "did you mean 'pre_bnneck'?"),
         (["training.precision=bf16"], "must be one of ['float32', 'mixed_float16', 'mixed_bfloat16', 'auto']"),
+        (["evaluation.score_test=false"], "'evaluation.score_test' false needs a validation split"),
     ],
 )
 def test_strong_baseline_switches_that_cannot_work_are_named(overrides, message):

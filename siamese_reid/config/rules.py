@@ -12,6 +12,11 @@ def check_consistency(config):
             "config key 'model.embedding_dim' must be 0 (no projection: the pooled backbone feature) or at least 2, "
             "got 1 (a unit-length 1-d embedding is only a sign)"
         )
+    if not config.evaluation.score_test and config.data.validation_fraction == 0:
+        raise ReIDError(
+            "config key 'evaluation.score_test' false needs a validation split to report on instead: "
+            "set data.validation_fraction above 0"
+        )
     _check_recipe(config.model, config.loss, config.training)
 
 

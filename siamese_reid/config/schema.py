@@ -188,6 +188,7 @@ class EvaluationConfig:
     max_rank: int = _field(50, minimum=1)
     num_examples: int = _field(6, minimum=0)
     target_far: float = _field(0.01, minimum=0.0, maximum=1.0)
+    score_test: bool = _field(True)
 
 
 @dataclasses.dataclass(frozen=True)
