@@ -113,6 +113,8 @@ def parse_arguments():
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; valid names: {list(VARIANTS)}")
+    if any(override.startswith("evaluation.score_test") for override in arguments.overrides):
+        parser.error("--report-test decides evaluation.score_test (false without it): do not --set it")
     if arguments.epochs is not None and arguments.epochs < 1:
         parser.error("--epochs must be at least 1")
     arguments.variants = names
@@ -171,6 +173,7 @@ def train_variant(name, shared, own, split_seed, arguments, output_dir):
         "run_dir": str(run_dir),
     }
     if arguments.report_test:
+        assert metrics["split"] == "test", metrics["split"]  # --report-test sets evaluation.score_test
         row |= {"test_rank1": metrics["rank1"], "test_mAP": metrics["mAP"]}
     return row
 

@@ -15,7 +15,8 @@ again on the validation identities its config held out; the runs must hold out t
 overrides to every run before scoring, --candidate-set to the candidates only (so a run against
 itself re-ranked measures what re-ranking adds). --split test reads the per-query APs that a
 run, or an evaluation folder evaluate.py wrote, saved when it scored the test split
-(query_average_precisions.npy); the folders must have scored the same query and gallery folders.
+(query_average_precisions.npy); the folders must have scored the same query and gallery folders,
+and a run that reported on validation (`evaluation.score_test: false`) is refused.
 """
 
 import argparse
@@ -88,12 +89,18 @@ def validation_average_precisions(runs, configs):
         ]
 
 
-def saved_test_average_precisions(folder, config):
-    from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
+def saved_test_average_precisions(folder):
+    import json
 
-    if not config.evaluation.score_test:
+    from siamese_reid.runs import METRICS, QUERY_AVERAGE_PRECISIONS
+
+    # metrics.json says which split the saved scores are (folders older than the key: test),
+    # whatever the config says now: a resumed run may have changed evaluation.score_test
+    metrics_path = folder / METRICS
+    split = json.loads(metrics_path.read_text()).get("split", "test") if metrics_path.is_file() else "test"
+    if split != "test":
         raise ReIDError(
-            f"{folder} never scored the test split (evaluation.score_test: false): its saved scores are validation's"
+            f"{folder} reported on the {split} split (evaluation.score_test: false): its saved scores are not test's"
         )
     path = folder / QUERY_AVERAGE_PRECISIONS
     if not path.is_file():
@@ -133,7 +140,7 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
     if split == "validation":
         scores = validation_average_precisions(runs, configs)
     else:
-        scores = [saved_test_average_precisions(run, config) for run, config in zip(runs, configs, strict=True)]
+        scores = [saved_test_average_precisions(run) for run in runs]
     comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None)]
     for run, candidate in zip(runs[1:], scores[1:], strict=True):
         comparisons.append(Comparison(run, 100 * np.nanmean(candidate), *paired_difference(scores[0], candidate)))

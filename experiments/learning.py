@@ -8,8 +8,10 @@ identities under the Market-1501 protocol:
     python experiments/learning.py --set data.root=../shared/data/market1501-sample
 
 Tune a recipe on the validation split (`--set data.validation_fraction=0.3`; its numbers are
-printed as "validation"), never on the test rows. Writes <output_dir>/<run>/learning.json and
-prints a markdown table for docs/results.md, each number with its standard error over queries.
+printed as "validation"), never on the test rows; with `--set evaluation.score_test=false` too,
+the whole table is the validation split's and the test split is never scored. Writes
+<output_dir>/<run>/learning.json and prints a markdown table for docs/results.md, each number
+with its standard error over queries.
 """
 
 import argparse
@@ -45,20 +47,24 @@ def main():
     wall = time.time() - started
     (run_dir / "baselines").mkdir()
     config, data = prepare_data(config, run_dir / "baselines")
+    # the baselines are scored on the split the trained run reported (validation when
+    # evaluation.score_test is false), so the table compares like with like
+    split = trained["split"]
+    query, gallery = (data.query, data.gallery) if split == "test" else (data.validation_query, data.validation_gallery)
     keras.utils.set_random_seed(config.training.seed)  # the trained run's exact initial weights
     untrained_tower = build_tower(config)
     size = image_size(config)
-    untrained = evaluate_model(untrained_tower, data.query, data.gallery, size, config.evaluation)
+    untrained = evaluate_model(untrained_tower, query, gallery, size, config.evaluation)
     histogram = evaluate_features(
-        colour_histogram_features([s.path for s in data.query]),
-        colour_histogram_features([s.path for s in data.gallery]),
-        data.query,
-        data.gallery,
+        colour_histogram_features([s.path for s in query]),
+        colour_histogram_features([s.path for s in gallery]),
+        query,
+        gallery,
         replace(config.evaluation, rerank=False, metric="euclidean"),
     )
 
     def row(ranking):
-        metrics = reporting.ranking_metrics(ranking, len(data.query), len(data.gallery), {})
+        metrics = reporting.ranking_metrics(ranking, len(query), len(gallery), {})
         return {key: metrics[key] for key in ("rank1", "mAP", "standard_errors")}
 
     rows = {
@@ -72,6 +78,7 @@ def main():
         "wall_seconds_train_and_eval": wall,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "validation": trained.get("validation"),
+        "split": split,
         "results": rows,
         "run_dir": str(run_dir),
     }
@@ -79,7 +86,7 @@ def main():
     if trained.get("validation"):
         validation = trained["validation"]
         print(f"\nvalidation: rank-1 {percent(validation['rank1'])}, mAP {percent(validation['mAP'])}")
-    print("\n| embedding | rank-1 | mAP |\n|---|---|---|")
+    print(f"\n{split} split:\n| embedding | rank-1 | mAP |\n|---|---|---|")
     for name, numbers in rows.items():
         errors = numbers["standard_errors"]
         rank1 = percent_with_error(numbers["rank1"], errors["rank1"])

@@ -42,7 +42,8 @@ def train(config, output_dir=None):
     `resume`.
 
     Periodic evaluation (and best.keras) uses the validation split when there is one, else
-    query/gallery. The reported numbers are always the last epoch's model on query/gallery.
+    query/gallery. The reported numbers are the last epoch's model on query/gallery, or on the
+    validation split for a tuning run (`evaluation.score_test: false`), which never scores test.
     Under multi-worker training every worker calls this: the chief creates the folder, trains,
     scores and writes there; the others train beside it and get None for metrics.
     """

@@ -1,5 +1,6 @@
-"""The report of a trained tower: its scores on query / gallery, the open-set threshold, and
-the files and figures of `reporting`, written after training or for a saved model.
+"""The report of a trained tower: its scores on query / gallery (the test split; a tuning run's,
+with `evaluation.score_test: false`, on its validation split), the open-set threshold, and the
+files and figures of `reporting`, written after training or for a saved model.
 """
 
 import logging
@@ -18,8 +19,10 @@ REPORT_PROGRESS = "writing the report: metrics.json, figures, embeddings"
 
 
 def final_report(tower, data, config, run_dir, extra, last_periodic=None):
-    """Curves, the threshold and the report of the trained tower. `last_periodic` is the last
-    epoch's periodic evaluation when there is one (it is reused, not recomputed)."""
+    """Curves, the threshold and the report of the trained tower: on query / gallery, or on the
+    validation split when `evaluation.score_test` is false (test is then never scored).
+    metrics.json's "split" says which. `last_periodic` is the last epoch's periodic evaluation
+    when there is one (it is reused, not recomputed)."""
     from siamese_reid.evaluation.evaluator import evaluate_model
     from siamese_reid.model.building import image_size
 
@@ -100,5 +103,11 @@ def evaluation_report(tower, model_path, config, output_dir):
     fit_search_threshold(evaluation, data.query, data.gallery, config.evaluation, "query/gallery", output_dir)
     logger.info(REPORT_PROGRESS)
     return reporting.write_report(
-        evaluation, data.query, data.gallery, config.evaluation, output_dir, identity_names=data.identity_names
+        evaluation,
+        data.query,
+        data.gallery,
+        config.evaluation,
+        output_dir,
+        {"split": "test"},  # evaluate.py scores query / gallery whatever evaluation.score_test says
+        data.identity_names,
     )

@@ -87,3 +87,15 @@ def test_a_variant_on_several_validation_splits_reports_their_mean_and_its_stand
         [split_row(0, 0.9, 0.8, 0.06, 0.03, 100.0), {"variant": "x", "split_seed": 1, "error": "disk full"}]
     )
     assert failed["error"] == "split 1: disk full"
+
+
+def test_runs_never_score_test_unless_report_test_is_given(monkeypatch):
+    # the shared overrides decide evaluation.score_test; a --set of it is refused, not overridden
+    for argv, expected in (([], "false"), (["--report-test"], "true")):
+        monkeypatch.setattr("sys.argv", ["ablation.py", *argv])
+        arguments = ablation.parse_arguments()
+        assert f"evaluation.score_test={expected}" in ablation.base_overrides(arguments)
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--set", "evaluation.score_test=true"])
+    with pytest.raises(SystemExit) as caught:
+        ablation.parse_arguments()
+    assert caught.value.code == 2

@@ -137,16 +137,16 @@ def test_a_tuning_run_reports_on_validation_and_never_scores_test(
     # evaluation.score_test false (what ablation.py sets): the run's report, per-query APs
     # included, is the validation split's, no evaluation ever embeds a test query, and the
     # script refuses to read the folder as test scores.
-    from siamese_reid.evaluation import evaluator
+    from siamese_reid.evaluation import embeddings
 
-    scored_queries = []
-    evaluate_model = evaluator.evaluate_model
+    embedded = []  # every image any evaluation embeds goes through extract_embeddings
+    extract_embeddings = embeddings.extract_embeddings
 
-    def recording(tower, query, *arguments, **options):
-        scored_queries.extend(sample.path for sample in query)
-        return evaluate_model(tower, query, *arguments, **options)
+    def recording(model, paths, *arguments, **options):
+        embedded.extend(paths)
+        return extract_embeddings(model, paths, *arguments, **options)
 
-    monkeypatch.setattr(evaluator, "evaluate_model", recording)
+    monkeypatch.setattr(embeddings, "extract_embeddings", recording)
     settings = [
         *fast_settings,
         f"data.root={tiny_demo}",
@@ -158,13 +158,13 @@ def test_a_tuning_run_reports_on_validation_and_never_scores_test(
         "evaluation.score_test=false",
     ]
     metrics, run_dir = run_train(tmp_path, settings)
-    test_queries = {str(path) for path in (tiny_demo / "query").iterdir()}
-    assert scored_queries and not test_queries & set(scored_queries)
+    test_images = {str(path) for folder in ("query", "bounding_box_test") for path in (tiny_demo / folder).iterdir()}
+    assert embedded and not test_images & set(embedded)
     assert metrics["split"] == "validation"
     assert metrics["mAP"] == metrics["validation"]["mAP"]
     saved = np.load(run_dir / "query_average_precisions.npy")
     assert len(saved) == metrics["validation"]["num_valid_queries"] + metrics["validation"]["num_skipped_queries"]
     result = compare("--split", "test", run_dir, run_dir)
     assert result.returncode != 0
-    assert "never scored the test split (evaluation.score_test: false)" in result.stderr
+    assert "reported on the validation split (evaluation.score_test: false)" in result.stderr
     assert result.stderr.count("\n") == 1
