@@ -60,7 +60,8 @@ def test_training_prints_no_tensorflow_log_lines_and_names_each_step_after_the_l
     assert any(line.startswith("epoch 1: scoring on query / gallery (test)... rank-1 ") for line in lines)
     after = lines[next(i for i, line in enumerate(lines) if line.startswith("training took")) :]
     assert any(line.startswith("no-match threshold") for line in after)
-    assert after.index(REPORT_PROGRESS) < after.index("Evaluation")
+    # and the table says which split its scores are
+    assert after.index(REPORT_PROGRESS) < after.index("Evaluation on the test split")
 
 
 # ---------------------------------------------------------------------------------------------
