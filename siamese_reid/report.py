@@ -39,26 +39,19 @@ def final_report(tower, data, config, run_dir, extra, last_periodic=None):
         fit_search_threshold(
             validation, data.validation_query, data.validation_gallery, settings, "validation", run_dir
         )
-        if not settings.score_test:
-            # A tuning run: it reports on validation, so nothing chosen on it has seen test.
-            logger.info(f"{REPORT_PROGRESS} (validation split; evaluation.score_test is false)")
-            return reporting.write_report(
-                validation,
-                data.validation_query,
-                data.validation_gallery,
-                settings,
-                run_dir,
-                extra | {"split": "validation"},
-                data.identity_names,
-            )
+    if data.has_validation and not settings.score_test:
+        # A tuning run: it reports on validation, so nothing chosen on it has seen test.
+        final, query, gallery, split = validation, data.validation_query, data.validation_gallery, "validation"
+    elif data.has_validation:
         logger.info("scoring the last epoch's model on query / gallery (test)")
         final = evaluate_model(tower, data.query, data.gallery, size, settings)
+        query, gallery, split = data.query, data.gallery, "test"
     else:
         final = last_periodic or evaluate_model(tower, data.query, data.gallery, size, settings)
         fit_search_threshold(final, data.query, data.gallery, settings, "query/gallery", run_dir)
+        query, gallery, split = data.query, data.gallery, "test"
     logger.info(REPORT_PROGRESS)
-    extra = extra | {"split": "test"}
-    return reporting.write_report(final, data.query, data.gallery, settings, run_dir, extra, data.identity_names)
+    return reporting.write_report(final, query, gallery, split, settings, run_dir, extra, data.identity_names)
 
 
 def fit_search_threshold(evaluation, query, gallery, settings, split_name, output_dir):
@@ -106,8 +99,8 @@ def evaluation_report(tower, model_path, config, output_dir):
         evaluation,
         data.query,
         data.gallery,
+        "test",  # evaluate.py scores query / gallery whatever evaluation.score_test says
         config.evaluation,
         output_dir,
-        {"split": "test"},  # evaluate.py scores query / gallery whatever evaluation.score_test says
-        data.identity_names,
+        identity_names=data.identity_names,
     )

@@ -98,12 +98,13 @@ def write_threshold(threshold, split_name, metric, output_dir, positive, negativ
     return record
 
 
-def write_report(evaluation, query, gallery, settings, output_dir, extra=None, identity_names=None):
+def write_report(evaluation, query, gallery, split, settings, output_dir, extra=None, identity_names=None):
     """Writes metrics.json, cmc.png, retrieval_examples.png, the embeddings and per-query APs.
 
     Args:
       evaluation: an `Evaluation` of `query` against `gallery`.
       query, gallery: lists of `Sample`.
+      split: which split they are, "test" or "validation"; metrics.json's "split".
       settings: the `EvaluationConfig` section the evaluation used.
       output_dir: folder the files are written to.
       extra: more entries for metrics.json (e.g. training time).
@@ -118,7 +119,7 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None, i
     metrics = ranking_metrics(
         evaluation.ranking, len(query), len(gallery), protocol_record(settings, evaluation.distance)
     )
-    metrics.update(extra or {})
+    metrics.update(extra or {}, split=split)
     write_json(output_dir / METRICS, metrics)
     save_figure(plot_cmc(evaluation.ranking.cmc), output_dir / CMC_FIGURE)
     if settings.num_examples:
@@ -137,8 +138,7 @@ def write_report(evaluation, query, gallery, settings, output_dir, extra=None, i
     save_embeddings(output_dir / GALLERY_EMBEDDINGS, evaluation.gallery_features, gallery)
     average_precisions = evaluation.ranking.query_average_precisions
     files.write_atomically(output_dir / QUERY_AVERAGE_PRECISIONS, lambda path: _save_array(path, average_precisions))
-    title = f"Evaluation on the {metrics['split']} split" if "split" in metrics else "Evaluation"
-    logger.info(metrics_table(metrics, title))
+    logger.info(metrics_table(metrics, f"Evaluation on the {split} split"))
     return metrics
 
 
