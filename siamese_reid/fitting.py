@@ -108,9 +108,9 @@ def _callbacks(tower, run_dir, periodic, meter, resuming, split, total_epochs):
         *evaluation,
         RunClock(total_epochs),  # after scoring, whose time counts in what is left
         EmbeddingCheckpoint(tower, run_dir, monitor=f"{split}_mAP"),
-        meter,  # after scoring, whose time it counts
+        meter,  # after scoring, whose time it counts; before HistoryLogger, which writes its time
         AtomicBackupAndRestore(str(Path(run_dir) / BACKUP)),
-        HistoryLogger(str(Path(run_dir) / HISTORY), append=resuming, extra_keys=evaluation_keys(split)),
+        HistoryLogger(str(Path(run_dir) / HISTORY), meter, append=resuming, extra_keys=evaluation_keys(split)),
         keras.callbacks.TensorBoard(str(Path(run_dir) / TENSORBOARD), write_graph=False),
     ]
 

@@ -81,6 +81,7 @@ class RunCostMeter(keras.callbacks.Callback):
         self.periodic = periodic
         self.before = dict(before or {})
         self.started = time.monotonic()
+        self.saved = dict(self.before)  # the cost written last: what history.csv's rows record
 
     def on_train_begin(self, logs=None):
         self.started = time.monotonic()
@@ -93,6 +94,7 @@ class RunCostMeter(keras.callbacks.Callback):
         (the backup's removal, the last checkpoints) is training time too."""
         cost = self.cost()
         write_json(self.path, cost)
+        self.saved = cost
         return cost
 
     def session_seconds(self):

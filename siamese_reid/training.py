@@ -141,21 +141,25 @@ class HistoryLogger(keras.callbacks.CSVLogger):
     at the end of each epoch (`elapsed_seconds`, periodic scoring included), so that learning
     curves can be drawn against wall time.
 
+    The training time is the one the run's `RunCostMeter` (`meter`, placed before this callback)
+    wrote to run_cost.json at the same epoch: one clock, so learning curves and the run's cost
+    agree (metrics.json's time adds only the end of fit), and a resumed run counts on from the
+    time its earlier sessions cost, not the time between sessions.
+
     CSVLogger takes its columns from the first epoch's logs; periodic evaluation adds its
     metrics only to the epochs it evaluates, so they are declared here and written as "NA" in
     the other epochs (instead of NaN entries in every epoch's logs, which the progress bar
     would print as if the run had diverged).
 
-    A resumed run appends to the file with the file's own columns, and counts its time from the
-    last row's: the time between sessions is not training. A file written before epochs were
-    numbered from 1 (its first epoch is 0) keeps its numbering.
+    A resumed run appends to the file with the file's own columns. A file written before epochs
+    were numbered from 1 (its first epoch is 0) keeps its numbering.
     """
 
-    def __init__(self, filename, append=False, extra_keys=()):
+    def __init__(self, filename, meter, append=False, extra_keys=()):
         super().__init__(filename, append=append)
+        self.meter = meter
         self.extra_keys = extra_keys
         self.first_epoch_number = 1
-        self.seconds_before = 0.0  # training time of the run's earlier sessions
         self.file_keys = None
         if append and Path(filename).is_file():
             with open(filename, newline="") as handle:
@@ -163,15 +167,13 @@ class HistoryLogger(keras.callbacks.CSVLogger):
             if rows:
                 self.file_keys = [key for key in rows[0] if key != "epoch"]
                 self.first_epoch_number = 0 if rows[0]["epoch"] == "0" else 1
-                self.seconds_before = float(rows[-1].get(HISTORY_ELAPSED) or 0.0)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)  # which forgets the columns
         self.keys = self.file_keys
-        self.started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = {**(logs or {}), HISTORY_ELAPSED: round(self.seconds_before + time.monotonic() - self.started, 1)}
+        logs = {**(logs or {}), HISTORY_ELAPSED: self.meter.saved["training_seconds"]}
         if self.keys is None:
             self.keys = sorted(set(logs) | set(self.extra_keys))
         super().on_epoch_end(epoch + self.first_epoch_number, logs)

@@ -344,14 +344,18 @@ def test_every_strong_baseline_trick_at_once_trains_and_saves_the_tower_alone(tm
 
 def test_a_history_written_by_an_older_version_keeps_its_columns_and_numbering(tmp_path):
     # epochs numbered from 0 and test scores named val_*: a resumed run appends rows like them
+    from siamese_reid.run_cost import RunCostMeter
     from siamese_reid.training import HistoryLogger, monitored_history_split
 
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss,val_mAP,val_mINP,val_rank1\n0,1.0,NA,NA,NA\n1,0.9,0.5,0.1,0.6\n")
     split = monitored_history_split(path, has_validation=False)
     assert split == "val"
-    logger = HistoryLogger(str(path), append=True, extra_keys=(f"{split}_mAP", f"{split}_mINP", f"{split}_rank1"))
+    meter = RunCostMeter(tmp_path / "run_cost.json")
+    keys = (f"{split}_mAP", f"{split}_mINP", f"{split}_rank1")
+    logger = HistoryLogger(str(path), meter, append=True, extra_keys=keys)
     logger.on_train_begin()
+    meter.on_epoch_end(2)
     logger.on_epoch_end(2, {"loss": 0.8})
     logger.on_train_end()
     assert path.read_text().splitlines()[-1].split(",")[:3] == ["2", "0.8", "NA"]
@@ -360,25 +364,37 @@ def test_a_history_written_by_an_older_version_keeps_its_columns_and_numbering(t
     assert monitored_history_split(path, has_validation=True) == "val"
 
 
-def test_history_records_training_time_and_a_resumed_run_counts_on_from_its_last_row(tmp_path, monkeypatch):
-    # the time between two sessions is not training: the second session starts at 130 s
-    from siamese_reid import training
+def test_history_and_run_cost_keep_one_clock_and_a_resumed_run_counts_on_from_its_cost(tmp_path, monkeypatch):
+    # the time between two sessions is not training: the second session starts at 130 s; at
+    # every epoch history.csv's elapsed_seconds is the training time run_cost.json holds
+    import json
+
+    from siamese_reid import run_cost, training
 
     path = tmp_path / "history.csv"
-    clock = iter([1000.0, 1060.0, 1130.0, 5000.0, 5050.0])
-    monkeypatch.setattr(training.time, "monotonic", lambda: next(clock))
-    first = training.HistoryLogger(str(path), extra_keys=("val_mAP",))
-    first.on_train_begin()
-    first.on_epoch_end(0, {"loss": 1.0})
-    first.on_epoch_end(1, {"loss": 0.9, "val_mAP": 0.5})
-    first.on_train_end()
-    second = training.HistoryLogger(str(path), append=True, extra_keys=("val_mAP",))
-    second.on_train_begin()
-    second.on_epoch_end(2, {"loss": 0.8})
-    second.on_train_end()
+    now = [1000.0]
+    monkeypatch.setattr(run_cost.time, "monotonic", lambda: now[0])
+    recorded = []
+
+    def session(epochs, append):
+        before = run_cost.cost_so_far(tmp_path) if append else {}
+        meter = run_cost.RunCostMeter(tmp_path / "run_cost.json", None, before)
+        history = training.HistoryLogger(str(path), meter, append=append, extra_keys=("val_mAP",))
+        for callback in (meter, history):
+            callback.on_train_begin()
+        for epoch, seconds, logs in epochs:
+            now[0] += seconds
+            meter.on_epoch_end(epoch)
+            history.on_epoch_end(epoch, logs)
+            recorded.append(json.loads((tmp_path / "run_cost.json").read_text())["training_seconds"])
+        history.on_train_end()
+
+    session([(0, 60.0, {"loss": 1.0}), (1, 70.0, {"loss": 0.9, "val_mAP": 0.5})], append=False)
+    now[0] = 5000.0  # hours later, in a new process
+    session([(2, 50.0, {"loss": 0.8})], append=True)
     history = reporting_history(tmp_path)
     assert list(history["epoch"]) == [1, 2, 3]
-    assert list(history["elapsed_seconds"]) == [60.0, 130.0, 180.0]
+    assert list(history["elapsed_seconds"]) == [60.0, 130.0, 180.0] == recorded
     assert path.read_text().splitlines()[0] == "epoch,elapsed_seconds,loss,val_mAP"
 
 
