@@ -27,13 +27,15 @@ def save_figure(figure, path, dpi=120):
     return files.write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=dpi, format="png"))
 
 
-def plot_cmc(cmc, label=None):
-    """CMC curve, ranks 1..len(cmc); returns the Figure."""
+def plot_cmc(cmc, label=None, split=None):
+    """CMC curve, ranks 1..len(cmc), titled with the split it was measured on ("test",
+    "validation") when given; returns the Figure."""
     figure, axes = _subplots(figsize=(6, 4))
     axis = axes[0, 0]
     ranks = np.arange(1, len(cmc) + 1)
     axis.plot(ranks, 100 * np.asarray(cmc), marker="o", markersize=3, label=label)
-    axis.set(xlabel="rank", ylabel="matching rate (%)", title="CMC curve", ylim=(0, 101), xlim=(1, len(cmc)))
+    title = "CMC curve" if split is None else f"CMC curve, {split} split"
+    axis.set(xlabel="rank", ylabel="matching rate (%)", title=title, ylim=(0, 101), xlim=(1, len(cmc)))
     axis.grid(alpha=0.3)
     if label:
         axis.legend()

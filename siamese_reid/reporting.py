@@ -121,7 +121,7 @@ def write_report(evaluation, query, gallery, split, settings, output_dir, extra=
     )
     metrics.update(extra or {}, split=split)
     write_json(output_dir / METRICS, metrics)
-    save_figure(plot_cmc(evaluation.ranking.cmc), output_dir / CMC_FIGURE)
+    save_figure(plot_cmc(evaluation.ranking.cmc, split=split), output_dir / CMC_FIGURE)
     if settings.num_examples:
         rng = np.random.default_rng(0)
         chosen = rng.choice(len(query), min(settings.num_examples, len(query)), replace=False)

@@ -109,8 +109,9 @@ def test_overrides_are_refused_where_saved_scores_are_read(tmp_path):
     baseline = write_run(tmp_path / "baseline", [0.5, 1.0])
     candidate = write_run(tmp_path / "candidate", [0.5, 1.0])
     result = compare("--split", "test", baseline, candidate, "--candidate-set", "evaluation.rerank=true")
-    assert result.returncode == 2
-    assert "--split test reads saved scores" in result.stderr
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1
+    assert "--set and --candidate-set change how validation is scored; --split test reads saved scores" in result.stderr
 
 
 def test_validation_is_scored_again_as_training_scored_it(tmp_path, tiny_demo, run_train, fast_settings):
@@ -147,6 +148,17 @@ def test_a_tuning_run_reports_on_validation_and_never_scores_test(
         return extract_embeddings(model, paths, *arguments, **options)
 
     monkeypatch.setattr(embeddings, "extract_embeddings", recording)
+    from siamese_reid import reporting
+
+    cmc_titles = []  # the report's CMC figure names the split it was drawn from
+    plot_cmc = reporting.plot_cmc
+
+    def titled(*arguments, **options):
+        figure = plot_cmc(*arguments, **options)
+        cmc_titles.append(figure.axes[0].get_title())
+        return figure
+
+    monkeypatch.setattr(reporting, "plot_cmc", titled)
     settings = [
         *fast_settings,
         f"data.root={tiny_demo}",
@@ -162,6 +174,7 @@ def test_a_tuning_run_reports_on_validation_and_never_scores_test(
     assert embedded and not test_images & set(embedded)
     assert metrics["split"] == "validation"
     assert metrics["mAP"] == metrics["validation"]["mAP"]
+    assert cmc_titles == ["CMC curve, validation split"]
     saved = np.load(run_dir / "query_average_precisions.npy")
     assert len(saved) == metrics["validation"]["num_valid_queries"] + metrics["validation"]["num_skipped_queries"]
     result = compare("--split", "test", run_dir, run_dir)
