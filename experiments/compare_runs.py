@@ -2,8 +2,10 @@
 
 Two recipes a point or two apart cannot be told apart by their mAPs' standard errors (about
 1.4 points on 362 validation queries), but their difference query by query varies far less,
-because the hard queries are hard for both. The ± is over queries only: it says nothing of how
-much a second training run with another seed would differ. The first RUN is the baseline:
+because the hard queries are hard for both. The first ± treats queries as independent; the
+second groups them by identity (several queries of one person share its gallery images, so
+their differences move together), and is the one to trust when the two differ. Neither says
+how much a second training run with another seed would differ. The first RUN is the baseline:
 
     python experiments/compare_runs.py BASELINE_RUN CANDIDATE_RUN [CANDIDATE_RUN ...]
     python experiments/compare_runs.py RUN RUN --candidate-set evaluation.rerank=true
@@ -43,7 +45,8 @@ class Comparison(NamedTuple):
     run: Path
     mAP: float  # in points, over the queries this run scored
     difference: float | None  # against the baseline, query by query, in mAP points; None for it
-    standard_error: float | None
+    standard_error: float | None  # over queries, as if independent
+    identity_standard_error: float | None  # grouped by query identity; None where identities are unknown
     queries: int | None
 
 
@@ -63,8 +66,9 @@ def check_same_queries(folders, configs, split):
 
 def validation_average_precisions(runs, configs):
     """Each validation query's AP (NaN for a query without a match), for each run's last.keras
-    scored with its config's evaluation settings. The runs hold out the same identities
-    (`check_same_queries`), so the data is read and scanned once, not once per run."""
+    scored with its config's evaluation settings, and the queries' identities. The runs hold
+    out the same identities (`check_same_queries`), so the data is read and scanned once, not
+    once per run."""
     from siamese_reid.data.preparation import prepare_data
     from siamese_reid.evaluation.evaluator import evaluate_model
     from siamese_reid.model.building import image_size
@@ -77,7 +81,7 @@ def validation_average_precisions(runs, configs):
     # kept until scoring has read them, so the run folders stay as they are.
     with tempfile.TemporaryDirectory() as scratch:
         _, data = prepare_data(configs[0], scratch)
-        return [
+        scores = [
             evaluate_model(
                 load_embedding_model(run_model_path(run)),
                 data.validation_query,
@@ -87,6 +91,7 @@ def validation_average_precisions(runs, configs):
             ).ranking.query_average_precisions
             for run, config in zip(runs, configs, strict=True)
         ]
+    return scores, np.array([sample.pid for sample in data.validation_query])
 
 
 def saved_test_average_precisions(folder):
@@ -108,11 +113,29 @@ def saved_test_average_precisions(folder):
     return np.load(path)
 
 
-def paired_difference(baseline, candidate):
+def saved_query_identities(folder):
+    """The identities of the queries a folder scored, from the query embeddings it saved; None
+    for a folder without them."""
+    from siamese_reid.runs import QUERY_EMBEDDINGS
+
+    path = Path(folder) / QUERY_EMBEDDINGS
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        return saved["pids"]
+
+
+def paired_difference(baseline, candidate, identities=None):
     """candidate - baseline over the queries both scored, in mAP points.
 
+    The grouped standard error is the cluster-robust one of a mean (clusters: the queries of
+    one identity), with the small-sample factor G / (G - 1): sqrt(G / (G - 1) * sum over
+    identities of (sum of their queries' d - mean)^2) / N. With one query per identity it is the
+    standard error over queries.
+
     Returns:
-      (mean difference, its standard error over the queries, the number of queries).
+      (mean difference, its standard error over the queries, the same grouped by `identities`
+      (each query's identity; None gives None), the number of queries).
     """
     if baseline.shape != candidate.shape:
         raise ReIDError(f"the runs were scored on different queries ({len(baseline)} and {len(candidate)})")
@@ -120,7 +143,15 @@ def paired_difference(baseline, candidate):
     if scored.sum() < 2:
         raise ReIDError(f"the runs share {scored.sum()} scored queries; a difference needs at least 2")
     differences = 100 * (candidate - baseline)[scored]
-    return differences.mean(), differences.std(ddof=1) / np.sqrt(len(differences)), len(differences)
+    mean, count = differences.mean(), len(differences)
+    grouped = None
+    if identities is not None:
+        _, group = np.unique(np.asarray(identities)[scored], return_inverse=True)
+        groups = group.max() + 1
+        if groups > 1:
+            sums = np.bincount(group, weights=differences - mean)
+            grouped = np.sqrt(groups / (groups - 1) * np.sum(sums**2)) / count
+    return mean, differences.std(ddof=1) / np.sqrt(count), grouped, count
 
 
 def compare_runs(runs, split="validation", overrides=(), candidate_overrides=()):
@@ -138,12 +169,16 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
     configs += [load_run_config(run, [*overrides, *candidate_overrides]) for run in runs[1:]]
     check_same_queries(runs, configs, split)
     if split == "validation":
-        scores = validation_average_precisions(runs, configs)
+        scores, identities = validation_average_precisions(runs, configs)
     else:
         scores = [saved_test_average_precisions(run) for run in runs]
-    comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None)]
+        identities = saved_query_identities(runs[0])
+        if identities is not None and len(identities) != len(scores[0]):
+            identities = None  # embeddings of another evaluation than the saved APs'
+    comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None, None)]
     for run, candidate in zip(runs[1:], scores[1:], strict=True):
-        comparisons.append(Comparison(run, 100 * np.nanmean(candidate), *paired_difference(scores[0], candidate)))
+        difference = paired_difference(scores[0], candidate, identities)
+        comparisons.append(Comparison(run, 100 * np.nanmean(candidate), *difference))
     return comparisons
 
 
@@ -171,6 +206,8 @@ def main():
                 f", {comparison.difference:+.1f} ± {comparison.standard_error:.1f} points query by query "
                 f"({comparison.queries} queries)"
             )
+            if comparison.identity_standard_error is not None:
+                line += f", ± {comparison.identity_standard_error:.1f} grouped by identity"
         print(line)
 
 

@@ -51,6 +51,7 @@ def test_the_difference_is_taken_query_by_query_over_queries_both_runs_scored(tm
     # A difference of the two means would give 12.5 (the baseline's mean counts query 5) and an
     # unpaired error sqrt(var_a / n_a + var_b / n_b), not 14.4.
     assert "+25.0 ± 14.4 points query by query (3 queries)" in result.stdout
+    assert "grouped by identity" not in result.stdout  # the folders saved no query identities
     assert "test mAP 62.5%" in result.stdout  # each run's own mAP: (0.5 + 1 + 0.25 + 0.75) / 4
     assert "test mAP 83.3%" in result.stdout
 
@@ -59,13 +60,51 @@ def test_paired_difference_matches_the_definition():
     rng = np.random.default_rng(0)
     baseline = rng.uniform(size=200)
     candidate = np.clip(baseline + rng.normal(0.02, 0.05, size=200), 0, 1)
-    mean, error, count = compare_runs.paired_difference(baseline, candidate)
+    mean, error, grouped, count = compare_runs.paired_difference(baseline, candidate)
     differences = [100 * (c - b) for b, c in zip(baseline, candidate, strict=True)]
     expected_mean = sum(differences) / 200
     expected_variance = sum((d - expected_mean) ** 2 for d in differences) / 199
     assert count == 200
     assert mean == pytest.approx(expected_mean)
     assert error == pytest.approx((expected_variance / 200) ** 0.5)
+    assert grouped is None  # no identities given
+    # one query per identity: grouping changes nothing
+    assert compare_runs.paired_difference(baseline, candidate, np.arange(200))[2] == pytest.approx(error)
+
+
+def test_the_grouped_error_is_the_cluster_robust_one_written_out():
+    # Queries of one identity share its gallery images: their differences move together, and
+    # the error of the mean must count identities, not queries. Written from the definition of
+    # the cluster-robust variance of a mean, V = G / (G - 1) * sum_g (sum_{i in g} e_i)^2 / N^2,
+    # e_i = d_i - mean (Cameron & Miller, "A Practitioner's Guide to Cluster-Robust Inference").
+    rng = np.random.default_rng(1)
+    identities = np.repeat(np.arange(40), 4)  # 40 identities of 4 queries
+    shared = np.repeat(rng.normal(0.0, 0.08, size=40), 4)  # what one identity's queries share
+    baseline = rng.uniform(0.2, 0.8, size=160)
+    candidate = baseline + 0.02 + shared + rng.normal(0.0, 0.02, size=160)
+    baseline[7] = np.nan  # unscored: left out of the mean and of its identity's sum
+    mean, error, grouped, count = compare_runs.paired_difference(baseline, candidate, identities)
+
+    kept = [i for i in range(160) if i != 7]
+    expected_mean = sum(100 * (candidate[i] - baseline[i]) for i in kept) / len(kept)
+    sums = {}
+    for i in kept:
+        sums[identities[i]] = sums.get(identities[i], 0.0) + 100 * (candidate[i] - baseline[i]) - expected_mean
+    variance = len(sums) / (len(sums) - 1) * sum(total**2 for total in sums.values()) / len(kept) ** 2
+    assert count == 159 and mean == pytest.approx(expected_mean)
+    assert grouped == pytest.approx(variance**0.5)
+    assert grouped > 1.5 * error  # the shared part is what the per-query error misses
+
+
+def test_the_test_split_groups_queries_by_the_identities_the_folder_saved(tmp_path):
+    # queries 1-2 are one person, 3-4 another: differences 50, 50, 0, 0 points; mean 25;
+    # identity sums of (d - mean) 50 and -50: sqrt(2 / 1 * 5000) / 4 = 25
+    baseline = write_run(tmp_path / "baseline", [0.5, 0.5, 1.0, 1.0])
+    candidate = write_run(tmp_path / "candidate", [1.0, 1.0, 1.0, 1.0])
+    np.savez(baseline / "query_embeddings.npz", features=np.zeros((4, 2)), pids=np.array([7, 7, 9, 9]))
+    result = compare("--split", "test", baseline, candidate)
+    assert result.returncode == 0, result.stderr
+    assert "+25.0 ± 14.4 points query by query (4 queries), ± 25.0 grouped by identity" in result.stdout
 
 
 def test_fewer_than_two_shared_queries_are_refused():
@@ -128,7 +167,7 @@ def test_validation_is_scored_again_as_training_scored_it(tmp_path, tiny_demo, r
     metrics, run_dir = run_train(tmp_path, settings)
     baseline, itself = compare_runs.compare_runs([run_dir, run_dir])
     assert baseline.mAP == pytest.approx(100 * metrics["validation"]["mAP"], abs=1e-3)
-    assert itself.difference == 0.0 and itself.standard_error == 0.0
+    assert itself.difference == 0.0 and itself.standard_error == 0.0 == itself.identity_standard_error
     assert itself.queries == metrics["validation"]["num_valid_queries"]
 
 
