@@ -74,7 +74,8 @@ def test_load_errors_are_clear(tmp_path):
 
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(
-        ReIDError, match=r"valid names: \['vgg16', 'resnet50', 'mobilenetv2', 'osnet_x1_0', .*'osnet_ain_x1_0'\]"
+        ReIDError,
+        match=r"valid names: \['vgg16', 'vgg16_bn', 'resnet50', 'mobilenetv2', 'osnet_x1_0', .*'osnet_ain_x1_0'\]",
     ):
         tower_of(backbone="alexnet")
 
@@ -108,6 +109,32 @@ def test_local_weights_file_is_loaded(tmp_path):
         tower_of(weights=str(tmp_path / "missing.h5"))
 
 
+def test_vgg16_bn_is_vgg16_with_batch_normalisation_after_every_convolution(tmp_path):
+    # configuration D truncated after block 3: 2 + 2 + 3 convolutions of 64, 128 and 256 filters,
+    # each followed by batch normalisation and a ReLU, a max pooling closing each block
+    tower = tower_of(backbone="vgg16_bn", vgg_blocks=3)
+    backbone = tower.get_layer("vgg16_bn")
+    convolutions = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [layer.filters for layer in convolutions] == [64, 64, 128, 128, 256, 256, 256]
+    assert not any(layer.use_bias for layer in convolutions)  # the normalisation's offset replaces it
+    kinds = [type(layer).__name__ for layer in backbone.layers[1:]]
+    assert kinds[:4] == ["Conv2D", "BatchNormalization", "ReLU", "Conv2D"]
+    assert kinds.count("BatchNormalization") == 7 and kinds.count("MaxPooling2D") == 3
+    assert backbone.output.shape[1:] == (4, 4, 256)  # 32x32 halved three times
+    assert tower.predict(images(0), verbose=0).shape == (4, 8)
+    # a local weights file of the backbone loads (statistics as if trained, which no fresh
+    # build has); Keras has no ImageNet weights for it
+    backbone.get_layer("block2_bn1").moving_variance.assign(np.random.default_rng(0).uniform(0.5, 2.0, 128))
+    backbone.save_weights(tmp_path / "vgg16_bn.weights.h5")
+    loaded = tower_of(backbone="vgg16_bn", vgg_blocks=3, weights=str(tmp_path / "vgg16_bn.weights.h5"))
+    np.testing.assert_array_equal(
+        loaded.get_layer("vgg16_bn").get_layer("block2_bn1").moving_variance.numpy(),
+        backbone.get_layer("block2_bn1").moving_variance.numpy(),
+    )
+    with pytest.raises(ReIDError, match="no Keras ImageNet weights for vgg16_bn: use model.weights=none"):
+        tower_of(backbone="vgg16_bn", weights="imagenet")
+
+
 def test_freezing_blocks_and_truncating_vgg():
     tower = tower_of(vgg_blocks=3, freeze_blocks=2)
     backbone = tower.get_layer("vgg16")
@@ -120,6 +147,7 @@ def test_freezing_blocks_and_truncating_vgg():
     ("backbone", "first_frozen", "first_trainable"),
     [
         ("vgg16", "block2_conv2", "block3_conv1"),
+        ("vgg16_bn", "block2_bn2", "block3_conv1"),
         ("resnet50", "conv2_block3_3_conv", "conv3_block1_1_conv"),
         ("mobilenetv2", "block_2_project", "block_3_expand"),
     ],

@@ -17,6 +17,7 @@ CUHK03_SUBSETS = ("detected", "labeled")  # siamese_reid.data.cuhk03.CUHK03_SUBS
 MSMT17_VAL = ("unused", "train")  # siamese_reid.data.msmt17.MSMT17_VAL
 BACKBONES = (  # siamese_reid.model.backbones.BACKBONES
     "vgg16",
+    "vgg16_bn",
     "resnet50",
     "mobilenetv2",
     "osnet_x1_0",

@@ -1,5 +1,5 @@
-"""The backbones of the embedding tower: VGG16, ResNet-50, MobileNetV2 (keras.applications)
-and OSNet, each with the preprocessing its weights expect and a numbering of its blocks;
+"""The backbones of the embedding tower: VGG16, ResNet-50, MobileNetV2 (keras.applications),
+VGG16 with batch normalisation, and OSNet, each with the preprocessing its weights expect and a numbering of its blocks;
 weights resolved, the last stride, frozen blocks.
 """
 
@@ -90,6 +90,41 @@ def _vgg16(input_shape, weights, vgg_blocks):
     return keras.Model(base.input, last.output, name="vgg16")
 
 
+# VGG16's convolution blocks: (filters, convolutions) of blocks 1 to 5.
+_VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def _vgg16_bn(input_shape, weights, vgg_blocks):
+    """VGG16 with batch normalisation after every convolution (Simonyan & Zisserman's
+    configuration D, as torchvision's vgg16_bn), truncated after `vgg_blocks` blocks.
+
+    Trained from random initialisation, plain VGG16's 13 ReLU convolutions start slowly; batch
+    normalisation keeps each layer's inputs at a scale the learning rate suits. Layers are named
+    as in keras.applications' VGG16 (block<b>_conv<c>, block<b>_pool, plus block<b>_bn<c>), so
+    freeze_blocks numbers them the same way. Keras has no ImageNet weights for it.
+    """
+    if weights == "imagenet":
+        raise ReIDError(
+            "there are no Keras ImageNet weights for vgg16_bn: use model.weights=none (what it is for: "
+            "training from random initialisation), a .weights.h5 file of this backbone, or backbone vgg16"
+        )
+    images = keras.Input(input_shape, name="input_layer")
+    features = images
+    for block, (filters, convolutions) in enumerate(_VGG16_BLOCKS[:vgg_blocks], start=1):
+        for convolution in range(1, convolutions + 1):
+            # no bias: the batch normalisation's offset that follows takes its place
+            features = keras.layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, name=f"block{block}_conv{convolution}"
+            )(features)
+            features = keras.layers.BatchNormalization(name=f"block{block}_bn{convolution}")(features)
+            features = keras.layers.ReLU(name=f"block{block}_relu{convolution}")(features)
+        features = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(features)
+    backbone = keras.Model(images, features, name="vgg16_bn")
+    if weights is not None:
+        backbone.load_weights(weights)
+    return backbone
+
+
 def _resnet50(input_shape, weights):
     return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
 
@@ -127,6 +162,8 @@ class Backbone(NamedTuple):
 # model.backbone -> Backbone
 BACKBONES = {
     "vgg16": Backbone(_vgg16, _caffe_preprocess, _vgg16_block),
+    # torchvision's normalisation, the one its vgg16_bn ImageNet weights expect
+    "vgg16_bn": Backbone(_vgg16_bn, _torchreid_preprocess, _vgg16_block),
     "resnet50": Backbone(_resnet50, _caffe_preprocess, _resnet50_block),
     "mobilenetv2": Backbone(_mobilenetv2, _tf_preprocess, _mobilenetv2_block),
     **{variant: Backbone(_osnet(variant), _torchreid_preprocess, osnet_block_of_layer) for variant in OSNET_VARIANTS},
@@ -162,8 +199,8 @@ def build_backbone(backbone_name, weights, input_shape, vgg_blocks=5, last_strid
         )
     weights = resolve_weights(weights)
     try:
-        # vgg_blocks truncates VGG16 only: the other builders take no such argument
-        options = {"vgg_blocks": vgg_blocks} if backbone_name == "vgg16" else {}
+        # vgg_blocks truncates the VGG16s only: the other builders take no such argument
+        options = {"vgg_blocks": vgg_blocks} if backbone_name in ("vgg16", "vgg16_bn") else {}
         backbone = BACKBONES[backbone_name].build(input_shape, weights, **options)
     except Exception as error:  # keras raises bare Exception types for failed downloads
         if weights == "imagenet" and _looks_like_download_failure(error):
