@@ -173,6 +173,7 @@ class HistoryLogger(keras.callbacks.CSVLogger):
         self.keys = self.file_keys
 
     def on_epoch_end(self, epoch, logs=None):
+        # the meter runs before this callback (fitting._callbacks), so `saved` is this epoch's
         logs = {**(logs or {}), HISTORY_ELAPSED: self.meter.saved["training_seconds"]}
         if self.keys is None:
             self.keys = sorted(set(logs) | set(self.extra_keys))

@@ -83,15 +83,16 @@ def test_the_grouped_error_is_the_cluster_robust_one_written_out():
     baseline = rng.uniform(0.2, 0.8, size=160)
     candidate = baseline + 0.02 + shared + rng.normal(0.0, 0.02, size=160)
     baseline[7] = np.nan  # unscored: left out of the mean and of its identity's sum
+    candidate[:4] = np.nan  # identity 0 has no scored query: not a group (G = 39)
     mean, error, grouped, count = compare_runs.paired_difference(baseline, candidate, identities)
 
-    kept = [i for i in range(160) if i != 7]
+    kept = [i for i in range(4, 160) if i != 7]
     expected_mean = sum(100 * (candidate[i] - baseline[i]) for i in kept) / len(kept)
     sums = {}
     for i in kept:
         sums[identities[i]] = sums.get(identities[i], 0.0) + 100 * (candidate[i] - baseline[i]) - expected_mean
     variance = len(sums) / (len(sums) - 1) * sum(total**2 for total in sums.values()) / len(kept) ** 2
-    assert count == 159 and mean == pytest.approx(expected_mean)
+    assert count == 155 and len(sums) == 39 and mean == pytest.approx(expected_mean)
     assert grouped == pytest.approx(variance**0.5)
     assert grouped > 1.5 * error  # the shared part is what the per-query error misses
 

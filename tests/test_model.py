@@ -122,14 +122,20 @@ def test_vgg16_bn_is_vgg16_with_batch_normalisation_after_every_convolution(tmp_
     assert kinds.count("BatchNormalization") == 7 and kinds.count("MaxPooling2D") == 3
     assert backbone.output.shape[1:] == (4, 4, 256)  # 32x32 halved three times
     assert tower.predict(images(0), verbose=0).shape == (4, 8)
-    # a local weights file of the backbone loads (statistics as if trained, which no fresh
-    # build has); Keras has no ImageNet weights for it
-    backbone.get_layer("block2_bn1").moving_variance.assign(np.random.default_rng(0).uniform(0.5, 2.0, 128))
-    backbone.save_weights(tmp_path / "vgg16_bn.weights.h5")
+    normalisation = backbone.get_layer("block1_bn1")
+    assert normalisation.momentum == 0.9 and normalisation.epsilon == 1e-5  # PyTorch's 0.1 and 1e-5
+    # a weights file of the whole backbone (statistics as if trained, which no fresh build
+    # has) loads into a truncated one, as for vgg16; Keras has no ImageNet weights for it
+    from siamese_reid.model.backbones import build_backbone
+
+    whole = build_backbone("vgg16_bn", "none", (32, 32, 3), vgg_blocks=5)
+    assert whole.output.shape[1:] == (1, 1, 512)
+    whole.get_layer("block2_bn1").moving_variance.assign(np.random.default_rng(0).uniform(0.5, 2.0, 128))
+    whole.save_weights(tmp_path / "vgg16_bn.weights.h5")
     loaded = tower_of(backbone="vgg16_bn", vgg_blocks=3, weights=str(tmp_path / "vgg16_bn.weights.h5"))
     np.testing.assert_array_equal(
         loaded.get_layer("vgg16_bn").get_layer("block2_bn1").moving_variance.numpy(),
-        backbone.get_layer("block2_bn1").moving_variance.numpy(),
+        whole.get_layer("block2_bn1").moving_variance.numpy(),
     )
     with pytest.raises(ReIDError, match="no Keras ImageNet weights for vgg16_bn: use model.weights=none"):
         tower_of(backbone="vgg16_bn", weights="imagenet")

@@ -1,6 +1,6 @@
 """The backbones of the embedding tower: VGG16, ResNet-50, MobileNetV2 (keras.applications),
-VGG16 with batch normalisation, and OSNet, each with the preprocessing its weights expect and a numbering of its blocks;
-weights resolved, the last stride, frozen blocks.
+VGG16 with batch normalisation, and OSNet, each with the preprocessing its weights expect and
+a numbering of its blocks; weights resolved, the last stride, frozen blocks.
 """
 
 import re
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from siamese_reid.errors import ReIDError
-from siamese_reid.model.osnet import OSNET_VARIANTS, build_osnet, osnet_block_of_layer
+from siamese_reid.model.osnet import BATCH_NORM_MOMENTUM, EPSILON, OSNET_VARIANTS, build_osnet, osnet_block_of_layer
 
 # keras.applications' "caffe" preprocessing: BGR channel order, ImageNet mean subtracted.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -96,12 +96,18 @@ _VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
 def _vgg16_bn(input_shape, weights, vgg_blocks):
     """VGG16 with batch normalisation after every convolution (Simonyan & Zisserman's
-    configuration D, as torchvision's vgg16_bn), truncated after `vgg_blocks` blocks.
+    configuration D, in torchvision vgg16_bn's order: convolution, normalisation, ReLU),
+    truncated after `vgg_blocks` blocks.
 
     Trained from random initialisation, plain VGG16's 13 ReLU convolutions start slowly; batch
     normalisation keeps each layer's inputs at a scale the learning rate suits. Layers are named
     as in keras.applications' VGG16 (block<b>_conv<c>, block<b>_pool, plus block<b>_bn<c>), so
-    freeze_blocks numbers them the same way. Keras has no ImageNet weights for it.
+    freeze_blocks numbers them the same way. The convolutions have no bias (torchvision's do: the
+    normalisation's offset makes it redundant), and the normalisation keeps 0.9 of its running
+    statistics per step, as the package's other normalisations (PyTorch's momentum 0.1): Keras'
+    default 0.99 would still weigh the initial statistics after an epoch of a small re-ID set.
+    Keras has no ImageNet weights for it. As `_vgg16`, all five blocks are built, so a weights
+    file of the whole backbone loads, then the first `vgg_blocks` are kept.
     """
     if weights == "imagenet":
         raise ReIDError(
@@ -110,19 +116,21 @@ def _vgg16_bn(input_shape, weights, vgg_blocks):
         )
     images = keras.Input(input_shape, name="input_layer")
     features = images
-    for block, (filters, convolutions) in enumerate(_VGG16_BLOCKS[:vgg_blocks], start=1):
+    for block, (filters, convolutions) in enumerate(_VGG16_BLOCKS, start=1):
         for convolution in range(1, convolutions + 1):
             # no bias: the batch normalisation's offset that follows takes its place
             features = keras.layers.Conv2D(
                 filters, 3, padding="same", use_bias=False, name=f"block{block}_conv{convolution}"
             )(features)
-            features = keras.layers.BatchNormalization(name=f"block{block}_bn{convolution}")(features)
+            features = keras.layers.BatchNormalization(
+                epsilon=EPSILON, momentum=BATCH_NORM_MOMENTUM, name=f"block{block}_bn{convolution}"
+            )(features)
             features = keras.layers.ReLU(name=f"block{block}_relu{convolution}")(features)
         features = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(features)
     backbone = keras.Model(images, features, name="vgg16_bn")
     if weights is not None:
         backbone.load_weights(weights)
-    return backbone
+    return keras.Model(images, backbone.get_layer(f"block{vgg_blocks}_pool").output, name="vgg16_bn")
 
 
 def _resnet50(input_shape, weights):
@@ -162,7 +170,7 @@ class Backbone(NamedTuple):
 # model.backbone -> Backbone
 BACKBONES = {
     "vgg16": Backbone(_vgg16, _caffe_preprocess, _vgg16_block),
-    # torchvision's normalisation, the one its vgg16_bn ImageNet weights expect
+    # torchvision's input normalisation (any fixed one suits random initialisation)
     "vgg16_bn": Backbone(_vgg16_bn, _torchreid_preprocess, _vgg16_block),
     "resnet50": Backbone(_resnet50, _caffe_preprocess, _resnet50_block),
     "mobilenetv2": Backbone(_mobilenetv2, _tf_preprocess, _mobilenetv2_block),
