@@ -175,6 +175,10 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
         identities = saved_query_identities(runs[0])
         if identities is not None and len(identities) != len(scores[0]):
             identities = None  # embeddings of another evaluation than the saved APs'
+        for run in runs[1:]:  # the same folders by config, and the same people query by query
+            other = saved_query_identities(run)
+            if identities is not None and other is not None and not np.array_equal(identities, other):
+                raise ReIDError(f"{run} scored other queries than {runs[0]}: their saved query identities differ")
     comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None, None)]
     for run, candidate in zip(runs[1:], scores[1:], strict=True):
         difference = paired_difference(scores[0], candidate, identities)

@@ -106,6 +106,11 @@ def test_the_test_split_groups_queries_by_the_identities_the_folder_saved(tmp_pa
     result = compare("--split", "test", baseline, candidate)
     assert result.returncode == 0, result.stderr
     assert "+25.0 ± 14.4 points query by query (4 queries), ± 25.0 grouped by identity" in result.stdout
+    # a candidate whose saved queries are other people is not paired with the baseline's
+    np.savez(candidate / "query_embeddings.npz", features=np.zeros((4, 2)), pids=np.array([7, 9, 7, 9]))
+    result = compare("--split", "test", baseline, candidate)
+    assert result.returncode != 0 and result.stderr.count("\n") == 1
+    assert "scored other queries than" in result.stderr and "saved query identities differ" in result.stderr
 
 
 def test_fewer_than_two_shared_queries_are_refused():
