@@ -285,7 +285,10 @@ def test_the_choice_names_of_the_config_are_those_of_the_code():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.last_stride=1"], "last_stride 1 is implemented for ['resnet50'] only"),
+        (
+            ["model.backbone=mobilenetv2", "model.last_stride=1"],
+            "last_stride 1 is implemented for ['resnet50', 'vgg16', 'vgg16_bn'] only, not mobilenetv2",
+        ),
         (["model.vgg_blocks=2", "model.freeze_blocks=3"], "model.freeze_blocks must be between 0 and 2"),
         (["loss.name=semihard", "loss.soft=true"], "the semihard loss has no soft-margin variant"),
     ],

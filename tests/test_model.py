@@ -297,9 +297,26 @@ def test_last_stride_one_doubles_the_feature_map_with_the_same_weights(resnet50_
     np.testing.assert_allclose(dense[:, ::2, ::2], strided_output, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("backbone_name", ["vgg16", "vgg16_bn"])
+def test_vgg_last_stride_one_ends_before_the_last_pooling_with_the_same_weights(backbone_name):
+    from siamese_reid.model.backbones import build_backbone
+
+    keras.utils.set_random_seed(3)
+    strided = build_backbone(backbone_name, None, (128, 64, 3), vgg_blocks=4)
+    unstrided = build_backbone(backbone_name, None, (128, 64, 3), vgg_blocks=4, last_stride=1)
+    assert strided.output.shape[1:] == (8, 4, 512)
+    assert unstrided.output.shape[1:] == (16, 8, 512)
+    unstrided.set_weights(strided.get_weights())  # the same weights fit: no layer was added
+    batch = images(0, 2, (128, 64))
+    dense, pooled = unstrided.predict(batch, verbose=0), strided.predict(batch, verbose=0)
+    # The strided map is the unstrided one max-pooled over 2x2 windows, written out here.
+    windows = dense.reshape(2, 8, 2, 4, 2, 512).max(axis=(2, 4))
+    np.testing.assert_allclose(windows, pooled, rtol=1e-5, atol=1e-5)
+
+
 def test_last_stride_one_is_refused_for_other_backbones():
-    with pytest.raises(ReIDError, match="last_stride 1 is implemented for \\['resnet50'\\] only"):
-        tower_of(last_stride=1)
+    with pytest.raises(ReIDError, match="last_stride 1 is implemented for .* only, not mobilenetv2"):
+        tower_of(backbone="mobilenetv2", last_stride=1)
 
 
 # ---------------------------------------------------------------------------------------------
