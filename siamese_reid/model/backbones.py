@@ -82,26 +82,19 @@ def _mobilenetv2_block(layer_name):
     return _MOBILENETV2_STAGE_OF_BLOCK[int(match.group(1))] if match else None
 
 
-def _vgg16(input_shape, weights, vgg_blocks, last_stride):
+def _vgg16(input_shape, weights, vgg_blocks):
     base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape)
     # Truncating after block N keeps the first N blocks exactly as in VGG16 (and their
     # pretrained weights): on a CPU, fewer blocks trade depth for speed.
-    return keras.Model(base.input, _vgg_output(base, vgg_blocks, last_stride), name="vgg16")
-
-
-def _vgg_output(backbone, vgg_blocks, last_stride):
-    """The feature map that ends block `vgg_blocks`: after its max-pooling, or, with
-    `last_stride=1`, before it (VGG's last downsampling is that pooling; dropping it doubles the
-    map's height and width for the same convolutions and weights)."""
-    pool = backbone.get_layer(f"block{vgg_blocks}_pool")
-    return pool.output if last_stride == 2 else pool.input
+    last = base.get_layer(f"block{vgg_blocks}_pool")
+    return keras.Model(base.input, last.output, name="vgg16")
 
 
 # VGG16's convolution blocks: (filters, convolutions) of blocks 1 to 5.
 _VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
 
-def _vgg16_bn(input_shape, weights, vgg_blocks, last_stride):
+def _vgg16_bn(input_shape, weights, vgg_blocks):
     """VGG16 with batch normalisation after every convolution (Simonyan & Zisserman's
     configuration D, in torchvision vgg16_bn's order: convolution, normalisation, ReLU),
     truncated after `vgg_blocks` blocks.
@@ -137,7 +130,7 @@ def _vgg16_bn(input_shape, weights, vgg_blocks, last_stride):
     backbone = keras.Model(images, features, name="vgg16_bn")
     if weights is not None:
         backbone.load_weights(weights)
-    return keras.Model(images, _vgg_output(backbone, vgg_blocks, last_stride), name="vgg16_bn")
+    return keras.Model(images, backbone.get_layer(f"block{vgg_blocks}_pool").output, name="vgg16_bn")
 
 
 def _resnet50(input_shape, weights):
@@ -200,22 +193,21 @@ def resolve_weights(weights):
 def build_backbone(backbone_name, weights, input_shape, vgg_blocks=5, last_stride=2):
     """Returns the keras.applications backbone; explains a failed ImageNet download.
 
-    `last_stride=1` removes the backbone's last downsampling: ResNet-50's last stage is rebuilt
-    with stride 1 (`with_last_stride_one`), a VGG16 ends before its last block's max-pooling.
+    `last_stride=1` removes the backbone's last downsampling (`WITHOUT_LAST_DOWNSAMPLING`).
     """
     if backbone_name not in BACKBONES:
         raise ReIDError(f"unknown backbone {backbone_name!r}; valid names: {list(BACKBONES)}")
     if last_stride not in (1, 2):
         raise ReIDError(f"last_stride must be 1 or 2, got {last_stride!r}")
-    if last_stride == 1 and backbone_name not in LAST_STRIDE_ONE_BACKBONES:
+    if last_stride == 1 and backbone_name not in WITHOUT_LAST_DOWNSAMPLING:
         raise ReIDError(
-            f"last_stride 1 is implemented for {list(LAST_STRIDE_ONE_BACKBONES)} only, not {backbone_name}: "
+            f"last_stride 1 is implemented for {list(WITHOUT_LAST_DOWNSAMPLING)} only, not {backbone_name}: "
             "set model.last_stride to 2"
         )
     weights = resolve_weights(weights)
     try:
         # vgg_blocks truncates the VGG16s only: the other builders take no such argument
-        options = {"vgg_blocks": vgg_blocks, "last_stride": last_stride} if backbone_name in VGG16_BACKBONES else {}
+        options = {"vgg_blocks": vgg_blocks} if backbone_name in ("vgg16", "vgg16_bn") else {}
         backbone = BACKBONES[backbone_name].build(input_shape, weights, **options)
     except Exception as error:  # keras raises bare Exception types for failed downloads
         if weights == "imagenet" and _looks_like_download_failure(error):
@@ -228,20 +220,16 @@ def build_backbone(backbone_name, weights, input_shape, vgg_blocks=5, last_strid
         if weights not in (None, "imagenet"):
             raise ReIDError(f"could not load weights file '{weights}': {error}") from None
         raise
-    if last_stride == 1 and backbone_name in LAST_STAGE_STRIDED_LAYERS:
-        return with_last_stride_one(backbone, backbone_name)
-    return backbone
+    return WITHOUT_LAST_DOWNSAMPLING[backbone_name](backbone) if last_stride == 1 else backbone
 
 
 # The convolutions that downsample at the entry of the last stage (conv5_block1's main path and
 # its shortcut; keras.applications puts ResNet v1's stride on the 1x1 convolutions).
-LAST_STAGE_STRIDED_LAYERS = {"resnet50": ("conv5_block1_1_conv", "conv5_block1_0_conv")}
-VGG16_BACKBONES = ("vgg16", "vgg16_bn")
-LAST_STRIDE_ONE_BACKBONES = (*LAST_STAGE_STRIDED_LAYERS, *VGG16_BACKBONES)
+RESNET50_LAST_STAGE_STRIDED_LAYERS = ("conv5_block1_1_conv", "conv5_block1_0_conv")
 
 
-def with_last_stride_one(backbone, backbone_name):
-    """The same backbone with stride 1 in its last stage: a feature map twice as tall and wide
+def with_last_stride_one(backbone):
+    """The same ResNet-50 with stride 1 in its last stage: a feature map twice as tall and wide
     (16x8 instead of 8x4 at 256x128) for the same weights.
 
     keras.applications fixes the stride, so the network is cloned with those layers' strides set
@@ -251,11 +239,9 @@ def with_last_stride_one(backbone, backbone_name):
     Reference: Luo et al., Bag of Tricks and A Strong Baseline for Deep Person
     Re-identification, https://arxiv.org/abs/1903.07071 (section "Last Stride").
     """
-    strided = LAST_STAGE_STRIDED_LAYERS[backbone_name]
-
     def clone_layer(layer):
         config = layer.get_config()
-        if layer.name in strided:
+        if layer.name in RESNET50_LAST_STAGE_STRIDED_LAYERS:
             config["strides"] = (1, 1)
         return layer.__class__.from_config(config)
 
@@ -263,6 +249,21 @@ def with_last_stride_one(backbone, backbone_name):
     rebuilt = keras.models.clone_model(backbone, input_tensors=images, clone_function=clone_layer)
     rebuilt.set_weights(backbone.get_weights())
     return rebuilt
+
+
+def without_last_pooling(backbone):
+    """A (truncated) VGG16 ending before its last block's max-pooling, VGG's last downsampling:
+    a feature map twice as tall and wide (16x8 instead of 8x4 with blocks 1-4 at 128x64) from the
+    same convolutions and weights."""
+    return keras.Model(backbone.input, backbone.layers[-1].input, name=backbone.name)
+
+
+# model.backbone -> how `last_stride=1` removes its last downsampling, keeping every weight
+WITHOUT_LAST_DOWNSAMPLING = {
+    "resnet50": with_last_stride_one,
+    "vgg16": without_last_pooling,
+    "vgg16_bn": without_last_pooling,
+}
 
 
 def _looks_like_download_failure(error):
