@@ -314,9 +314,10 @@ def test_vgg_last_stride_one_ends_before_the_last_pooling_with_the_same_weights(
     np.testing.assert_allclose(windows, pooled, rtol=1e-5, atol=1e-5)
 
 
-def test_last_stride_one_is_refused_for_other_backbones():
-    with pytest.raises(ReIDError, match="last_stride 1 is implemented for .* only, not mobilenetv2"):
-        tower_of(backbone="mobilenetv2", last_stride=1)
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "osnet_x0_25"])
+def test_last_stride_one_is_refused_for_other_backbones(backbone):
+    with pytest.raises(ReIDError, match=f"last_stride 1 is implemented for .* only, not {backbone}"):
+        tower_of(backbone=backbone, last_stride=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -254,7 +254,8 @@ def with_last_stride_one(backbone):
 def without_last_pooling(backbone):
     """A (truncated) VGG16 ending before its last block's max-pooling, VGG's last downsampling:
     a feature map twice as tall and wide (16x8 instead of 8x4 with blocks 1-4 at 128x64) from the
-    same convolutions and weights."""
+    same convolutions and weights. Both VGG builders end at `block{vgg_blocks}_pool`, so the cut
+    is at the input of their last layer."""
     return keras.Model(backbone.input, backbone.layers[-1].input, name=backbone.name)
 
 
