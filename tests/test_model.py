@@ -562,3 +562,88 @@ def test_the_float32_mirror_follows_the_trained_towers_weights():
     assert first.get_layer("projection").dtype_policy.compute_dtype == "float32"
     float32_tower = tower_of()
     assert Float32Mirror(float32_tower).current() is float32_tower
+
+
+def numpy_batch_norm(layer, features):
+    """Inference batch normalisation from the layer's weights: (x - mean) / sqrt(var + eps) * gamma."""
+    weights = {w.path.split("/")[-1]: w.numpy() for w in layer.weights}
+    assert "beta" not in weights  # no learned shift, as the BNNeck
+    return (features - weights["moving_mean"]) / np.sqrt(weights["moving_variance"] + layer.epsilon) * weights["gamma"]
+
+
+def numpy_label_smoothed_cross_entropy(labels, logits, epsilon):
+    """Mean over the batch of -sum_k q_k log softmax(logits)_k, q = (1 - eps) one-hot + eps / N."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    targets = np.full(logits.shape, epsilon / logits.shape[1])
+    targets[np.arange(len(labels)), labels] += 1 - epsilon
+    return float(np.mean(-(targets * log_softmax).sum(axis=1)))
+
+
+def stripe_tower():
+    """4 stripes of average pooling on an 8x8 map (2 rows each), moving statistics randomised."""
+    from siamese_reid.model.training_model import build_pk_training_model
+
+    tower = tower_of(pooling="avg")
+    model = build_pk_training_model(tower, 5, "pre_bnneck", id_loss=True, stripe_id_loss=True)
+    rng = np.random.default_rng(11)
+    for index in range(1, 5):
+        layer = model.get_layer(f"stripe_bnneck_{index}")
+        gamma, mean, variance = (w.numpy() for w in layer.weights)
+        layer.set_weights(
+            [rng.uniform(0.5, 2.0, gamma.shape), rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)]
+        )
+    return tower, model
+
+
+def test_each_stripe_has_its_own_classifier_on_its_own_rows():
+    # PCB (Sun et al.): stripe i's logits are its own rows' pooled feature through its own BN and
+    # classifier; computed here from the backbone's map with numpy
+    tower, model = stripe_tower()
+    batch = images(12)
+    feature_map = keras.Model(tower.input, tower.get_layer("stripe_1").input).predict(batch, verbose=0)
+    assert feature_map.shape[1] == 8
+    outputs = model.predict(batch, verbose=0)
+    for index in range(1, 5):
+        pooled = feature_map[:, 2 * (index - 1) : 2 * index].mean(axis=(1, 2))
+        normalised = numpy_batch_norm(model.get_layer(f"stripe_bnneck_{index}"), pooled)
+        classifier = model.get_layer(f"stripe_classifier_{index}")
+        assert len(classifier.weights) == 1  # no bias
+        np.testing.assert_allclose(
+            outputs[f"stripe_id_{index}"], normalised @ classifier.kernel.numpy(), rtol=1e-4, atol=1e-6
+        )
+    # the heads train the tower but are not part of it: a checkpoint of the tower holds none of them
+    extra = {w.path for w in model.weights} - {w.path for w in tower.weights}
+    assert {path.split("/")[0] for path in extra} == {"classifier"} | {
+        f"stripe_{part}_{index}" for part in ("bnneck", "classifier") for index in range(1, 5)
+    }
+
+
+def test_the_stripe_losses_are_averaged_then_weighted():
+    from siamese_reid.config import load_config
+    from siamese_reid.model.training_model import compile_arguments
+
+    tower, model = stripe_tower()
+    loss = load_config(
+        None, ["loss.triplet_feature=pre_bnneck", "loss.id_weight=1", "loss.stripe_id_weight=0.8"]
+    ).loss
+    arguments = compile_arguments(loss, model)
+    model.compile(**arguments)
+    assert [arguments["loss_weights"][f"stripe_id_{index}"] for index in range(1, 5)] == [0.2] * 4
+    batch, labels = images(13, 6), np.array([0, 0, 3, 3, 4, 4])
+    logs = model.evaluate(batch, {name: labels for name in model.output}, verbose=0, return_dict=True)
+    outputs = model.predict(batch, verbose=0)
+    stripe_losses = [
+        numpy_label_smoothed_cross_entropy(labels, outputs[f"stripe_id_{index}"], 0.1) for index in range(1, 5)
+    ]
+    for index, expected in enumerate(stripe_losses, start=1):
+        assert logs[f"stripe_id_{index}_loss"] == pytest.approx(expected, rel=1e-4)
+    total = logs["triplet_loss"] + logs["id_loss"] + 0.8 * np.mean(stripe_losses)
+    assert logs["loss"] == pytest.approx(total, rel=1e-4)
+
+
+def test_a_globally_pooled_tower_has_no_stripes_to_classify():
+    from siamese_reid.model.training_model import build_pk_training_model
+
+    with pytest.raises(ValueError, match="2 or more stripes"):
+        build_pk_training_model(tower_of(stripes=1), 5, "pre_bnneck", stripe_id_loss=True)

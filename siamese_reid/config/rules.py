@@ -27,6 +27,7 @@ def _check_recipe(model, loss, training):
             ("loss.triplet_weight", loss.triplet_weight != 1),
             ("loss.id_weight", loss.id_weight > 0),
             ("loss.center_weight", loss.center_weight > 0),
+            ("loss.stripe_id_weight", loss.stripe_id_weight > 0),
             ("loss.triplet_feature", loss.triplet_feature != "embedding"),
         ):
             if used:
@@ -36,6 +37,11 @@ def _check_recipe(model, loss, training):
                 )
     if loss.triplet_weight == 0 and loss.id_weight == 0:
         raise ReIDError("config keys 'loss.triplet_weight' and 'loss.id_weight' are both 0: set one of them above 0")
+    if loss.stripe_id_weight > 0 and model.stripes < 2:
+        raise ReIDError(
+            f"config key 'loss.stripe_id_weight' needs 'model.stripes' of 2 or more, got {model.stripes}: "
+            "it trains one classifier per horizontal stripe"
+        )
     if loss.triplet_feature == "pre_bnneck" and not model.bnneck:
         raise ReIDError("config key 'loss.triplet_feature' 'pre_bnneck' needs 'model.bnneck: true'")
     milestones = training.lr_milestones

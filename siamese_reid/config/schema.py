@@ -140,6 +140,8 @@ class LossConfig:
     label_smoothing: float = _field(0.1, minimum=0.0, maximum=1.0)
     center_weight: float = _field(0.0, minimum=0.0)
     center_learning_rate: float = _field(0.5, minimum=0.0)
+    # Weight of the identity losses on each stripe's own classifier (PCB); their mean is weighted.
+    stripe_id_weight: float = _field(0.0, minimum=0.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,12 @@ def model_to_fit(tower, config, num_identities):
     if not num_identities:
         raise ValueError("the P x K training model needs num_identities (the training identities)")
     model = build_pk_training_model(
-        tower, num_identities, loss.triplet_feature, id_loss=loss.id_weight > 0, center_loss=loss.center_weight > 0
+        tower,
+        num_identities,
+        loss.triplet_feature,
+        id_loss=loss.id_weight > 0,
+        center_loss=loss.center_weight > 0,
+        stripe_id_loss=loss.stripe_id_weight > 0,
     )
     return model, loss
 
@@ -41,8 +46,8 @@ def build_training_model(config, steps, strategy, num_identities=None):
     """Tower, the compiled model `fit` trains, and the record of how it was initialised.
 
     In triplet mode the trained model is the Siamese model around the tower; in P x K mode it is
-    the tower itself, or, when the loss section asks for an ID loss, a center loss or the
-    feature before the BNNeck, the training model of `build_pk_training_model` around it (feed it
+    the tower itself, or, when the loss section asks for an ID loss (on the embedding or per
+    stripe), a center loss or the feature before the BNNeck, the training model of `build_pk_training_model` around it (feed it
     `fit_batches` of the P x K stream). Either way the tower's weights are the ones trained, and
     the tower is what checkpoints save.
 

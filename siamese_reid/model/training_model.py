@@ -9,9 +9,11 @@ centres exist only here. Checkpoints and exports save the tower alone, which hol
     tower:    images -> backbone -> pool -> projection -> bnneck -> l2_normalize -> embedding
     training:                         projection ("pre_bnneck") -> triplet [, center]
                                                      bnneck -> classifier -> id logits
+              [each stripe's pooled feature -> its own BN -> its own classifier -> stripe id logits]
 
 Reference: Luo et al., Bag of Tricks and A Strong Baseline for Deep Person Re-identification,
-https://arxiv.org/abs/1903.07071 (BNNeck: figure 5 and section 4.5).
+https://arxiv.org/abs/1903.07071 (BNNeck: figure 5 and section 4.5). The per-stripe classifiers
+follow Sun et al., Beyond Part Models (PCB), https://arxiv.org/abs/1711.09349.
 """
 
 import keras
@@ -37,6 +39,45 @@ TRIPLET_FEATURES = {"embedding": _embedding, "pre_bnneck": _pre_bnneck}
 def classifier_input(tower):
     """The feature after the BNNeck (the projection without one), before L2 normalisation."""
     return tower.get_layer("l2_normalize").input
+
+
+def _identity_classifier(num_identities, name):
+    """A dense layer without bias initialised with standard deviation 0.001, as in the strong
+    baseline's reference code; float32 logits under mixed precision (the softmax needs the range)."""
+    return keras.layers.Dense(
+        num_identities,
+        use_bias=False,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+        dtype="float32",
+        name=name,
+    )
+
+
+def stripe_features(tower):
+    """Each horizontal stripe's pooled feature [batch, channels], top to bottom: the inputs of the
+    tower's "pool" concatenation (`pool_stripes`), which only a tower of 2 or more stripes has."""
+    pool = tower.get_layer("pool")
+    if not isinstance(pool, keras.layers.Concatenate):
+        raise ValueError("per-stripe identity losses need a tower of 2 or more stripes (model.stripes)")
+    return list(pool.input)
+
+
+def stripe_logits(tower, num_identities):
+    """{"stripe_id_1": logits, ...}: each stripe's feature through its own batch normalisation
+    (no learned shift, as the BNNeck) and its own classifier.
+
+    PCB's point: a classifier per part makes every stripe identify the person on its own, where
+    the one classifier behind the concatenation can lean on the stripes that are easiest (Sun et
+    al., https://arxiv.org/abs/1711.09349; there each part has a 1x1 convolution to 256-d first,
+    here the BN normalises the pooled feature directly, as the BNNeck does).
+    """
+    logits = {}
+    for index, features in enumerate(stripe_features(tower), start=1):
+        normalised = keras.layers.BatchNormalization(center=False, momentum=0.9, name=f"stripe_bnneck_{index}")(
+            features
+        )
+        logits[f"stripe_id_{index}"] = _identity_classifier(num_identities, f"stripe_classifier_{index}")(normalised)
+    return logits
 
 
 class IdentityCenters(keras.layers.Layer):
@@ -91,7 +132,9 @@ class IdentityCenters(keras.layers.Layer):
         return {**super().get_config(), "num_identities": self.num_identities, "learning_rate": self.learning_rate}
 
 
-def build_pk_training_model(tower, num_identities, triplet_feature="embedding", id_loss=True, center_loss=False):
+def build_pk_training_model(
+    tower, num_identities, triplet_feature="embedding", id_loss=True, center_loss=False, stripe_id_loss=False
+):
     """The functional model `fit` trains around `tower` (shared layers, shared weights).
 
     Args:
@@ -102,24 +145,21 @@ def build_pk_training_model(tower, num_identities, triplet_feature="embedding", 
         layer without bias initialised with standard deviation 0.001, as in the reference code.
       center_loss: whether to add `IdentityCenters` on the triplet feature ("center" output:
         [batch]); the model then takes (images, labels) as inputs.
+      stripe_id_loss: whether to add one classifier per stripe (`stripe_logits`: outputs
+        "stripe_id_1" ... "stripe_id_S", logits [batch, N]); the tower needs 2 or more stripes.
 
     Returns:
-      A `keras.Model` with dict outputs "triplet" [, "id"] [, "center"]; see `fit_batches` for
-      what it is fed.
+      A `keras.Model` with dict outputs "triplet" [, "id"] [, "center"] [, "stripe_id_i"...];
+      see `fit_batches` for what it is fed.
     """
     if triplet_feature not in TRIPLET_FEATURES:
         raise ValueError(f"triplet_feature must be one of {list(TRIPLET_FEATURES)}, got {triplet_feature!r}")
     inputs = tower.input
     outputs = {"triplet": TRIPLET_FEATURES[triplet_feature](tower)}
     if id_loss:
-        classifier = keras.layers.Dense(
-            num_identities,
-            use_bias=False,
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-            dtype="float32",  # logits in float32 under mixed precision: the softmax needs the range
-            name="classifier",
-        )
-        outputs["id"] = classifier(classifier_input(tower))
+        outputs["id"] = _identity_classifier(num_identities, "classifier")(classifier_input(tower))
+    if stripe_id_loss:
+        outputs.update(stripe_logits(tower, num_identities))
     if center_loss:
         labels = keras.Input((), dtype="int32", name="labels")
         outputs["center"] = IdentityCenters(num_identities, name="identity_centers")(outputs["triplet"], labels)
@@ -146,8 +186,9 @@ def fit_batches(dataset, model):
 
 def needs_training_model(loss):
     """Whether the `LossConfig` section needs `build_pk_training_model` rather than the tower:
-    an ID loss, a center loss, the feature before the BNNeck, or a weighted triplet loss."""
-    extra_losses = loss.id_weight > 0 or loss.center_weight > 0
+    an ID loss (on the embedding or per stripe), a center loss, the feature before the BNNeck, or
+    a weighted triplet loss."""
+    extra_losses = loss.id_weight > 0 or loss.center_weight > 0 or loss.stripe_id_weight > 0
     return extra_losses or loss.triplet_feature != "embedding" or loss.triplet_weight != 1
 
 
@@ -165,4 +206,9 @@ def compile_arguments(loss, model):
         metrics["id"] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     if "center" in model.output:
         losses["center"], weights["center"] = CenterLoss(), loss.center_weight
+    stripe_outputs = [name for name in model.output if name.startswith("stripe_id_")]
+    for name in stripe_outputs:
+        # The stripes' mean is what stripe_id_weight weighs, so the weight does not grow with the stripes.
+        losses[name] = LabelSmoothedCrossEntropy(loss.label_smoothing)
+        weights[name] = loss.stripe_id_weight / len(stripe_outputs)
     return {"loss": losses, "loss_weights": weights, "metrics": metrics}
