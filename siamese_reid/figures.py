@@ -5,6 +5,8 @@ Plot functions return a matplotlib `Figure` and never save it: the caller decide
 saves them with `save_figure`, a notebook shows them).
 """
 
+import re
+
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # backend-free: works headless and shows inline in notebooks
@@ -102,7 +104,8 @@ def plot_retrieval_examples(
 
 
 # Loss columns of history.csv besides the total "loss": the per-output losses of the
-# strong-baseline training model (Keras names them after the model's outputs).
+# strong-baseline training model (Keras names them after the model's outputs); the per-stripe
+# ID losses (stripe_id_1_loss, ...) are drawn as their mean.
 _COMPONENT_LOSSES = {"triplet_loss": "triplet", "id_loss": "identity (cross-entropy)", "center_loss": "center"}
 _COLLAPSE_INDICATORS = {
     "mean_positive_distance": "mean positive distance",
@@ -119,17 +122,22 @@ def plot_loss_curves(history):
     epochs = history["epoch"]
     figure, axes = _subplots(1, 2, figsize=(10, 4))
     loss_axis, stats_axis = axes[0]
-    components = {key: label for key, label in _COMPONENT_LOSSES.items() if key in history}
+    components = {label: history[key] for key, label in _COMPONENT_LOSSES.items() if key in history}
+    stripe_columns = [key for key in history if re.fullmatch(r"stripe_id_\d+_loss", key)]
+    if stripe_columns:  # one curve for all stripes: their mean is what loss.stripe_id_weight weighs
+        components[f"identity per stripe (mean of {len(stripe_columns)})"] = np.mean(
+            [history[key] for key in stripe_columns], axis=0
+        )
     loss_axis.plot(epochs, history["loss"], marker="o", markersize=3, label="total" if components else None)
-    for key, label in components.items():
-        loss_axis.plot(epochs, history[key], marker="o", markersize=2, label=label)
+    for label, values in components.items():
+        loss_axis.plot(epochs, values, marker="o", markersize=2, label=label)
     loss_axis.set(xlabel="epoch", ylabel="loss", title="Training loss")
     loss_axis.grid(alpha=0.3)
     if components:
         loss_axis.legend(fontsize=8)
         # Keras logs each part unweighted: the center loss of a 2048-d feature is thousands
         # while the triplet loss is below 1, so only a log scale shows every curve move.
-        parts = np.concatenate([history[key] for key in ("loss", *components)])
+        parts = np.concatenate([history["loss"], *components.values()])
         if np.all(parts[np.isfinite(parts)] > 0):
             loss_axis.set(yscale="log", ylabel="loss (log scale; parts unweighted)")
     for key, label in _COLLAPSE_INDICATORS.items():

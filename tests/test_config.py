@@ -215,7 +215,7 @@ def test_learning_rate_milestones_are_a_list_of_epochs(tmp_path):
             "'loss.stripe_id_weight' needs 'training.sampler: pk'",
         ),
         (["loss.stripe_id_weight=1", "model.stripes=1"], "'loss.stripe_id_weight' needs 'model.stripes' of 2 or more"),
-        (["loss.triplet_weight=0"], "'loss.triplet_weight' and 'loss.id_weight' are both 0"),
+        (["loss.triplet_weight=0"], "'loss.id_weight' and 'loss.stripe_id_weight' are all 0"),
         (["loss.triplet_feature=pre_bnneck", "model.bnneck=false"], "'pre_bnneck' needs 'model.bnneck: true'"),
         (["model.last_stride=3"], "config key 'model.last_stride' must be <= 2"),
         (["augment.erasing_fill=zero"], "must be one of ['random', 'mean']"),

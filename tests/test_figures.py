@@ -57,3 +57,19 @@ def test_loss_figure_shows_each_loss_and_the_prefixed_collapse_indicators():
     np.testing.assert_array_equal(stats_axis.get_lines()[0].get_ydata(), [0.5, 0.4, 0.3])
     assert loss_axis.get_yscale() == "log"  # parts of very different sizes all visible
     assert plot_loss_curves({"epoch": epochs, "loss": np.array([0.3, 0.2, 0.0])}).axes[0].get_yscale() == "linear"
+
+
+def test_loss_figure_draws_the_per_stripe_identity_losses_as_their_mean():
+    from siamese_reid.figures import plot_loss_curves
+
+    history = {
+        "epoch": np.arange(2),
+        "loss": np.array([9.0, 7.0]),
+        "triplet_loss": np.array([0.3, 0.2]),
+        "stripe_id_1_loss": np.array([6.0, 4.0]),
+        "stripe_id_2_loss": np.array([5.0, 3.0]),
+    }
+    loss_axis = plot_loss_curves(history).axes[0]
+    labels = [line.get_label() for line in loss_axis.get_lines()]
+    assert labels == ["total", "triplet", "identity per stripe (mean of 2)"]
+    np.testing.assert_allclose(loss_axis.get_lines()[2].get_ydata(), [5.5, 3.5])

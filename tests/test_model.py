@@ -580,37 +580,56 @@ def numpy_label_smoothed_cross_entropy(labels, logits, epsilon):
     return float(np.mean(-(targets * log_softmax).sum(axis=1)))
 
 
-def stripe_tower():
-    """4 stripes of average pooling on an 8x8 map (2 rows each), moving statistics randomised."""
-    from siamese_reid.model.training_model import build_pk_training_model
+STRIPE_HEADS = ["model.vgg_blocks=2", "model.embedding_dim=8", "loss.triplet_feature=pre_bnneck", "loss.id_weight=1"]
 
-    tower = tower_of(pooling="avg")
-    model = build_pk_training_model(tower, 5, "pre_bnneck", id_loss=True, stripe_id_loss=True)
+
+def stripe_training_model(pooling="avg", height=32, stripe_id_weight=0.8, stripes=4):
+    """The training model a config with per-stripe ID losses asks for (5 identities), the heads'
+    moving statistics randomised. vgg_blocks=2: a (height / 4) x 8 map."""
+    from siamese_reid.config import load_config
+    from siamese_reid.model.building import build_tower, model_to_fit
+
+    overrides = [f"model.pooling={pooling}", f"model.stripes={stripes}", f"loss.stripe_id_weight={stripe_id_weight}"]
+    config = load_config(None, STRIPE_HEADS + overrides + [f"data.image_height={height}", "data.image_width=32"])
+    tower = build_tower(config)
+    model, loss = model_to_fit(tower, config, 5)
     rng = np.random.default_rng(11)
-    for index in range(1, 5):
+    for index in range(1, stripes + 1):
         layer = model.get_layer(f"stripe_bnneck_{index}")
         gamma, mean, variance = (w.numpy() for w in layer.weights)
         layer.set_weights(
             [rng.uniform(0.5, 2.0, gamma.shape), rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)]
         )
-    return tower, model
+    return tower, model, loss
 
 
-def test_each_stripe_has_its_own_classifier_on_its_own_rows():
+def numpy_pool(rows, pooling):
+    """Pooling of [batch, rows, width, channels] over space, from its definition."""
+    if pooling == "avg":
+        return rows.mean(axis=(1, 2))
+    cubes = np.maximum(rows.astype(np.float64), 1e-6) ** 3  # GeM, p = 3 (Radenovic et al.)
+    return cubes.mean(axis=(1, 2)) ** (1 / 3)
+
+
+@pytest.mark.parametrize(("pooling", "height"), [("avg", 32), ("gem", 36)])
+def test_each_stripe_has_its_own_classifier_on_its_own_rows(pooling, height):
     # PCB (Sun et al.): stripe i's logits are its own rows' pooled feature through its own BN and
-    # classifier; computed here from the backbone's map with numpy
-    tower, model = stripe_tower()
-    batch = images(12)
+    # classifier. Rows as adaptive pooling shares them: floor(i H / n) to ceil((i + 1) H / n);
+    # at 36 pixels the map has 9 rows and neighbouring stripes share one.
+    tower, model, _ = stripe_training_model(pooling, height)
+    batch = images(12, size=(height, 32))
     feature_map = keras.Model(tower.input, tower.get_layer("stripe_1").input).predict(batch, verbose=0)
-    assert feature_map.shape[1] == 8
+    rows = feature_map.shape[1]
+    assert rows == height // 4
     outputs = model.predict(batch, verbose=0)
     for index in range(1, 5):
-        pooled = feature_map[:, 2 * (index - 1) : 2 * index].mean(axis=(1, 2))
+        top, bottom = (index - 1) * rows // 4, -(-index * rows // 4)
+        pooled = numpy_pool(feature_map[:, top:bottom], pooling)
         normalised = numpy_batch_norm(model.get_layer(f"stripe_bnneck_{index}"), pooled)
         classifier = model.get_layer(f"stripe_classifier_{index}")
         assert len(classifier.weights) == 1  # no bias
         np.testing.assert_allclose(
-            outputs[f"stripe_id_{index}"], normalised @ classifier.kernel.numpy(), rtol=1e-4, atol=1e-6
+            outputs[f"stripe_id_{index}"], normalised @ classifier.kernel.numpy(), rtol=1e-4, atol=1e-5
         )
     # the heads train the tower but are not part of it: a checkpoint of the tower holds none of them
     extra = {w.path for w in model.weights} - {w.path for w in tower.weights}
@@ -620,13 +639,9 @@ def test_each_stripe_has_its_own_classifier_on_its_own_rows():
 
 
 def test_the_stripe_losses_are_averaged_then_weighted():
-    from siamese_reid.config import load_config
     from siamese_reid.model.training_model import compile_arguments
 
-    tower, model = stripe_tower()
-    loss = load_config(
-        None, ["loss.triplet_feature=pre_bnneck", "loss.id_weight=1", "loss.stripe_id_weight=0.8"]
-    ).loss
+    _, model, loss = stripe_training_model(stripe_id_weight=0.8)
     arguments = compile_arguments(loss, model)
     model.compile(**arguments)
     assert [arguments["loss_weights"][f"stripe_id_{index}"] for index in range(1, 5)] == [0.2] * 4
@@ -642,8 +657,15 @@ def test_the_stripe_losses_are_averaged_then_weighted():
     assert logs["loss"] == pytest.approx(total, rel=1e-4)
 
 
-def test_a_globally_pooled_tower_has_no_stripes_to_classify():
+@pytest.mark.parametrize("pooling", ["avg", "gem"])
+def test_a_globally_pooled_tower_has_no_stripes_to_classify(pooling):
     from siamese_reid.model.training_model import build_pk_training_model
 
     with pytest.raises(ValueError, match="2 or more stripes"):
-        build_pk_training_model(tower_of(stripes=1), 5, "pre_bnneck", stripe_id_loss=True)
+        build_pk_training_model(tower_of(stripes=1, pooling=pooling), 5, "pre_bnneck", stripe_id_loss=True)
+
+
+def test_more_stripes_than_rows_is_refused_rather_than_training_copies():
+    # 8 rows for 10 stripes: pool_stripes would repeat rows, and two classifiers learn the same
+    with pytest.raises(ReIDError, match="leaves 8 rows for 10 stripes"):
+        stripe_training_model(stripes=10)

@@ -35,8 +35,11 @@ def _check_recipe(model, loss, training):
                     f"config key '{key}' needs 'training.sampler: pk': the triplet sampler trains the triplet "
                     "loss on the embedding only"
                 )
-    if loss.triplet_weight == 0 and loss.id_weight == 0:
-        raise ReIDError("config keys 'loss.triplet_weight' and 'loss.id_weight' are both 0: set one of them above 0")
+    if loss.triplet_weight == 0 and loss.id_weight == 0 and loss.stripe_id_weight == 0:
+        raise ReIDError(
+            "config keys 'loss.triplet_weight', 'loss.id_weight' and 'loss.stripe_id_weight' are all 0: "
+            "set one of them above 0"
+        )
     if loss.stripe_id_weight > 0 and model.stripes < 2:
         raise ReIDError(
             f"config key 'loss.stripe_id_weight' needs 'model.stripes' of 2 or more, got {model.stripes}: "

@@ -46,8 +46,8 @@ def build_training_model(config, steps, strategy, num_identities=None):
     """Tower, the compiled model `fit` trains, and the record of how it was initialised.
 
     In triplet mode the trained model is the Siamese model around the tower; in P x K mode it is
-    the tower itself, or, when the loss section asks for an ID loss (on the embedding or per
-    stripe), a center loss or the feature before the BNNeck, the training model of `build_pk_training_model` around it (feed it
+    the tower itself, or, when the loss section asks for an ID loss (on the embedding or
+    per stripe), a center loss or the feature before the BNNeck, the training model of `build_pk_training_model` around it (feed it
     `fit_batches` of the P x K stream). Either way the tower's weights are the ones trained, and
     the tower is what checkpoints save.
 
@@ -70,11 +70,12 @@ def build_training_model(config, steps, strategy, num_identities=None):
     )
     with strategy.scope():
         tower = build_tower(config)
+        model, loss = model_to_fit(tower, config, num_identities)
         if strategy.num_replicas_in_sync > 1:
             from siamese_reid.distribution import synchronize_batch_norm
 
-            synchronize_batch_norm(tower)
-        model, loss = model_to_fit(tower, config, num_identities)
+            # the model's, not only the tower's: the per-stripe heads' BatchNorms are outside it
+            synchronize_batch_norm(model)
         model.compile(
             optimizer=make_optimizer(training.optimizer, schedule, training.weight_decay),
             **compile_arguments(loss, model),

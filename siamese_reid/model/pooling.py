@@ -60,8 +60,8 @@ def pool_stripes(features, pooling, stripes):
     Global pooling forgets where on the body a feature was (a red top and a red pair of trousers
     pool alike); stripes keep that, which matters most when the training set is too small to
     learn it (Sun et al., Beyond Part Models: Person Retrieval with Refined Part Pooling,
-    https://arxiv.org/abs/1711.09349; here the stripes share one projection, without PCB's
-    per-part classifiers or refined part pooling). Rows are shared out as PyTorch's adaptive pooling does:
+    https://arxiv.org/abs/1711.09349; here the stripes share one projection, without refined
+    part pooling; PCB's per-part classifiers are the training option loss.stripe_id_weight). Rows are shared out as PyTorch's adaptive pooling does:
     stripe i covers rows floor(i H / n) to ceil((i + 1) H / n), so any height works, also one of
     fewer rows than stripes (rows then repeat: a backbone that leaves one row, as ResNet-50 does
     at 32 pixels high, gives global pooling n times over, not an error).

@@ -19,6 +19,7 @@ follow Sun et al., Beyond Part Models (PCB), https://arxiv.org/abs/1711.09349.
 import keras
 from keras import ops
 
+from siamese_reid.errors import ReIDError
 from siamese_reid.losses import build_loss, make_triplet_metrics
 from siamese_reid.losses.identity import CenterLoss, LabelSmoothedCrossEntropy, center_distances, center_update
 
@@ -56,10 +57,21 @@ def _identity_classifier(num_identities, name):
 def stripe_features(tower):
     """Each horizontal stripe's pooled feature [batch, channels], top to bottom: the inputs of the
     tower's "pool" concatenation (`pool_stripes`), which only a tower of 2 or more stripes has."""
-    pool = tower.get_layer("pool")
+    try:
+        pool = tower.get_layer("pool")
+    except ValueError:  # GeM pooling of one stripe makes no layer of that name
+        pool = None
     if not isinstance(pool, keras.layers.Concatenate):
         raise ValueError("per-stripe identity losses need a tower of 2 or more stripes (model.stripes)")
-    return list(pool.input)
+    stripes = list(pool.input)
+    rows = tower.get_layer("stripe_1").input.shape[1]
+    if rows < len(stripes):
+        # pool_stripes repeats rows then: several classifiers would learn the same rows
+        raise ReIDError(
+            f"per-stripe identity losses need a feature map of at least as many rows as stripes: the backbone "
+            f"leaves {rows} rows for {len(stripes)} stripes; use fewer stripes (model.stripes) or taller images"
+        )
+    return stripes
 
 
 def stripe_logits(tower, num_identities):
@@ -68,8 +80,17 @@ def stripe_logits(tower, num_identities):
 
     PCB's point: a classifier per part makes every stripe identify the person on its own, where
     the one classifier behind the concatenation can lean on the stripes that are easiest (Sun et
-    al., https://arxiv.org/abs/1711.09349; there each part has a 1x1 convolution to 256-d first,
-    here the BN normalises the pooled feature directly, as the BNNeck does).
+    al., https://arxiv.org/abs/1711.09349). Where this differs from PCB:
+    - the heads train beside the triplet loss and the global identity loss, and the embedding
+      used for retrieval stays the projected, BNNeck-normalised concatenation (PCB concatenates
+      the parts' own features), so the per-stripe losses shape the backbone, not the projection;
+    - no reduction layer (PCB: a 1x1 convolution to 256-d with batch normalisation and ReLU)
+      and no classifier bias: each head is a BN without shift and a bias-free classifier, as the
+      BNNeck's; the loss is the label-smoothed cross-entropy of the global ID loss;
+    - the stripes' losses are averaged (`compile_arguments`), PCB sums them;
+    - the heads read the pooled stripes before any `model.feature_layer`;
+    - PCB's own setting is 6 stripes at 384x128 with last stride 1; the stripes here are
+      `model.stripes` of whatever map the backbone leaves.
     """
     logits = {}
     for index, features in enumerate(stripe_features(tower), start=1):
