@@ -46,10 +46,10 @@ def build_training_model(config, steps, strategy, num_identities=None):
     """Tower, the compiled model `fit` trains, and the record of how it was initialised.
 
     In triplet mode the trained model is the Siamese model around the tower; in P x K mode it is
-    the tower itself, or, when the loss section asks for an ID loss (on the embedding or
-    per stripe), a center loss or the feature before the BNNeck, the training model of `build_pk_training_model` around it (feed it
-    `fit_batches` of the P x K stream). Either way the tower's weights are the ones trained, and
-    the tower is what checkpoints save.
+    the tower itself, or, when the loss section asks for an ID loss (on the embedding or per
+    stripe), a center loss or the feature before the BNNeck, the training model of
+    `build_pk_training_model` around it (feed it `fit_batches` of the P x K stream). Either way
+    the tower's weights are the ones trained, and the tower is what checkpoints save.
 
     Args:
       num_identities: training identities (labels 0..N-1); needed by the training model only.

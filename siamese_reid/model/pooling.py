@@ -61,10 +61,11 @@ def pool_stripes(features, pooling, stripes):
     pool alike); stripes keep that, which matters most when the training set is too small to
     learn it (Sun et al., Beyond Part Models: Person Retrieval with Refined Part Pooling,
     https://arxiv.org/abs/1711.09349; here the stripes share one projection, without refined
-    part pooling; PCB's per-part classifiers are the training option loss.stripe_id_weight). Rows are shared out as PyTorch's adaptive pooling does:
-    stripe i covers rows floor(i H / n) to ceil((i + 1) H / n), so any height works, also one of
-    fewer rows than stripes (rows then repeat: a backbone that leaves one row, as ResNet-50 does
-    at 32 pixels high, gives global pooling n times over, not an error).
+    part pooling; PCB's per-part classifiers are the training option loss.stripe_id_weight).
+    Rows are shared out as PyTorch's adaptive pooling does: stripe i covers rows floor(i H / n)
+    to ceil((i + 1) H / n), so any height works, also one of fewer rows than stripes (rows then
+    repeat: a backbone that leaves one row, as ResNet-50 does at 32 pixels high, gives global
+    pooling n times over, not an error; the per-stripe identity losses refuse such a map).
     Stock layers only (Cropping2D, Concatenate): a saved tower loads without this package.
     """
     if stripes == 1:
