@@ -328,18 +328,23 @@ def bnneck_tower():
     """A small tower whose BNNeck has non-trivial scale and moving statistics."""
     keras.utils.set_random_seed(3)
     tower = build_embedding_model(SMALL, SIZE)
-    rng = np.random.default_rng(4)
-    bnneck = tower.get_layer("bnneck")
-    gamma, mean, variance = (w.numpy() for w in bnneck.weights)
-    bnneck.set_weights(
-        [rng.uniform(0.5, 2.0, gamma.shape), rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)]
-    )
+    randomise_batch_norm(tower.get_layer("bnneck"), np.random.default_rng(4))
     return tower
 
 
-def numpy_bnneck(tower, features):
-    gamma, mean, variance = (w.numpy() for w in tower.get_layer("bnneck").weights)
-    return (features - mean) / np.sqrt(variance + tower.get_layer("bnneck").epsilon) * gamma
+def randomise_batch_norm(layer, rng):
+    """Non-trivial scale and moving statistics for a BatchNorm without shift (gamma, mean, variance)."""
+    gamma, mean, variance = (w.numpy() for w in layer.weights)
+    layer.set_weights(
+        [rng.uniform(0.5, 2.0, gamma.shape), rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)]
+    )
+
+
+def numpy_batch_norm(layer, features):
+    """Inference batch normalisation from the layer's weights: (x - mean) / sqrt(var + eps) * gamma."""
+    weights = {w.path.split("/")[-1]: w.numpy() for w in layer.weights}
+    assert "beta" not in weights  # no learned shift, as the BNNeck
+    return (features - weights["moving_mean"]) / np.sqrt(weights["moving_variance"] + layer.epsilon) * weights["gamma"]
 
 
 def projection_of(tower, batch):
@@ -354,7 +359,7 @@ def test_bnneck_triplet_sees_the_pre_bn_feature_id_the_post_bn_feature_inference
     batch = images(5)
     outputs = model.predict(batch, verbose=0)
     projection = projection_of(tower, batch)
-    after_bn = numpy_bnneck(tower, projection)
+    after_bn = numpy_batch_norm(tower.get_layer("bnneck"), projection)
     np.testing.assert_allclose(outputs["triplet"], projection, rtol=1e-5, atol=1e-5)
     classifier = model.get_layer("classifier")
     assert len(classifier.weights) == 1  # no bias, as in the reference code
@@ -478,7 +483,7 @@ def test_embedding_dim_zero_means_no_projection_the_pooled_feature_goes_through_
     batch = images(3)
     pooled = keras.Model(tower.input, tower.get_layer("projection").input).predict(batch, verbose=0)
     np.testing.assert_allclose(projection_of(tower, batch), pooled)
-    after_bn = numpy_bnneck(tower, pooled)
+    after_bn = numpy_batch_norm(tower.get_layer("bnneck"), pooled)
     expected = after_bn / np.linalg.norm(after_bn, axis=1, keepdims=True)
     np.testing.assert_allclose(tower.predict(batch, verbose=0), expected, rtol=1e-4, atol=1e-5)
     tower.save(tmp_path / "tower.keras")
@@ -564,13 +569,6 @@ def test_the_float32_mirror_follows_the_trained_towers_weights():
     assert Float32Mirror(float32_tower).current() is float32_tower
 
 
-def numpy_batch_norm(layer, features):
-    """Inference batch normalisation from the layer's weights: (x - mean) / sqrt(var + eps) * gamma."""
-    weights = {w.path.split("/")[-1]: w.numpy() for w in layer.weights}
-    assert "beta" not in weights  # no learned shift, as the BNNeck
-    return (features - weights["moving_mean"]) / np.sqrt(weights["moving_variance"] + layer.epsilon) * weights["gamma"]
-
-
 def numpy_label_smoothed_cross_entropy(labels, logits, epsilon):
     """Mean over the batch of -sum_k q_k log softmax(logits)_k, q = (1 - eps) one-hot + eps / N."""
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -595,11 +593,7 @@ def stripe_training_model(pooling="avg", height=32, stripe_id_weight=0.8, stripe
     model, loss = model_to_fit(tower, config, 5)
     rng = np.random.default_rng(11)
     for index in range(1, stripes + 1):
-        layer = model.get_layer(f"stripe_bnneck_{index}")
-        gamma, mean, variance = (w.numpy() for w in layer.weights)
-        layer.set_weights(
-            [rng.uniform(0.5, 2.0, gamma.shape), rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)]
-        )
+        randomise_batch_norm(model.get_layer(f"stripe_bnneck_{index}"), rng)
     return tower, model, loss
 
 
