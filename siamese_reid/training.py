@@ -9,6 +9,7 @@ callbacks is a few small callbacks: these, the checkpoints (`checkpoints`) and t
 import csv
 import dataclasses
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -135,6 +136,11 @@ def monitored_history_split(history_path, has_validation):
     return "val" if has_validation else "test"
 
 
+def _natural_order(key):
+    """Numbers in a column name compare as numbers: stripe_id_2_loss before stripe_id_10_loss."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
 class HistoryLogger(keras.callbacks.CSVLogger):
     """keras.callbacks.CSVLogger with its columns fixed up front, evaluation ones included, and
     epochs numbered from 1 as on the console and in best.json, and with the run's training time
@@ -176,5 +182,5 @@ class HistoryLogger(keras.callbacks.CSVLogger):
         # the meter runs before this callback (fitting._callbacks), so `saved` is this epoch's
         logs = {**(logs or {}), HISTORY_ELAPSED: self.meter.saved["training_seconds"]}
         if self.keys is None:
-            self.keys = sorted(set(logs) | set(self.extra_keys))
+            self.keys = sorted(set(logs) | set(self.extra_keys), key=_natural_order)
         super().on_epoch_end(epoch + self.first_epoch_number, logs)

@@ -430,3 +430,21 @@ def test_periodic_evaluation_scores_the_epochs_asked_for_and_keeps_the_last(tiny
     scoring = [message for message in caplog.messages if "scoring on" in message]
     assert scoring == [f"\nepoch {n}: scoring on query / gallery (test)... " for n in (2, 3)]
     assert f"rank-1 {percent(expected['rank1'])}  mAP {percent(expected['mAP'])}" in caplog.messages
+
+
+def test_history_columns_numbered_by_stripe_come_in_numeric_order(tmp_path):
+    # 12 per-stripe losses: plain string order would put stripe_id_10_loss before stripe_id_2_loss
+    from siamese_reid.run_cost import RunCostMeter
+    from siamese_reid.training import HistoryLogger
+
+    path = tmp_path / "history.csv"
+    meter = RunCostMeter(tmp_path / "run_cost.json")
+    logger = HistoryLogger(str(path), meter, extra_keys=("val_mAP",))
+    logger.on_train_begin()
+    meter.on_epoch_end(0)
+    logger.on_epoch_end(0, {"loss": 1.0, **{f"stripe_id_{i}_loss": 0.1 * i for i in range(1, 13)}})
+    logger.on_train_end()
+    header = path.read_text().splitlines()[0].split(",")
+    stripes = [column for column in header if column.startswith("stripe_id_")]
+    assert stripes == [f"stripe_id_{i}_loss" for i in range(1, 13)]
+    assert header[:3] == ["epoch", "elapsed_seconds", "loss"]
