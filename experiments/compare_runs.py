@@ -11,9 +11,13 @@ how much a second training run with another seed would differ. The first RUN is 
     python experiments/compare_runs.py RUN RUN --candidate-set evaluation.rerank=true
     python experiments/compare_runs.py --split test BASELINE_RUN CANDIDATE_RUN
 
---split validation (the default, what a recipe is chosen on) scores each run folder's last.keras
-again on the validation identities its config held out; the runs must hold out the same ones
-(same training data, data.validation_fraction and data.split_seed). --set applies config
+--split validation (the default, what a recipe is chosen on) pairs the validation identities the
+runs' configs held out; the runs must hold out the same ones (same training data,
+data.validation_fraction and data.split_seed). Tuning runs (`evaluation.score_test: false`)
+saved their last epoch's per-query validation APs, and those are read when every folder has
+them and no --set is given; otherwise each folder's last.keras is scored again. So a folder
+that keeps only a run's small files (config.yaml, metrics.json, query_average_precisions.npy,
+query_embeddings.npz) stays a baseline after its model is gone. --set applies config
 overrides to every run before scoring, --candidate-set to the candidates only (so a run against
 itself re-ranked measures what re-ranking adds). --split test reads the per-query APs that a
 run, or an evaluation folder evaluate.py wrote, saved when it scored the test split
@@ -69,47 +73,64 @@ def validation_average_precisions(runs, configs):
     scored with its config's evaluation settings, and the queries' identities. The runs hold
     out the same identities (`check_same_queries`), so the data is read and scanned once, not
     once per run."""
-    from siamese_reid.data.preparation import prepare_data
-    from siamese_reid.evaluation.evaluator import evaluate_model
-    from siamese_reid.model.building import image_size
-    from siamese_reid.model.embedding import load_embedding_model
     from siamese_reid.runs import run_model_path
 
     if configs[0].data.validation_fraction <= 0:
         raise ReIDError(f"{runs[0]} was trained without a validation split (data.validation_fraction is 0)")
+    model_paths = [run_model_path(run) for run in runs]  # a folder without its model fails before TensorFlow loads
+
+    from siamese_reid.data.preparation import prepare_data
+    from siamese_reid.evaluation.evaluator import evaluate_model
+    from siamese_reid.model.building import image_size
+    from siamese_reid.model.embedding import load_embedding_model
     # prepare_data writes a summary and converts unusual images into its folder: a scratch one,
     # kept until scoring has read them, so the run folders stay as they are.
     with tempfile.TemporaryDirectory() as scratch:
         _, data = prepare_data(configs[0], scratch)
         scores = [
             evaluate_model(
-                load_embedding_model(run_model_path(run)),
+                load_embedding_model(model_path),
                 data.validation_query,
                 data.validation_gallery,
                 image_size(config),
                 config.evaluation,
             ).ranking.query_average_precisions
-            for run, config in zip(runs, configs, strict=True)
+            for model_path, config in zip(model_paths, configs, strict=True)
         ]
     return scores, np.array([sample.pid for sample in data.validation_query])
 
 
-def saved_test_average_precisions(folder):
+def saved_split(folder):
+    """Which split a folder's saved per-query APs are: metrics.json's "split" (folders older than
+    the key: test), whatever the config says now, since a resumed run may have changed
+    evaluation.score_test; None without metrics.json."""
     import json
 
-    from siamese_reid.runs import METRICS, QUERY_AVERAGE_PRECISIONS
+    from siamese_reid.runs import METRICS
 
-    # metrics.json says which split the saved scores are (folders older than the key: test),
-    # whatever the config says now: a resumed run may have changed evaluation.score_test
     metrics_path = folder / METRICS
-    split = json.loads(metrics_path.read_text()).get("split", "test") if metrics_path.is_file() else "test"
-    if split != "test":
+    return json.loads(metrics_path.read_text()).get("split", "test") if metrics_path.is_file() else None
+
+
+def has_saved_validation_scores(folder):
+    from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
+
+    return saved_split(folder) == "validation" and (folder / QUERY_AVERAGE_PRECISIONS).is_file()
+
+
+def saved_average_precisions(folder, split="test"):
+    from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
+
+    saved = saved_split(folder) or "test"
+    if saved != split:
+        score_test = "false" if saved == "validation" else "true"
         raise ReIDError(
-            f"{folder} reported on the {split} split (evaluation.score_test: false): its saved scores are not test's"
+            f"{folder} reported on the {saved} split (evaluation.score_test: {score_test}): "
+            f"its saved scores are not {split}'s"
         )
     path = folder / QUERY_AVERAGE_PRECISIONS
     if not path.is_file():
-        raise ReIDError(f"{path} is missing: the folder has not scored the test split")
+        raise ReIDError(f"{path} is missing: the folder has not scored the {split} split")
     return np.load(path)
 
 
@@ -168,10 +189,13 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
     configs = [load_run_config(runs[0], overrides)]
     configs += [load_run_config(run, [*overrides, *candidate_overrides]) for run in runs[1:]]
     check_same_queries(runs, configs, split)
-    if split == "validation":
+    rescore = split == "validation" and (
+        overrides or candidate_overrides or not all(has_saved_validation_scores(run) for run in runs)
+    )
+    if rescore:
         scores, identities = validation_average_precisions(runs, configs)
     else:
-        scores = [saved_test_average_precisions(run) for run in runs]
+        scores = [saved_average_precisions(run, split) for run in runs]
         identities = saved_query_identities(runs[0])
         if identities is not None and len(identities) != len(scores[0]):
             identities = None  # embeddings of another evaluation than the saved APs'

@@ -226,3 +226,22 @@ def test_a_tuning_run_reports_on_validation_and_never_scores_test(
     assert result.returncode != 0
     assert "reported on the validation split (evaluation.score_test: false)" in result.stderr
     assert result.stderr.count("\n") == 1
+    # its saved validation APs are what scoring last.keras again gives, so a folder that keeps
+    # only the run's small files pairs without the model, and against the run itself differs by 0
+    import shutil
+
+    from siamese_reid.runs import load_run_config
+
+    rescored, identities = compare_runs.validation_average_precisions([run_dir], [load_run_config(run_dir)])
+    np.testing.assert_allclose(rescored[0], saved, atol=1e-6)
+    record = tmp_path / "record"
+    record.mkdir()
+    for name in ("config.yaml", "metrics.json", "query_average_precisions.npy", "query_embeddings.npz"):
+        shutil.copy(run_dir / name, record / name)
+    baseline, candidate = compare_runs.compare_runs([record, run_dir])
+    assert baseline.mAP == pytest.approx(100 * metrics["mAP"])
+    assert candidate.difference == 0.0 and candidate.queries == metrics["validation"]["num_valid_queries"]
+    # a --set asks for scoring again, which needs the model the record does not keep
+    result = compare(record, run_dir, "--set", "evaluation.rerank=true")
+    assert result.returncode != 0 and result.stderr.count("\n") == 1
+    assert "no last.keras in run folder" in result.stderr
