@@ -83,6 +83,7 @@ def validation_average_precisions(runs, configs):
     from siamese_reid.evaluation.evaluator import evaluate_model
     from siamese_reid.model.building import image_size
     from siamese_reid.model.embedding import load_embedding_model
+
     # prepare_data writes a summary and converts unusual images into its folder: a scratch one,
     # kept until scoring has read them, so the run folders stay as they are.
     with tempfile.TemporaryDirectory() as scratch:

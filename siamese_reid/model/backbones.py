@@ -239,6 +239,7 @@ def with_last_stride_one(backbone):
     Reference: Luo et al., Bag of Tricks and A Strong Baseline for Deep Person
     Re-identification, https://arxiv.org/abs/1903.07071 (section "Last Stride").
     """
+
     def clone_layer(layer):
         config = layer.get_config()
         if layer.name in RESNET50_LAST_STAGE_STRIDED_LAYERS:
