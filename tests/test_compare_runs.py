@@ -14,14 +14,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = PROJECT_ROOT / "experiments" / "compare_runs.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
+def load_script(path=SCRIPT):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 compare_runs = load_script()
+keep_record = load_script(PROJECT_ROOT / "experiments" / "keep_record.py")
 
 
 def write_run(folder, average_precisions=None, query_dir="query", validation_fraction=0.0):
@@ -226,22 +227,38 @@ def test_a_tuning_run_reports_on_validation_and_never_scores_test(
     assert result.returncode != 0
     assert "reported on the validation split (evaluation.score_test: false)" in result.stderr
     assert result.stderr.count("\n") == 1
-    # its saved validation APs are what scoring last.keras again gives, so a folder that keeps
-    # only the run's small files pairs without the model, and against the run itself differs by 0
-    import shutil
-
+    # its saved validation APs are what scoring last.keras again gives, so its record (the run's
+    # small files, keep_record.py) pairs without the model, and against the run itself differs by
+    # 0, with the queries grouped by the identities the record kept
+    from siamese_reid.learning_curves import read_curve
     from siamese_reid.runs import load_run_config
 
     rescored, identities = compare_runs.validation_average_precisions([run_dir], [load_run_config(run_dir)])
     np.testing.assert_allclose(rescored[0], saved, atol=1e-6)
-    record = tmp_path / "record"
-    record.mkdir()
-    for name in ("config.yaml", "metrics.json", "query_average_precisions.npy", "query_embeddings.npz"):
-        shutil.copy(run_dir / name, record / name)
+    record = tmp_path / "records" / "tuning"
+    written = keep_record.keep_record(run_dir, record)
+    assert "last.keras" not in written and not (record / "last.keras").exists()
+    np.testing.assert_array_equal(compare_runs.saved_query_identities(record), identities)
     baseline, candidate = compare_runs.compare_runs([record, run_dir])
     assert baseline.mAP == pytest.approx(100 * metrics["mAP"])
-    assert candidate.difference == 0.0 and candidate.queries == metrics["validation"]["num_valid_queries"]
+    assert candidate.difference == 0.0 == candidate.identity_standard_error
+    assert candidate.queries == metrics["validation"]["num_valid_queries"]
+    assert read_curve(record, "val_mAP", "record").values[-1] == pytest.approx(metrics["mAP"])
+    with pytest.raises(ReIDError, match="a record is never overwritten"):
+        keep_record.keep_record(run_dir, record)
     # a --set asks for scoring again, which needs the model the record does not keep
     result = compare(record, run_dir, "--set", "evaluation.rerank=true")
     assert result.returncode != 0 and result.stderr.count("\n") == 1
     assert "no last.keras in run folder" in result.stderr
+
+
+def test_keeping_the_record_of_an_unfinished_run_is_refused_in_one_line(tmp_path):
+    unfinished = write_run(tmp_path / "unfinished", [0.5, 1.0])  # no metrics.json or history.csv yet
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "experiments" / "keep_record.py"), unfinished, tmp_path / "record"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"error: {unfinished} is not a finished run: no metrics.json, history.csv"
+    assert not (tmp_path / "record").exists()
