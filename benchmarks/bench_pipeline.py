@@ -16,9 +16,16 @@ Measured in one run, at the shapes of config.yaml (override with --set):
     python benchmarks/bench_pipeline.py [--set data.image_height=128 ...] [--steps 20]
     python benchmarks/bench_pipeline.py --config configs/market1501_cpu.yaml --only-pipeline \
         --set data.train_dir=../shared/data/market1501-train/bounding_box_train ...   # 1. alone
+
+--only-recipe measures the configured recipe's train step exactly as train.py builds it under
+float32 and mixed_bfloat16, each without and with XLA, names the policy `training.precision:
+auto` picks on this machine, and predicts each one's training time for the config's epochs over
+the training split (periodic scoring not included). A recipe's time is a property of the CPU, not
+only of the recipe: this says what it is on the machine at hand.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -165,6 +172,53 @@ def shipped_default_against_baseline(config, train, paths, triplets, steps):
     return results
 
 
+def cpu_model(cpuinfo_path="/proc/cpuinfo"):
+    """The CPU's model name with its family and model numbers, which tell generations apart where
+    a virtual machine's name does not ("AMD EPYC"); the platform's processor name elsewhere."""
+    try:
+        lines = Path(cpuinfo_path).read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
+def recipe_across_precisions(config, train, steps):
+    """The configured recipe's train step under each policy, with and without XLA, and the
+    training time each rate predicts for the config's epochs over `train`."""
+    from siamese_reid.data.pipeline import steps_per_epoch
+    from siamese_reid.precision import resolve_precision
+
+    batch = config.training.identities_per_batch * config.training.images_per_identity
+    images = config.training.epochs * steps_per_epoch(config.training, len(train)) * batch
+    auto = resolve_precision("auto")
+    results = {"auto": auto.policy, "auto_reason": auto.reason, "training_images": images}
+    print(f"training.precision auto -> {auto.policy} ({auto.reason})", flush=True)
+    for policy in ("float32", "mixed_bfloat16"):
+        for xla in (False, True):
+            variant = dataclasses.replace(config, training=dataclasses.replace(config.training, xla=xla))
+            rate, spread, _ = shipped_images_per_second(variant, train, steps, policy)
+            key = f"recipe_{policy}{'_xla' if xla else ''}"
+            results[f"{key}_images_per_s"] = rate
+            results[f"{key}_predicted_hours"] = images / rate / 3600
+            print(
+                f"recipe train step, {policy}{' + XLA' if xla else ''}: {rate:.1f} images/s "
+                f"(interquartile {spread[0]:.1f}-{spread[1]:.1f}); {config.training.epochs} epochs of "
+                f"{images // config.training.epochs:,} images: {images / rate / 3600:.1f} h",
+                flush=True,
+            )
+    keras.mixed_precision.set_global_policy("float32")
+    return results
+
+
+def write_results(path, results):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config.yaml")
@@ -176,6 +230,11 @@ def main():
     )
     parser.add_argument(
         "--only-pipeline", action="store_true", help="measure only the tf.data P x K pipeline alone (1.)"
+    )
+    parser.add_argument(
+        "--only-recipe",
+        action="store_true",
+        help="measure only the configured recipe's train step under each precision, and its predicted training time",
     )
     arguments = parser.parse_args()
     # from_generator datasets have no known length: Keras warns when a warm-up pass ends them
@@ -192,19 +251,21 @@ def main():
     triplet_size = training.triplet_batch_size
     batches = samplers.pk_batches(pids, training.identities_per_batch, training.images_per_identity, steps + 3, 0)
     triplets = samplers.sample_triplets(pids, camids, (steps + 3) * triplet_size, 0)
-    results = {}
+    results = {"cpu": cpu_model(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    if arguments.only_recipe:
+        results.update(recipe_across_precisions(config, splits.train, steps))
+        write_results(arguments.output, results)
+        return
     if arguments.only_shipped:
         results.update(shipped_default_against_baseline(config, splits.train, paths, triplets, steps))
-        Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(arguments.output).write_text(json.dumps(results, indent=2))
+        write_results(arguments.output, results)
         return
 
     pk = pk_dataset(paths, labels, batches, size, config.augment, 0)
     results["pipeline_pk_images_per_s"] = images_per_second(pk, steps, pk_size, lambda batch: batch[0].numpy())
     print(f"tf.data P x K pipeline alone: {results['pipeline_pk_images_per_s']:.0f} images/s", flush=True)
     if arguments.only_pipeline:
-        Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(arguments.output).write_text(json.dumps(results, indent=2))
+        write_results(arguments.output, results)
         return
 
     def compiled(model, loss_name):
@@ -283,12 +344,10 @@ def main():
         pk_batch=pk_size,
         triplet_batch=triplet_size,
         steps=steps,
-        machine=f"{platform.machine()}, {os.cpu_count()} cores",
         tensorflow=tf.__version__,
         gpus=len(tf.config.list_physical_devices("GPU")),
     )
-    Path(arguments.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(arguments.output).write_text(json.dumps(results, indent=2))
+    write_results(arguments.output, results)
 
 
 if __name__ == "__main__":
