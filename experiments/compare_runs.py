@@ -14,8 +14,9 @@ how much a second training run with another seed would differ. The first RUN is 
 --split validation (the default, what a recipe is chosen on) pairs the validation identities the
 runs' configs held out; the runs must hold out the same ones (same training data,
 data.validation_fraction and data.split_seed). Tuning runs (`evaluation.score_test: false`)
-saved their last epoch's per-query validation APs, and those are read when every folder has
-them and no --set is given; otherwise each folder's last.keras is scored again. So a folder
+saved their last epoch's per-query validation APs with the protocol they were scored with, and a
+folder's are read when they are what its config.yaml scores and no --set or --candidate-set
+applies to it; otherwise its last.keras is scored again. So a folder
 that keeps only a run's small files (config.yaml, metrics.json, query_average_precisions.npy,
 query_embeddings.npz) stays a baseline after its model is gone. --set applies config
 overrides to every run before scoring, --candidate-set to the candidates only (so a run against
@@ -38,10 +39,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from siamese_reid.errors import ReIDError  # noqa: E402  (pure Python; TensorFlow loads only to score)
 
-# What must agree for two folders' queries to be the same ones.
+# What must agree for two folders' queries to be the same ones: every data key that changes
+# which images a split holds.
 SAME_QUERIES = {
-    "validation": ("root", "layout", "train_dir", "validation_fraction", "split_seed"),
-    "test": ("root", "layout", "query_dir", "gallery_dir"),
+    "validation": (
+        "root",
+        "layout",
+        "train_dir",
+        "validation_fraction",
+        "split_seed",
+        "test_fraction",
+        "cuhk03_subset",
+        "msmt17_val",
+    ),
+    "test": ("root", "layout", "query_dir", "gallery_dir", "test_fraction", "cuhk03_subset"),
 }
 
 
@@ -68,16 +79,18 @@ def check_same_queries(folders, configs, split):
                 )
 
 
-def validation_average_precisions(runs, configs):
+def validation_average_precisions(runs, configs, reasons):
     """Each validation query's AP (NaN for a query without a match), for each run's last.keras
     scored with its config's evaluation settings, and the queries' identities. The runs hold
     out the same identities (`check_same_queries`), so the data is read and scanned once, not
-    once per run."""
-    from siamese_reid.runs import run_model_path
+    once per run. `reasons` say why each run is scored again, for the error when it cannot be."""
+    from siamese_reid.runs import LAST_MODEL
 
     if configs[0].data.validation_fraction <= 0:
         raise ReIDError(f"{runs[0]} was trained without a validation split (data.validation_fraction is 0)")
-    model_paths = [run_model_path(run) for run in runs]  # a folder without its model fails before TensorFlow loads
+    for run, reason in zip(runs, reasons, strict=True):  # before TensorFlow loads, in one line
+        if not (run / LAST_MODEL).is_file():
+            raise ReIDError(f"{run} has no {LAST_MODEL} to score again, and it must be: {reason}")
 
     from siamese_reid.data.preparation import prepare_data
     from siamese_reid.evaluation.evaluator import evaluate_model
@@ -90,60 +103,98 @@ def validation_average_precisions(runs, configs):
         _, data = prepare_data(configs[0], scratch)
         scores = [
             evaluate_model(
-                load_embedding_model(model_path),
+                load_embedding_model(run / LAST_MODEL),
                 data.validation_query,
                 data.validation_gallery,
                 image_size(config),
                 config.evaluation,
             ).ranking.query_average_precisions
-            for model_path, config in zip(model_paths, configs, strict=True)
+            for run, config in zip(runs, configs, strict=True)
         ]
     return scores, np.array([sample.pid for sample in data.validation_query])
 
 
-def saved_split(folder):
-    """Which split a folder's saved per-query APs are: metrics.json's "split" (folders older than
-    the key: test), whatever the config says now, since a resumed run may have changed
-    evaluation.score_test; None without metrics.json."""
+def saved_scores_problem(folder, config, split):
+    """Why the per-query APs `folder` saved are not what scoring its model on `split` with
+    `config`'s evaluation settings gives; None when they are. metrics.json, written with them,
+    says which split and protocol they are (folders older than its "split" key: test), whatever
+    the config says now."""
     import json
 
-    from siamese_reid.runs import METRICS
+    from siamese_reid.evaluation.evaluator import describe_distance
+    from siamese_reid.evaluation.protocol import protocol_record
+    from siamese_reid.runs import METRICS, QUERY_AVERAGE_PRECISIONS
 
-    metrics_path = folder / METRICS
-    return json.loads(metrics_path.read_text()).get("split", "test") if metrics_path.is_file() else None
-
-
-def has_saved_validation_scores(folder):
-    from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
-
-    return saved_split(folder) == "validation" and (folder / QUERY_AVERAGE_PRECISIONS).is_file()
-
-
-def saved_average_precisions(folder, split="test"):
-    from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
-
-    saved = saved_split(folder) or "test"
+    metrics = json.loads((folder / METRICS).read_text()) if (folder / METRICS).is_file() else {}
+    saved = metrics.get("split", "test")
     if saved != split:
         score_test = "false" if saved == "validation" else "true"
-        raise ReIDError(
+        return (
             f"{folder} reported on the {saved} split (evaluation.score_test: {score_test}): "
             f"its saved scores are not {split}'s"
         )
     path = folder / QUERY_AVERAGE_PRECISIONS
     if not path.is_file():
-        raise ReIDError(f"{path} is missing: the folder has not scored the {split} split")
-    return np.load(path)
+        return f"{path} is missing: the folder has not scored the {split} split"
+    settings = config.evaluation
+    # through JSON, as metrics.json holds it (tuples become lists)
+    expected = json.loads(json.dumps(protocol_record(settings, describe_distance(settings.metric, settings.rerank))))
+    if metrics.get("protocol", expected) != expected:
+        return f"{folder}'s saved scores were made with other evaluation settings than its config.yaml has"
+    count = len(np.load(path))
+    if count != metrics.get("num_queries", count):
+        return f"{path} holds {count} scores, not one for each of the {metrics['num_queries']} queries in metrics.json"
+    return None
+
+
+def saved_average_precisions(folder, config, split):
+    problem = saved_scores_problem(folder, config, split)
+    if problem:
+        raise ReIDError(problem)
+    from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
+
+    return np.load(folder / QUERY_AVERAGE_PRECISIONS)
+
+
+def validation_scores(runs, configs, overridden):
+    """Each run's per-query validation APs: those it saved, where they are what its config scores
+    and no --set changes it (`overridden`), else its last.keras scored again; the queries'
+    identities where scoring again knows them (None otherwise); and the runs whose saved APs
+    were read."""
+    reasons = [
+        "--set or --candidate-set changes how it is scored"
+        if changed
+        else saved_scores_problem(run, config, "validation")
+        for run, config, changed in zip(runs, configs, overridden, strict=True)
+    ]
+    rescored = [index for index, reason in enumerate(reasons) if reason]
+    scores = [
+        None if reason else saved_average_precisions(run, config, "validation")
+        for run, config, reason in zip(runs, configs, reasons, strict=True)
+    ]
+    identities = None
+    if rescored:
+        scored, identities = validation_average_precisions(
+            [runs[index] for index in rescored],
+            [configs[index] for index in rescored],
+            [reasons[index] for index in rescored],
+        )
+        for index, average_precisions in zip(rescored, scored, strict=True):
+            scores[index] = average_precisions
+    return scores, identities, [run for run, reason in zip(runs, reasons, strict=True) if not reason]
 
 
 def saved_query_identities(folder):
-    """The identities of the queries a folder scored, from the query embeddings it saved; None
-    for a folder without them."""
-    from siamese_reid.runs import QUERY_EMBEDDINGS
+    """The identities of the queries a folder scored, from the query embeddings it saved (or, in
+    a record, the identities kept without them); None for a folder without either."""
+    from siamese_reid.runs import QUERY_EMBEDDINGS, QUERY_IDENTITIES
 
-    path = Path(folder) / QUERY_EMBEDDINGS
-    if not path.is_file():
+    folder = Path(folder)
+    if (folder / QUERY_IDENTITIES).is_file():
+        return np.load(folder / QUERY_IDENTITIES)
+    if not (folder / QUERY_EMBEDDINGS).is_file():
         return None
-    with np.load(path, allow_pickle=False) as saved:
+    with np.load(folder / QUERY_EMBEDDINGS, allow_pickle=False) as saved:
         return saved["pids"]
 
 
@@ -180,7 +231,8 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
     """The baseline (runs[0]) and each candidate: a `Comparison` per run, in order.
 
     `overrides` apply to every run's config before it is scored, `candidate_overrides` to the
-    candidates only; both only with split "validation" (the test split's scores are saved ones).
+    candidates only; both only with split "validation", where they make the runs they apply to
+    be scored again (the test split's scores are only ever the saved ones).
     """
     from siamese_reid.runs import load_run_config
 
@@ -190,20 +242,20 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
     configs = [load_run_config(runs[0], overrides)]
     configs += [load_run_config(run, [*overrides, *candidate_overrides]) for run in runs[1:]]
     check_same_queries(runs, configs, split)
-    rescore = split == "validation" and (
-        overrides or candidate_overrides or not all(has_saved_validation_scores(run) for run in runs)
-    )
-    if rescore:
-        scores, identities = validation_average_precisions(runs, configs)
+    if split == "validation":
+        overridden = [bool(overrides)] + [bool(overrides or candidate_overrides)] * (len(runs) - 1)
+        scores, identities, saved_runs = validation_scores(runs, configs, overridden)
     else:
-        scores = [saved_average_precisions(run, split) for run in runs]
+        scores = [saved_average_precisions(run, config, split) for run, config in zip(runs, configs, strict=True)]
+        identities, saved_runs = None, runs
+    if identities is None:
         identities = saved_query_identities(runs[0])
         if identities is not None and len(identities) != len(scores[0]):
             identities = None  # embeddings of another evaluation than the saved APs'
-        for run in runs[1:]:  # the same folders by config, and the same people query by query
-            other = saved_query_identities(run)
-            if identities is not None and other is not None and not np.array_equal(identities, other):
-                raise ReIDError(f"{run} scored other queries than {runs[0]}: their saved query identities differ")
+    for run in saved_runs:  # the same folders by config, and the same people query by query
+        other = saved_query_identities(run)
+        if identities is not None and other is not None and not np.array_equal(identities, other):
+            raise ReIDError(f"{run} scored other queries than {runs[0]}: their saved query identities differ")
     comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None, None)]
     for run, candidate in zip(runs[1:], scores[1:], strict=True):
         difference = paired_difference(scores[0], candidate, identities)

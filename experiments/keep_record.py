@@ -7,14 +7,22 @@ per-query APs with the queries' identities (paired comparisons). This copies tho
 
     python experiments/keep_record.py RUN_FOLDER experiments/records/NAME
 
-A record is a baseline for `compare_runs.py` (saved validation or test APs) and a curve for
-`learning_curves.py`, exactly as its run folder was; it cannot be scored again (no model).
+An evaluation folder (evaluate.py's) can be kept too; it has no history. A record is a baseline
+for `compare_runs.py` (its saved APs) and, with a history, a curve for `learning_curves.py`,
+exactly as its folder was; it cannot be scored again (no model). record.json says where it came
+from.
 """
 
 import argparse
+import datetime
+import json
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from siamese_reid.errors import ReIDError
 from siamese_reid.runs import (
@@ -25,50 +33,85 @@ from siamese_reid.runs import (
     METRICS,
     QUERY_AVERAGE_PRECISIONS,
     QUERY_EMBEDDINGS,
+    QUERY_IDENTITIES,
     RUN_COST,
     RUN_INFO,
+    is_finished,
 )
 
 # what compare_runs.py and learning_curves.py read, and what says how the run was made and cost
 RECORD_FILES = (CONFIG, METRICS, HISTORY, RUN_COST, RUN_INFO, DATASET_SUMMARY, BEST, QUERY_AVERAGE_PRECISIONS)
-REQUIRED = (CONFIG, METRICS, HISTORY, QUERY_AVERAGE_PRECISIONS)
+REQUIRED = (CONFIG, METRICS, QUERY_AVERAGE_PRECISIONS)
+PROVENANCE = "record.json"
 
 
-def keep_record(run_dir, record_dir):
-    """Copies the run's RECORD_FILES that exist into `record_dir`, a new folder, and its query
-    identities (the pids of query_embeddings.npz, without the features or image paths); returns
-    the names written."""
-    import numpy as np
-
-    run_dir, record_dir = Path(run_dir), Path(record_dir)
-    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
-    if missing:
-        raise ReIDError(f"{run_dir} is not a finished run: no {', '.join(missing)}")
+def keep_record(folder, record_dir):
+    """Copies the RECORD_FILES that `folder` (a finished run, or an evaluation) has into
+    `record_dir`, a new folder, with its query identities (query_embeddings.npz's pids, as
+    query_identities.npy: no features, no image paths) and record.json; returns the names
+    written. The record appears whole or not at all."""
+    folder, record_dir = Path(folder), Path(record_dir)
+    missing = [name for name in REQUIRED if not (folder / name).is_file()]
+    if missing or not is_finished(folder):
+        reason = f"no {', '.join(missing)}" if missing else "it is still training"
+        raise ReIDError(f"{folder} is not a finished run or evaluation: {reason}")
     if record_dir.exists():
         raise ReIDError(f"{record_dir} exists; a record is never overwritten")
-    record_dir.mkdir(parents=True)
-    written = []
-    for name in RECORD_FILES:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, record_dir / name)
-            written.append(name)
-    if (run_dir / QUERY_EMBEDDINGS).is_file():
-        # the identities pair queries by person (the grouped standard error); the 128-d features
-        # and the machine's image paths are not needed for that and would grow the repository
-        with np.load(run_dir / QUERY_EMBEDDINGS, allow_pickle=False) as saved:
-            pids = saved["pids"]
-        np.savez_compressed(record_dir / QUERY_EMBEDDINGS, pids=pids)
-        written.append(QUERY_EMBEDDINGS)
-    return written
+    record_dir.parent.mkdir(parents=True, exist_ok=True)
+    # built beside its destination and renamed at the end: a copy that fails halfway leaves no
+    # half record that "never overwritten" would then refuse to redo
+    scratch = Path(tempfile.mkdtemp(dir=record_dir.parent, prefix=f".{record_dir.name}."))
+    try:
+        written = [name for name in RECORD_FILES if _copy_if_present(folder / name, scratch / name)]
+        if (folder / QUERY_EMBEDDINGS).is_file():
+            # the identities group queries by person (compare_runs' grouped standard error)
+            np.save(scratch / QUERY_IDENTITIES, _query_identities(folder / QUERY_EMBEDDINGS))
+            written.append(QUERY_IDENTITIES)
+        provenance = {"folder": folder.name, "kept": datetime.date.today().isoformat(), "commit": _commit()}
+        (scratch / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+        scratch.rename(record_dir)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return [*written, PROVENANCE]
+
+
+def _copy_if_present(source, destination):
+    if not source.is_file():
+        return False
+    try:
+        shutil.copy2(source, destination)
+    except OSError as error:
+        raise ReIDError(f"cannot copy {source}: {error.strerror}") from None
+    return True
+
+
+def _query_identities(path):
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return saved["pids"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ReIDError(f"{path} cannot be read as saved query embeddings: {error}") from None
+
+
+def _commit():
+    """The repository's commit when the record was kept (the code that wrote it), or None."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        )
+    except OSError:
+        return None
+    return result.stdout.strip() or None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a finished run folder")
+    parser.add_argument("folder", type=Path, help="a finished run folder, or an evaluation folder")
     parser.add_argument("record", type=Path, help="the record folder to create, e.g. experiments/records/NAME")
     arguments = parser.parse_args()
     try:
-        written = keep_record(arguments.run, arguments.record)
+        written = keep_record(arguments.folder, arguments.record)
     except ReIDError as error:
         sys.exit(f"error: {error}")
     print(f"{arguments.record}: {', '.join(written)}")

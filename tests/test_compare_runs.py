@@ -1,6 +1,7 @@
 """experiments/compare_runs.py: the query-by-query difference docs/results.md quotes."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,11 @@ def test_validation_runs_must_hold_out_the_same_identities():
     configs = [load_config(None, [f"data.validation_fraction={fraction}"]) for fraction in (0.1332, 0.2)]
     with pytest.raises(ReIDError, match="data.validation_fraction is 0.2, not 0.1332"):
         compare_runs.check_same_queries([Path("a"), Path("b")], configs, "validation")
+    # CUHK03's detected and labeled boxes are the same people and cameras in other images
+    configs = [load_config(None, [f"data.cuhk03_subset={subset}"]) for subset in ("detected", "labeled")]
+    for split in ("validation", "test"):
+        with pytest.raises(ReIDError, match="data.cuhk03_subset is 'labeled', not 'detected'"):
+            compare_runs.check_same_queries([Path("a"), Path("b")], configs, split)
 
 
 def test_a_folder_that_never_scored_the_test_split_is_named(tmp_path):
@@ -233,11 +239,26 @@ def test_a_tuning_run_reports_on_validation_and_never_scores_test(
     from siamese_reid.learning_curves import read_curve
     from siamese_reid.runs import load_run_config
 
-    rescored, identities = compare_runs.validation_average_precisions([run_dir], [load_run_config(run_dir)])
+    rescored, identities = compare_runs.validation_average_precisions(
+        [run_dir], [load_run_config(run_dir)], ["the test"]
+    )
     np.testing.assert_allclose(rescored[0], saved, atol=1e-6)
     record = tmp_path / "records" / "tuning"
     written = keep_record.keep_record(run_dir, record)
-    assert "last.keras" not in written and not (record / "last.keras").exists()
+    kept = {
+        "config.yaml",
+        "metrics.json",
+        "history.csv",
+        "run_cost.json",
+        "run_info.json",
+        "dataset_summary.json",
+        "best.json",
+        "query_average_precisions.npy",
+        "query_identities.npy",
+        "record.json",
+    }
+    assert set(written) == kept == {path.name for path in record.iterdir()}  # no model, embeddings or images
+    assert json.loads((record / "record.json").read_text())["folder"] == run_dir.name
     np.testing.assert_array_equal(compare_runs.saved_query_identities(record), identities)
     baseline, candidate = compare_runs.compare_runs([record, run_dir])
     assert baseline.mAP == pytest.approx(100 * metrics["mAP"])
@@ -246,10 +267,14 @@ def test_a_tuning_run_reports_on_validation_and_never_scores_test(
     assert read_curve(record, "val_mAP", "record").values[-1] == pytest.approx(metrics["mAP"])
     with pytest.raises(ReIDError, match="a record is never overwritten"):
         keep_record.keep_record(run_dir, record)
-    # a --set asks for scoring again, which needs the model the record does not keep
+    # a --set asks for scoring again, which needs the model the record does not keep; TensorFlow
+    # is not even loaded to say so
     result = compare(record, run_dir, "--set", "evaluation.rerank=true")
     assert result.returncode != 0 and result.stderr.count("\n") == 1
-    assert "no last.keras in run folder" in result.stderr
+    assert "has no last.keras to score again, and it must be: --set or --candidate-set" in result.stderr
+    # --candidate-set scores the candidate again and pairs it with the record's saved scores
+    baseline, reranked = compare_runs.compare_runs([record, run_dir], candidate_overrides=["evaluation.rerank=true"])
+    assert baseline.mAP == pytest.approx(100 * metrics["mAP"]) and reranked.queries == candidate.queries
 
 
 def test_keeping_the_record_of_an_unfinished_run_is_refused_in_one_line(tmp_path):
@@ -260,5 +285,52 @@ def test_keeping_the_record_of_an_unfinished_run_is_refused_in_one_line(tmp_path
         text=True,
     )
     assert result.returncode != 0
-    assert result.stderr.strip() == f"error: {unfinished} is not a finished run: no metrics.json, history.csv"
+    assert result.stderr.strip() == f"error: {unfinished} is not a finished run or evaluation: no metrics.json"
     assert not (tmp_path / "record").exists()
+    # a run still training (its backup beside the metrics.json of an earlier report) is refused too
+    (unfinished / "metrics.json").write_text("{}")
+    (unfinished / "backup").mkdir()
+    with pytest.raises(ReIDError, match="is not a finished run or evaluation: it is still training"):
+        keep_record.keep_record(unfinished, tmp_path / "record")
+    assert not list(tmp_path.glob("*record*"))  # nothing half-made beside it either
+
+
+def saved_validation_folder(folder, average_precisions, pids, **protocol_changes):
+    """A tuning run's record as compare_runs reads it: saved validation APs, the protocol
+    metrics.json says they were scored with (the config's, unless changed), query identities."""
+    from siamese_reid.config import load_config
+    from siamese_reid.evaluation.evaluator import describe_distance
+    from siamese_reid.evaluation.protocol import protocol_record
+
+    write_run(folder, average_precisions, validation_fraction=0.1332)
+    settings = load_config(folder / "config.yaml").evaluation
+    protocol = protocol_record(settings, describe_distance(settings.metric, settings.rerank))
+    metrics = {
+        "split": "validation",
+        "num_queries": len(average_precisions),
+        "protocol": {**protocol, **protocol_changes},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    np.save(folder / "query_identities.npy", np.array(pids))
+    return folder
+
+
+def test_saved_validation_scores_pair_without_a_model_only_when_their_protocol_is_the_configs(tmp_path):
+    from siamese_reid.runs import load_run_config
+
+    # differences 50, 50, 0, 0 points by persons 7, 7, 9, 9: +25.0 ± 14.4, ± 25.0 grouped (as above)
+    baseline = saved_validation_folder(tmp_path / "baseline", [0.5, 0.5, 1.0, 1.0], [7, 7, 9, 9])
+    candidate = saved_validation_folder(tmp_path / "candidate", [1.0, 1.0, 1.0, 1.0], [7, 7, 9, 9])
+    result = compare(baseline, candidate)
+    assert result.returncode == 0, result.stderr
+    assert "+25.0 ± 14.4 points query by query (4 queries), ± 25.0 grouped by identity" in result.stdout
+    # scores made without the flip test while config.yaml asks for it are not what it scores
+    unflipped = saved_validation_folder(tmp_path / "unflipped", [1.0, 1.0, 1.0, 1.0], [7, 7, 9, 9], flip_test=False)
+    result = compare(baseline, unflipped)
+    assert result.returncode != 0 and result.stderr.count("\n") == 1
+    assert "unflipped has no last.keras to score again, and it must be" in result.stderr
+    assert "saved scores were made with other evaluation settings than its config.yaml has" in result.stderr
+    # nor are saved scores that do not match metrics.json's query count
+    np.save(candidate / "query_average_precisions.npy", np.ones(5))
+    with pytest.raises(ReIDError, match="holds 5 scores, not one for each of the 4 queries in metrics.json"):
+        compare_runs.saved_average_precisions(candidate, load_run_config(candidate), "validation")
