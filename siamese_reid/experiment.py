@@ -94,6 +94,8 @@ def resume(run_dir, overrides=()):
         return None  # the chief writes the report; there is nothing left to train
     logger.info("training had finished; evaluating the saved model and writing the report")
     config, data = prepare_data(config, run_dir)
+    # the report is scored with this resume's evaluation settings: config.yaml must say so
+    save_config(config, run_dir / runs.CONFIG)
     cost = cost_so_far(run_dir)  # the training sessions', kept in the run folder
     return final_report(load_embedding_model(run_dir / runs.LAST_MODEL), data, config, run_dir, cost)
 

@@ -120,7 +120,6 @@ def write_report(evaluation, query, gallery, split, settings, output_dir, extra=
         evaluation.ranking, len(query), len(gallery), protocol_record(settings, evaluation.distance)
     )
     metrics.update(extra or {}, split=split)
-    write_json(output_dir / METRICS, metrics)
     save_figure(plot_cmc(evaluation.ranking.cmc, split=split), output_dir / CMC_FIGURE)
     if settings.num_examples:
         rng = np.random.default_rng(0)
@@ -138,6 +137,7 @@ def write_report(evaluation, query, gallery, split, settings, output_dir, extra=
     save_embeddings(output_dir / GALLERY_EMBEDDINGS, evaluation.gallery_features, gallery)
     average_precisions = evaluation.ranking.query_average_precisions
     files.write_atomically(output_dir / QUERY_AVERAGE_PRECISIONS, lambda path: _save_array(path, average_precisions))
+    write_json(output_dir / METRICS, metrics)  # last: with it, the folder's report is whole (runs.METRICS)
     logger.info(metrics_table(metrics, f"Evaluation on the {split} split"))
     return metrics
 

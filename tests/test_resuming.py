@@ -14,6 +14,7 @@ import pytest
 
 from siamese_reid import experiment
 from siamese_reid.errors import RunInterrupted
+from siamese_reid.runs import load_run_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TINY = ["training.epochs=1", "training.identities_per_batch=4", "training.images_per_identity=2"]
@@ -126,5 +127,9 @@ def test_a_run_stopped_while_writing_its_report_is_kept_and_resumes_to_the_repor
     run_dir = caught.value.run_dir
     assert run_dir == tmp_path / "run" and (run_dir / "last.keras").is_file()
     monkeypatch.undo()
-    metrics = experiment.resume(run_dir)  # trained but unreported: the report, no training
-    assert json.loads((run_dir / "metrics.json").read_text())["mAP"] == pytest.approx(metrics["mAP"])
+    # trained but unreported: the report, no training, scored as the resume asks, and config.yaml
+    # says how (compare_runs trusts a folder's saved scores to be what its config.yaml scores)
+    metrics = experiment.resume(run_dir, ["evaluation.flip_test=true"])  # fast_settings: false
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["mAP"] == pytest.approx(metrics["mAP"]) and saved["protocol"]["flip_test"] is True
+    assert load_run_config(run_dir).evaluation.flip_test is True
