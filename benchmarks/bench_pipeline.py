@@ -49,6 +49,7 @@ from siamese_reid.data.splits import contiguous_labels  # noqa: E402
 from siamese_reid.losses import build_loss  # noqa: E402
 from siamese_reid.model import build_siamese_model  # noqa: E402
 from siamese_reid.model.building import build_tower, build_training_model, image_size  # noqa: E402
+from siamese_reid.precision import cpu_model  # noqa: E402
 from siamese_reid.runs import create_evaluation_dir  # noqa: E402
 
 
@@ -118,7 +119,7 @@ def baseline_images_per_second(config, paths, triplets, steps, policy):
 
 def shipped_images_per_second(config, train, steps, precision_name):
     """The P x K train step exactly as experiment.train builds it, under a precision policy."""
-    from siamese_reid.data.pipeline import training_dataset
+    from siamese_reid.data.pipeline import images_per_batch, training_dataset
     from siamese_reid.model.training_model import fit_batches
     from siamese_reid.precision import resolve_precision
 
@@ -131,8 +132,7 @@ def shipped_images_per_second(config, train, steps, precision_name):
     dataset = fit_batches(
         training_dataset(train, config.training, config.augment, image_size(config), 0, steps + 1), model
     )
-    images = config.training.identities_per_batch * config.training.images_per_identity
-    rate, spread = fit_images_per_second(model, dataset, steps, images)
+    rate, spread = fit_images_per_second(model, dataset, steps, images_per_batch(config.training))
     return rate, spread, precision.policy
 
 
@@ -172,30 +172,15 @@ def shipped_default_against_baseline(config, train, paths, triplets, steps):
     return results
 
 
-def cpu_model(cpuinfo_path="/proc/cpuinfo"):
-    """The CPU's model name with its family and model numbers, which tell generations apart where
-    a virtual machine's name does not ("AMD EPYC"); the platform's processor name elsewhere."""
-    try:
-        lines = Path(cpuinfo_path).read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = {}
-    for line in lines:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
-
-
 def recipe_across_precisions(config, train, steps):
     """The configured recipe's train step under each policy, with and without XLA, and the
     training time each rate predicts for the config's epochs over `train`."""
-    from siamese_reid.data.pipeline import steps_per_epoch
+    from siamese_reid.data.pipeline import images_per_batch, steps_per_epoch
     from siamese_reid.precision import resolve_precision
 
-    batch = config.training.identities_per_batch * config.training.images_per_identity
-    images = config.training.epochs * steps_per_epoch(config.training, len(train)) * batch
+    images = config.training.epochs * steps_per_epoch(config.training, len(train)) * images_per_batch(config.training)
     auto = resolve_precision("auto")
-    results = {"auto": auto.policy, "auto_reason": auto.reason, "training_images": images}
+    results = {"auto": auto.policy, "auto_reason": auto.reason, "training_images": images, "steps": steps}
     print(f"training.precision auto -> {auto.policy} ({auto.reason})", flush=True)
     for policy in ("float32", "mixed_bfloat16"):
         for xla in (False, True):
@@ -203,6 +188,7 @@ def recipe_across_precisions(config, train, steps):
             rate, spread, _ = shipped_images_per_second(variant, train, steps, policy)
             key = f"recipe_{policy}{'_xla' if xla else ''}"
             results[f"{key}_images_per_s"] = rate
+            results[f"{key}_interquartile_images_per_s"] = list(spread)
             results[f"{key}_predicted_hours"] = images / rate / 3600
             print(
                 f"recipe train step, {policy}{' + XLA' if xla else ''}: {rate:.1f} images/s "
@@ -225,13 +211,12 @@ def main():
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--output", default="benchmarks/results/pipeline.json")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--only-shipped", action="store_true", help="measure only the shipped default against the baseline (7.)"
     )
-    parser.add_argument(
-        "--only-pipeline", action="store_true", help="measure only the tf.data P x K pipeline alone (1.)"
-    )
-    parser.add_argument(
+    only.add_argument("--only-pipeline", action="store_true", help="measure only the tf.data P x K pipeline alone (1.)")
+    only.add_argument(
         "--only-recipe",
         action="store_true",
         help="measure only the configured recipe's train step under each precision, and its predicted training time",
@@ -251,7 +236,13 @@ def main():
     triplet_size = training.triplet_batch_size
     batches = samplers.pk_batches(pids, training.identities_per_batch, training.images_per_identity, steps + 3, 0)
     triplets = samplers.sample_triplets(pids, camids, (steps + 3) * triplet_size, 0)
-    results = {"cpu": cpu_model(), "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    results = {
+        "cpu": cpu_model(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "tensorflow": tf.__version__,
+        "config": arguments.config,
+        "overrides": arguments.overrides,
+    }
     if arguments.only_recipe:
         results.update(recipe_across_precisions(config, splits.train, steps))
         write_results(arguments.output, results)

@@ -11,6 +11,7 @@ from siamese_reid import files
 from siamese_reid.data.preparation import report_sampling
 from siamese_reid.errors import ReIDError
 from siamese_reid.model.building import build_training_model, image_size
+from siamese_reid.precision import cpu_model
 from siamese_reid.resuming import start_epoch
 from siamese_reid.runs import BACKUP, HISTORY, LAST_MODEL, RUN_COST, RUN_INFO, TENSORBOARD
 
@@ -48,7 +49,12 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
     monitored = "validation" if data.has_validation else "query / gallery (test)"
     files.write_json(
         Path(run_dir) / RUN_INFO,
-        {"initialisation": initialisation, "monitored_split": monitored, "precision": precision._asdict()},
+        {
+            "initialisation": initialisation,
+            "monitored_split": monitored,
+            "precision": precision._asdict(),
+            "cpu": cpu_model(),  # the latest session's: a recipe's time is its CPU's
+        },
     )
     logger.info(
         f"model: {config.model.backbone} ({initialisation['weights']} weights), "

@@ -5,6 +5,7 @@ computes it natively, mixed_bfloat16 is a free speed-up (1.67x float32 training 
 AVX512_BF16 CPU, see docs/benchmarks.md); where it does not, it is emulated and slower than float32.
 """
 
+import platform
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,13 +51,37 @@ def choose_precision(cpu_flags, gpu_capabilities):
 
 
 def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where it does not exist."""
+    """The CPU's feature flags from /proc/cpuinfo (Linux; "Features" on ARM); empty where it
+    does not exist."""
+    fields = _first_processor(cpuinfo_path)
+    return set(fields.get("flags", fields.get("Features", "")).split())
+
+
+def cpu_model(cpuinfo_path="/proc/cpuinfo"):
+    """The CPU's model name with its family and model numbers, which tell generations apart
+    where a virtual machine's name does not ("AMD EPYC": Zen 4 is family 25, model 17); the
+    platform's processor name where /proc/cpuinfo does not exist. Recorded in run_info.json,
+    since a recipe's training time is its CPU's."""
+    fields = _first_processor(cpuinfo_path)
+    if not fields:
+        return platform.processor() or platform.machine()
+    numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model") if key in fields]
+    name = fields.get("model name", fields.get("Hardware", "unknown CPU"))
+    return f"{name} ({', '.join(numbers)})" if numbers else name
+
+
+def _first_processor(cpuinfo_path):
+    """The fields of /proc/cpuinfo's first processor, by name; empty where it cannot be read."""
     try:
         text = Path(cpuinfo_path).read_text()
     except OSError:
-        return set()
-    lines = [line for line in text.splitlines() if line.split(":")[0].strip() in ("flags", "Features")]
-    return set(lines[0].split(":", 1)[1].split()) if lines else set()
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, separator, value = line.partition(":")
+        if separator:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def gpu_capabilities():

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from siamese_reid.errors import ReIDError
-from siamese_reid.precision import choose_precision, cpu_flags, resolve_precision
+from siamese_reid.precision import choose_precision, cpu_flags, cpu_model, resolve_precision
 
 # /proc/cpuinfo flag sets of real CPUs (abridged)
 SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
@@ -50,6 +50,21 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     )
     assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
     assert cpu_flags(tmp_path / "missing") == set()
+
+
+def test_the_cpu_model_names_its_generation_where_the_name_does_not(tmp_path):
+    # a virtual machine's Zen 4 calls itself "AMD EPYC"; family 25, model 17 tells which
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "model name\t: AMD EPYC\nflags\t\t: fpu avx512_bf16\n\n"
+        "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Other\n"
+    )
+    assert cpu_model(cpuinfo) == "AMD EPYC (cpu family 25, model 17)"
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd\nHardware\t: Some board\n")
+    assert cpu_model(arm) == "Some board" and cpu_flags(arm) == {"fp", "asimd"}
+    assert cpu_model(tmp_path / "missing")  # the platform's name, never empty
 
 
 def test_auto_on_this_machine_follows_its_cpuinfo():

@@ -304,7 +304,7 @@ STRONG_BASELINE = [
 def test_every_strong_baseline_trick_at_once_trains_and_saves_the_tower_alone(tmp_path, tiny_demo, run_train):
     import keras
 
-    from siamese_reid.precision import resolve_precision
+    from siamese_reid.precision import cpu_model, resolve_precision
 
     settings = (
         demo_settings(tiny_demo)
@@ -335,6 +335,7 @@ def test_every_strong_baseline_trick_at_once_trains_and_saves_the_tower_alone(tm
     assert {"triplet_loss", "id_loss", "center_loss"} <= set(history)
     run_info = json.loads((run_dir / "run_info.json").read_text())
     assert run_info["precision"] == resolve_precision("auto")._asdict()
+    assert run_info["cpu"] == cpu_model()
     saved = keras.saving.load_model(run_dir / "last.keras")  # plain Keras: stock layers only
     assert not [w.path for w in saved.weights if "classifier" in w.path or "centers" in w.path]
     backbone = next(layer for layer in saved.layers if isinstance(layer, keras.Model))
