@@ -16,9 +16,9 @@ runs' configs held out; the runs must hold out the same ones (same training data
 data.validation_fraction and data.split_seed). Tuning runs (`evaluation.score_test: false`)
 saved their last epoch's per-query validation APs with the protocol they were scored with, and a
 folder's are read when they are what its config.yaml scores and no --set or --candidate-set
-applies to it; otherwise its last.keras is scored again. So a folder
-that keeps only a run's small files (config.yaml, metrics.json, query_average_precisions.npy,
-query_embeddings.npz) stays a baseline after its model is gone. --set applies config
+applies to it; otherwise its last.keras is scored again. So a run's record (its small files
+without the model, experiments/keep_record.py) stays a baseline after the run folder is gone.
+--set applies config
 overrides to every run before scoring, --candidate-set to the candidates only (so a run against
 itself re-ranked measures what re-ranking adds). --split test reads the per-query APs that a
 run, or an evaluation folder evaluate.py wrote, saved when it scored the test split
@@ -39,8 +39,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from siamese_reid.errors import ReIDError  # noqa: E402  (pure Python; TensorFlow loads only to score)
 
-# What must agree for two folders' queries to be the same ones: every data key that changes
-# which images a split holds.
+# What must agree for two folders' queries to be the same ones: the data keys that can change
+# which images a split holds (for some layouts only). The query identities then catch much of
+# the rest (demo settings, a changed data folder), not a gallery that differs alone.
 SAME_QUERIES = {
     "validation": (
         "root",
@@ -54,6 +55,10 @@ SAME_QUERIES = {
     ),
     "test": ("root", "layout", "query_dir", "gallery_dir", "test_fraction", "cuhk03_subset"),
 }
+
+
+# The entries of metrics.json's "protocol" that change a folder's scores.
+SCORING_SETTINGS = ("ap_definition", "distance", "flip_test")
 
 
 class Comparison(NamedTuple):
@@ -125,7 +130,9 @@ def saved_scores_problem(folder, config, split):
     from siamese_reid.evaluation.protocol import protocol_record
     from siamese_reid.runs import METRICS, QUERY_AVERAGE_PRECISIONS
 
-    metrics = json.loads((folder / METRICS).read_text()) if (folder / METRICS).is_file() else {}
+    if not (folder / METRICS).is_file():  # written last: without it the folder's report is not whole
+        return f"{folder} has no {METRICS}: it has not finished a report"
+    metrics = json.loads((folder / METRICS).read_text())
     saved = metrics.get("split", "test")
     if saved != split:
         score_test = "false" if saved == "validation" else "true"
@@ -137,10 +144,16 @@ def saved_scores_problem(folder, config, split):
     if not path.is_file():
         return f"{path} is missing: the folder has not scored the {split} split"
     settings = config.evaluation
-    # through JSON, as metrics.json holds it (tuples become lists)
+    # through JSON, as metrics.json holds it (tuples become lists); only the entries that change
+    # the scores, and only those the folder recorded (older reports recorded fewer)
     expected = json.loads(json.dumps(protocol_record(settings, describe_distance(settings.metric, settings.rerank))))
-    if metrics.get("protocol", expected) != expected:
-        return f"{folder}'s saved scores were made with other evaluation settings than its config.yaml has"
+    recorded = metrics.get("protocol", {})
+    changed = [key for key in SCORING_SETTINGS if key in recorded and recorded[key] != expected[key]]
+    if changed:
+        return (
+            f"{folder}'s saved scores were made with another {' and '.join(changed)} than its config.yaml gives "
+            f"({', '.join(f'{recorded[key]!r}, not {expected[key]!r}' for key in changed)})"
+        )
     count = len(np.load(path))
     if count != metrics.get("num_queries", count):
         return f"{path} holds {count} scores, not one for each of the {metrics['num_queries']} queries in metrics.json"
@@ -227,6 +240,23 @@ def paired_difference(baseline, candidate, identities=None):
     return mean, differences.std(ddof=1) / np.sqrt(count), grouped, count
 
 
+def check_same_people(saved_runs, scored_identities, count):
+    """Refuses saved scores whose queries were other people, query by query, than the other
+    folders' or than the queries scored again (`scored_identities`, None when none were): the
+    configs agreeing is not enough where the data changed since, or a demo was made otherwise."""
+    reference, source = scored_identities, "the queries scored again"
+    for run in saved_runs:
+        kept = saved_query_identities(run)
+        if kept is None or len(kept) != count:  # none kept, or embeddings of another evaluation
+            if scored_identities is not None:
+                raise ReIDError(f"{run} kept no query identities to check its saved scores against {source}")
+            continue
+        if reference is None:
+            reference, source = kept, str(run)
+        elif not np.array_equal(reference, kept):
+            raise ReIDError(f"{run} scored other queries than {source}: their query identities differ")
+
+
 def compare_runs(runs, split="validation", overrides=(), candidate_overrides=()):
     """The baseline (runs[0]) and each candidate: a `Comparison` per run, in order.
 
@@ -248,14 +278,16 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
     else:
         scores = [saved_average_precisions(run, config, split) for run, config in zip(runs, configs, strict=True)]
         identities, saved_runs = None, runs
+    check_same_people(saved_runs, identities, len(scores[0]))
     if identities is None:
-        identities = saved_query_identities(runs[0])
-        if identities is not None and len(identities) != len(scores[0]):
-            identities = None  # embeddings of another evaluation than the saved APs'
-    for run in saved_runs:  # the same folders by config, and the same people query by query
-        other = saved_query_identities(run)
-        if identities is not None and other is not None and not np.array_equal(identities, other):
-            raise ReIDError(f"{run} scored other queries than {runs[0]}: their saved query identities differ")
+        identities = next(
+            (
+                kept
+                for kept in map(saved_query_identities, saved_runs)
+                if kept is not None and len(kept) == len(scores[0])
+            ),
+            None,
+        )
     comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None, None)]
     for run, candidate in zip(runs[1:], scores[1:], strict=True):
         difference = paired_difference(scores[0], candidate, identities)

@@ -9,8 +9,8 @@ per-query APs with the queries' identities (paired comparisons). This copies tho
 
 An evaluation folder (evaluate.py's) can be kept too; it has no history. A record is a baseline
 for `compare_runs.py` (its saved APs) and, with a history, a curve for `learning_curves.py`,
-exactly as its folder was; it cannot be scored again (no model). record.json says where it came
-from.
+exactly as its folder was; it cannot be scored again (no model). record.json says which folder
+it came from, when, and the repository's commit at that moment.
 """
 
 import argparse
@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,17 @@ from siamese_reid.runs import (
 )
 
 # what compare_runs.py and learning_curves.py read, and what says how the run was made and cost
-RECORD_FILES = (CONFIG, METRICS, HISTORY, RUN_COST, RUN_INFO, DATASET_SUMMARY, BEST, QUERY_AVERAGE_PRECISIONS)
+RECORD_FILES = (
+    CONFIG,
+    METRICS,
+    HISTORY,
+    RUN_COST,
+    RUN_INFO,
+    DATASET_SUMMARY,
+    BEST,
+    QUERY_AVERAGE_PRECISIONS,
+    QUERY_IDENTITIES,  # where the folder is itself a record
+)
 REQUIRED = (CONFIG, METRICS, QUERY_AVERAGE_PRECISIONS)
 PROVENANCE = "record.json"
 
@@ -57,17 +68,24 @@ def keep_record(folder, record_dir):
         raise ReIDError(f"{folder} is not a finished run or evaluation: {reason}")
     if record_dir.exists():
         raise ReIDError(f"{record_dir} exists; a record is never overwritten")
+    try:
+        return _write_record(folder, record_dir)
+    except OSError as error:
+        raise ReIDError(f"cannot write the record {record_dir}: {error.strerror or error}") from None
+
+
+def _write_record(folder, record_dir):
     record_dir.parent.mkdir(parents=True, exist_ok=True)
-    # built beside its destination and renamed at the end: a copy that fails halfway leaves no
-    # half record that "never overwritten" would then refuse to redo
+    # built beside its destination (a hidden folder git ignores) and renamed at the end: a copy
+    # that fails halfway leaves no half record that "never overwritten" would refuse to redo
     scratch = Path(tempfile.mkdtemp(dir=record_dir.parent, prefix=f".{record_dir.name}."))
     try:
         written = [name for name in RECORD_FILES if _copy_if_present(folder / name, scratch / name)]
-        if (folder / QUERY_EMBEDDINGS).is_file():
+        if QUERY_IDENTITIES not in written and (folder / QUERY_EMBEDDINGS).is_file():
             # the identities group queries by person (compare_runs' grouped standard error)
             np.save(scratch / QUERY_IDENTITIES, _query_identities(folder / QUERY_EMBEDDINGS))
             written.append(QUERY_IDENTITIES)
-        provenance = {"folder": folder.name, "kept": datetime.date.today().isoformat(), "commit": _commit()}
+        provenance = {"folder": folder.name, "kept": datetime.date.today().isoformat(), "commit_kept_at": _commit()}
         (scratch / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
         scratch.rename(record_dir)
     except BaseException:
@@ -90,12 +108,13 @@ def _query_identities(path):
     try:
         with np.load(path, allow_pickle=False) as saved:
             return saved["pids"]
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise ReIDError(f"{path} cannot be read as saved query embeddings: {error}") from None
 
 
 def _commit():
-    """The repository's commit when the record was kept (the code that wrote it), or None."""
+    """The repository's commit when the record was kept, or None: not necessarily the code that
+    trained the run, which may be older."""
     try:
         result = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent

@@ -16,6 +16,7 @@ distribution, runs). Progress goes through `logging`: `console.show_messages()` 
 
 __all__ = ["evaluate", "resume", "train"]
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -94,8 +95,11 @@ def resume(run_dir, overrides=()):
         return None  # the chief writes the report; there is nothing left to train
     logger.info("training had finished; evaluating the saved model and writing the report")
     config, data = prepare_data(config, run_dir)
-    # the report is scored with this resume's evaluation settings: config.yaml must say so
-    save_config(config, run_dir / runs.CONFIG)
+    # The report is scored with this resume's evaluation settings, so config.yaml must say so;
+    # only those: the model was trained as config.yaml says (a smaller training.epochs also
+    # leads here, and must not rewrite what was trained).
+    trained = runs.load_run_config(run_dir)
+    save_config(dataclasses.replace(trained, evaluation=config.evaluation), run_dir / runs.CONFIG)
     cost = cost_so_far(run_dir)  # the training sessions', kept in the run folder
     return final_report(load_embedding_model(run_dir / runs.LAST_MODEL), data, config, run_dir, cost)
 

@@ -32,6 +32,7 @@ def write_run(folder, average_precisions=None, query_dir="query", validation_fra
     folder.mkdir()
     if average_precisions is not None:
         np.save(folder / "query_average_precisions.npy", np.array(average_precisions, dtype=np.float64))
+        (folder / "metrics.json").write_text(json.dumps({"split": "test"}))  # written last, by a whole report
     (folder / "config.yaml").write_text(
         f"data:\n  query_dir: {query_dir}\n  gallery_dir: gallery\n  train_dir: train\n"
         f"  validation_fraction: {validation_fraction}\n"
@@ -112,7 +113,7 @@ def test_the_test_split_groups_queries_by_the_identities_the_folder_saved(tmp_pa
     np.savez(candidate / "query_embeddings.npz", features=np.zeros((4, 2)), pids=np.array([7, 9, 7, 9]))
     result = compare("--split", "test", baseline, candidate)
     assert result.returncode != 0 and result.stderr.count("\n") == 1
-    assert "scored other queries than" in result.stderr and "saved query identities differ" in result.stderr
+    assert "scored other queries than" in result.stderr and "query identities differ" in result.stderr
 
 
 def test_fewer_than_two_shared_queries_are_refused():
@@ -152,6 +153,10 @@ def test_validation_runs_must_hold_out_the_same_identities():
 def test_a_folder_that_never_scored_the_test_split_is_named(tmp_path):
     baseline = write_run(tmp_path / "baseline", [0.5, 1.0])
     unscored = write_run(tmp_path / "unscored")
+    result = compare("--split", "test", baseline, unscored)  # no report at all
+    assert result.returncode != 0 and result.stderr.count("\n") == 1
+    assert "unscored has no metrics.json: it has not finished a report" in result.stderr
+    (unscored / "metrics.json").write_text(json.dumps({"split": "test"}))  # a report without the scores
     result = compare("--split", "test", baseline, unscored)
     assert result.returncode != 0
     assert "unscored/query_average_precisions.npy is missing" in result.stderr
@@ -275,20 +280,28 @@ def test_a_tuning_run_reports_on_validation_and_never_scores_test(
     # --candidate-set scores the candidate again and pairs it with the record's saved scores
     baseline, reranked = compare_runs.compare_runs([record, run_dir], candidate_overrides=["evaluation.rerank=true"])
     assert baseline.mAP == pytest.approx(100 * metrics["mAP"]) and reranked.queries == candidate.queries
+    # paired with queries scored again from today's data, saved scores must show they were the
+    # same people: without the record's identities they are refused
+    (record / "query_identities.npy").unlink()
+    with pytest.raises(ReIDError, match="kept no query identities to check its saved scores against the queries"):
+        compare_runs.compare_runs([record, run_dir], candidate_overrides=["evaluation.rerank=true"])
 
 
 def test_keeping_the_record_of_an_unfinished_run_is_refused_in_one_line(tmp_path):
-    unfinished = write_run(tmp_path / "unfinished", [0.5, 1.0])  # no metrics.json or history.csv yet
+    unfinished = write_run(tmp_path / "unfinished")  # no report yet
     result = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "experiments" / "keep_record.py"), unfinished, tmp_path / "record"],
         capture_output=True,
         text=True,
     )
     assert result.returncode != 0
-    assert result.stderr.strip() == f"error: {unfinished} is not a finished run or evaluation: no metrics.json"
+    assert result.stderr.strip() == (
+        f"error: {unfinished} is not a finished run or evaluation: no metrics.json, query_average_precisions.npy"
+    )
     assert not (tmp_path / "record").exists()
     # a run still training (its backup beside the metrics.json of an earlier report) is refused too
     (unfinished / "metrics.json").write_text("{}")
+    np.save(unfinished / "query_average_precisions.npy", np.ones(2))
     (unfinished / "backup").mkdir()
     with pytest.raises(ReIDError, match="is not a finished run or evaluation: it is still training"):
         keep_record.keep_record(unfinished, tmp_path / "record")
@@ -329,7 +342,7 @@ def test_saved_validation_scores_pair_without_a_model_only_when_their_protocol_i
     result = compare(baseline, unflipped)
     assert result.returncode != 0 and result.stderr.count("\n") == 1
     assert "unflipped has no last.keras to score again, and it must be" in result.stderr
-    assert "saved scores were made with other evaluation settings than its config.yaml has" in result.stderr
+    assert "saved scores were made with another flip_test than its config.yaml gives (False, not True)" in result.stderr
     # nor are saved scores that do not match metrics.json's query count
     np.save(candidate / "query_average_precisions.npy", np.ones(5))
     with pytest.raises(ReIDError, match="holds 5 scores, not one for each of the 4 queries in metrics.json"):

@@ -68,8 +68,9 @@ def test_the_cpu_model_names_its_generation_where_the_name_does_not(tmp_path):
 
 
 def test_auto_on_this_machine_follows_its_cpuinfo():
-    # read /proc/cpuinfo here independently: this project's CI CPU reports avx512_bf16 (an AMD
-    # EPYC; no AMX), so auto must choose mixed_bfloat16 there (no GPU)
+    # read /proc/cpuinfo here independently: this project's machines report avx512_bf16 (an
+    # AMD EPYC without AMX on some, an Intel CPU with AMX on others), so auto must choose
+    # mixed_bfloat16 there (no GPU)
     path = Path("/proc/cpuinfo")
     if not path.exists():
         pytest.skip("no /proc/cpuinfo")

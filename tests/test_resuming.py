@@ -113,6 +113,29 @@ def test_a_run_killed_before_its_report_is_finished_from_the_saved_model(
     assert (run_dir / "cmc.png").is_file() and (run_dir / "threshold.json").is_file()
 
 
+def test_a_report_stopped_halfway_leaves_no_metrics_json_and_resume_writes_it_whole(
+    tmp_path, tiny_demo, monkeypatch, run_train, fast_settings
+):
+    # metrics.json says a folder's report is whole (keep_record, compare_runs and resume read it
+    # so): a Ctrl-C while the per-query APs are written must leave none, and resume redoes it
+    from siamese_reid import reporting
+
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reporting, "_save_array", interrupted)
+    with pytest.raises(RunInterrupted) as caught:
+        run_train(tmp_path, fast_settings + demo_settings(tiny_demo) + TINY)
+    run_dir = caught.value.run_dir
+    assert (run_dir / "query_embeddings.npz").is_file()  # the report was under way
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "query_average_precisions.npy").exists()
+    monkeypatch.undo()
+    metrics = experiment.resume(run_dir)
+    saved = np.load(run_dir / "query_average_precisions.npy")
+    assert json.loads((run_dir / "metrics.json").read_text())["mAP"] == pytest.approx(metrics["mAP"])
+    assert np.nanmean(saved) == pytest.approx(metrics["mAP"])
+
+
 def test_a_run_stopped_while_writing_its_report_is_kept_and_resumes_to_the_report(
     tmp_path, tiny_demo, monkeypatch, run_train, fast_settings
 ):
@@ -123,13 +146,16 @@ def test_a_run_stopped_while_writing_its_report_is_kept_and_resumes_to_the_repor
 
     monkeypatch.setattr(experiment, "final_report", interrupted)
     with pytest.raises(RunInterrupted) as caught:
-        run_train(tmp_path, fast_settings + demo_settings(tiny_demo) + TINY)
+        run_train(tmp_path, fast_settings + demo_settings(tiny_demo) + TINY + ["training.epochs=2"])
     run_dir = caught.value.run_dir
     assert run_dir == tmp_path / "run" and (run_dir / "last.keras").is_file()
     monkeypatch.undo()
     # trained but unreported: the report, no training, scored as the resume asks, and config.yaml
     # says how (compare_runs trusts a folder's saved scores to be what its config.yaml scores)
-    metrics = experiment.resume(run_dir, ["evaluation.flip_test=true"])  # fast_settings: false
+    # (fast_settings: false); a smaller training.epochs leads here too, and must not rewrite
+    # the 2 epochs that were trained
+    metrics = experiment.resume(run_dir, ["evaluation.flip_test=true", "training.epochs=1"])
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["mAP"] == pytest.approx(metrics["mAP"]) and saved["protocol"]["flip_test"] is True
     assert load_run_config(run_dir).evaluation.flip_test is True
+    assert load_run_config(run_dir).training.epochs == 2
