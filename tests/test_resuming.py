@@ -113,6 +113,20 @@ def test_a_run_killed_before_its_report_is_finished_from_the_saved_model(
     assert (run_dir / "cmc.png").is_file() and (run_dir / "threshold.json").is_file()
 
 
+def run_stopped_in(module, name, monkeypatch, run_train, tmp_path, settings):
+    """Trains a run stopped by a Ctrl-C inside `module.name`; returns the folder it kept, with
+    `module.name` restored."""
+
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, name, interrupted)
+    with pytest.raises(RunInterrupted) as caught:
+        run_train(tmp_path, settings)
+    monkeypatch.undo()
+    return caught.value.run_dir
+
+
 def test_a_report_stopped_halfway_leaves_no_metrics_json_and_resume_writes_it_whole(
     tmp_path, tiny_demo, monkeypatch, run_train, fast_settings
 ):
@@ -120,16 +134,10 @@ def test_a_report_stopped_halfway_leaves_no_metrics_json_and_resume_writes_it_wh
     # so): a Ctrl-C while the per-query APs are written must leave none, and resume redoes it
     from siamese_reid import reporting
 
-    def interrupted(*arguments, **keywords):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(reporting, "_save_array", interrupted)
-    with pytest.raises(RunInterrupted) as caught:
-        run_train(tmp_path, fast_settings + demo_settings(tiny_demo) + TINY)
-    run_dir = caught.value.run_dir
+    settings = fast_settings + demo_settings(tiny_demo) + TINY
+    run_dir = run_stopped_in(reporting, "_save_array", monkeypatch, run_train, tmp_path, settings)
     assert (run_dir / "query_embeddings.npz").is_file()  # the report was under way
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "query_average_precisions.npy").exists()
-    monkeypatch.undo()
     metrics = experiment.resume(run_dir)
     saved = np.load(run_dir / "query_average_precisions.npy")
     assert json.loads((run_dir / "metrics.json").read_text())["mAP"] == pytest.approx(metrics["mAP"])
@@ -141,15 +149,9 @@ def test_a_run_stopped_while_writing_its_report_is_kept_and_resumes_to_the_repor
 ):
     # fit removes its backup when it ends: a Ctrl-C while the report is written must still find
     # a saved epoch (last.keras) and keep the trained run
-    def interrupted(*arguments, **keywords):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(experiment, "final_report", interrupted)
-    with pytest.raises(RunInterrupted) as caught:
-        run_train(tmp_path, fast_settings + demo_settings(tiny_demo) + TINY + ["training.epochs=2"])
-    run_dir = caught.value.run_dir
+    settings = fast_settings + demo_settings(tiny_demo) + TINY + ["training.epochs=2"]
+    run_dir = run_stopped_in(experiment, "final_report", monkeypatch, run_train, tmp_path, settings)
     assert run_dir == tmp_path / "run" and (run_dir / "last.keras").is_file()
-    monkeypatch.undo()
     # trained but unreported: the report, no training, scored as the resume asks, and config.yaml
     # says how (compare_runs trusts a folder's saved scores to be what its config.yaml scores)
     # (fast_settings: false); a smaller training.epochs leads here too, and must not rewrite
