@@ -18,12 +18,12 @@ saved their last epoch's per-query validation APs with the protocol they were sc
 folder's are read when they are what its config.yaml scores and no --set or --candidate-set
 applies to it; otherwise its last.keras is scored again. So a run's record (its small files
 without the model, experiments/keep_record.py) stays a baseline after the run folder is gone.
---set applies config
-overrides to every run before scoring, --candidate-set to the candidates only (so a run against
-itself re-ranked measures what re-ranking adds). --split test reads the per-query APs that a
-run, or an evaluation folder evaluate.py wrote, saved when it scored the test split
-(query_average_precisions.npy); the folders must have scored the same query and gallery folders,
-and a run that reported on validation (`evaluation.score_test: false`) is refused.
+--set applies config overrides to every run before scoring, --candidate-set to the candidates
+only (so a run against itself re-ranked measures what re-ranking adds). --split test reads the
+per-query APs that a run, or an evaluation folder evaluate.py wrote, saved when it scored the
+test split (query_average_precisions.npy); the folders must have scored the same query and
+gallery folders, and a run that reported on validation (`evaluation.score_test: false`) is
+refused.
 """
 
 import argparse
@@ -180,10 +180,12 @@ def validation_scores(runs, configs, overridden):
         else saved_scores_problem(run, config, "validation")
         for run, config, changed in zip(runs, configs, overridden, strict=True)
     ]
+    from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
+
     rescored = [index for index, reason in enumerate(reasons) if reason]
+    # no reason: saved_scores_problem has found them to be what the run's config scores
     scores = [
-        None if reason else saved_average_precisions(run, config, "validation")
-        for run, config, reason in zip(runs, configs, reasons, strict=True)
+        None if reason else np.load(run / QUERY_AVERAGE_PRECISIONS) for run, reason in zip(runs, reasons, strict=True)
     ]
     identities = None
     if rescored:

@@ -77,9 +77,8 @@ DATASET_SUMMARY = "dataset_summary.json"  # images, identities and cameras of ev
 DATA_WARNINGS = "data_warnings.txt"  # images skipped and why, when there are any
 IDENTITY_NAMES = "identity_names.json"  # pid -> folder name, for folder-per-identity datasets
 QUERY_EMBEDDINGS = "query_embeddings.npz"
-QUERY_IDENTITIES = (
-    "query_identities.npy"  # a record's query pids, kept without the embeddings (experiments/keep_record.py)
-)
+# a record's query pids, kept without the embeddings (experiments/keep_record.py)
+QUERY_IDENTITIES = "query_identities.npy"
 GALLERY_EMBEDDINGS = "gallery_embeddings.npz"
 QUERY_AVERAGE_PRECISIONS = "query_average_precisions.npy"  # as scored for metrics.json
 TENSORBOARD = "tensorboard"  # TensorBoard's event files
