@@ -26,7 +26,6 @@ only of the recipe: this says what it is on the machine at hand.
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -46,6 +45,7 @@ from siamese_reid.data import samplers  # noqa: E402
 from siamese_reid.data.pipeline import pk_dataset, triplet_dataset  # noqa: E402
 from siamese_reid.data.preparation import prepare_data  # noqa: E402
 from siamese_reid.data.splits import contiguous_labels  # noqa: E402
+from siamese_reid.files import create_folder, write_json  # noqa: E402
 from siamese_reid.losses import build_loss  # noqa: E402
 from siamese_reid.model import build_siamese_model  # noqa: E402
 from siamese_reid.model.building import build_tower, build_training_model, image_size  # noqa: E402
@@ -201,8 +201,9 @@ def recipe_across_precisions(config, train, steps):
 
 
 def write_results(path, results):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(results, indent=2))
+    # the package's atomic writer: a run stopped mid-write leaves the previous results whole
+    create_folder(Path(path).parent, exist_ok=True)
+    write_json(path, results)
 
 
 def main():

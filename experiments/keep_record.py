@@ -89,6 +89,7 @@ def _write_record(folder, record_dir):
         (scratch / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
         scratch.rename(record_dir)
     except BaseException:
+        # only the folder mkdtemp made for this call, never the destination or the run folder
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return [*written, PROVENANCE]
