@@ -8,8 +8,8 @@ Measured in one run, at the shapes of config.yaml (override with --set):
   5. the baseline: three separate tower calls fed by a Python generator of triplets that
      decodes with PIL, as in the keras.io Siamese example;
   6. the P x K train step under each precision policy, with and without XLA;
-  7. the shipped default exactly as train.py builds it (model.building.build_training_model and
-     pipeline.training_dataset: its loss, its training model, its precision) against the
+  7. the shipped default exactly as train.py builds it (fitting.build_model_and_stream: its
+     loss, its training model, its batches, its precision) against the
      baseline at equal settings (float32, same images) and at each one's best settings (ours:
      the shipped config; the baseline: its faster precision policy).
 
@@ -46,11 +46,13 @@ from siamese_reid.data.pipeline import pk_dataset, triplet_dataset  # noqa: E402
 from siamese_reid.data.preparation import prepare_data  # noqa: E402
 from siamese_reid.data.splits import contiguous_labels  # noqa: E402
 from siamese_reid.files import create_folder, write_json  # noqa: E402
+from siamese_reid.fitting import build_model_and_stream  # noqa: E402
 from siamese_reid.losses import build_loss  # noqa: E402
 from siamese_reid.model import build_siamese_model  # noqa: E402
-from siamese_reid.model.building import build_tower, build_training_model, image_size  # noqa: E402
+from siamese_reid.model.building import build_tower  # noqa: E402
 from siamese_reid.precision import cpu_model  # noqa: E402
 from siamese_reid.runs import create_evaluation_dir  # noqa: E402
+from siamese_reid.time_budget import time_train_steps  # noqa: E402
 
 
 def images_per_second(dataset_or_generator, steps, images_per_step, consume):
@@ -62,27 +64,13 @@ def images_per_second(dataset_or_generator, steps, images_per_step, consume):
     return steps * images_per_step / (time.perf_counter() - started)
 
 
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.durations = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.durations.append(time.perf_counter() - self.started)
-
-
 def fit_images_per_second(model, dataset, steps, images_per_step):
-    """images/s from the median train-step time of `steps` steps of model.fit, after a
-    warm-up fit (tracing excluded). The median, not the total, because this 2-core VM's
-    throughput varies a lot from second to second; the spread is returned too."""
-    model.fit(dataset.take(2), epochs=1, verbose=0, shuffle=False)
-    timer = StepTimer()
-    model.fit(dataset.take(steps), epochs=1, verbose=0, shuffle=False, callbacks=[timer])
-    rates = images_per_step / np.array(timer.durations)
-    return float(np.median(rates)), (float(np.percentile(rates, 25)), float(np.percentile(rates, 75)))
+    """images/s from the median train-step time of `steps` steps of model.fit after two untimed
+    ones (the library's `time_train_steps`, which a time-budgeted run uses too), and the
+    interquartile range of the rate."""
+    step_time = time_train_steps(model, dataset, steps)
+    fast, slow = step_time.quartiles
+    return images_per_step / step_time.median, (images_per_step / slow, images_per_step / fast)
 
 
 def python_triplet_generator(paths, triplets, batch_size, size):
@@ -119,19 +107,13 @@ def baseline_images_per_second(config, paths, triplets, steps, policy):
 
 def shipped_images_per_second(config, train, steps, precision_name):
     """The P x K train step exactly as experiment.train builds it, under a precision policy."""
-    from siamese_reid.data.pipeline import images_per_batch, training_dataset
-    from siamese_reid.model.training_model import fit_batches
+    from siamese_reid.data.pipeline import images_per_batch
     from siamese_reid.precision import resolve_precision
 
     precision = resolve_precision(precision_name)
     keras.mixed_precision.set_global_policy(precision.policy)
     keras.utils.set_random_seed(config.training.seed)
-    num_identities = len({sample.pid for sample in train})
-    strategy = tf.distribute.get_strategy()
-    _, model, _ = build_training_model(config, steps + 1, strategy, num_identities)
-    dataset = fit_batches(
-        training_dataset(train, config.training, config.augment, image_size(config), 0, steps + 1), model
-    )
+    _, model, _, dataset, _ = build_model_and_stream(config, train, tf.distribute.get_strategy())
     rate, spread = fit_images_per_second(model, dataset, steps, images_per_batch(config.training))
     return rate, spread, precision.policy
 

@@ -37,6 +37,7 @@ from siamese_reid.runs import (
     QUERY_IDENTITIES,
     RUN_COST,
     RUN_INFO,
+    TIME_BUDGET,
     is_finished,
 )
 
@@ -47,6 +48,7 @@ RECORD_FILES = (
     HISTORY,
     RUN_COST,
     RUN_INFO,
+    TIME_BUDGET,  # a time-budgeted run's: the step timed and the epochs it decided
     DATASET_SUMMARY,
     BEST,
     QUERY_AVERAGE_PRECISIONS,

@@ -21,7 +21,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from siamese_reid import runs
+from siamese_reid import files, runs
 from siamese_reid.config import save_config
 from siamese_reid.data.preparation import check_dataset, prepare_data
 from siamese_reid.errors import ReIDError, RunInterrupted
@@ -160,11 +160,16 @@ def _train(config, run_dir, strategy, resuming):
 
     from siamese_reid.fitting import fit_run
     from siamese_reid.precision import resolve_precision
+    from siamese_reid.time_budget import fit_to_budget
 
     keras.utils.set_random_seed(config.training.seed)
     precision = resolve_precision(config.training.precision)
     keras.mixed_precision.set_global_policy(precision.policy)
     config, data = prepare_data(config, run_dir)
+    if not resuming:  # a resumed run keeps the epochs its config.yaml records
+        config, decision = fit_to_budget(config, data.train, strategy)
+        if decision:
+            files.write_json(run_dir / runs.TIME_BUDGET, decision)
     save_config(config, run_dir / runs.CONFIG)
     periodic, cost = fit_run(config, data, run_dir, strategy, resuming, precision)
     if periodic is None:

@@ -34,18 +34,15 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
       tower, or None on a worker other than the chief; what the run cost: `training_seconds`,
       `periodic_evaluation_seconds` and `peak_memory_gib`, for metrics.json).
     """
-    from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
-    from siamese_reid.distribution import is_chief, is_multi_worker, split_by_data, worker_name
-    from siamese_reid.model.training_model import fit_batches
+    from siamese_reid.distribution import is_chief, is_multi_worker, worker_name
     from siamese_reid.run_cost import RunCostMeter, cost_so_far
     from siamese_reid.training import MonitoredSplit, PeriodicEvaluation, monitored_history_split
 
     chief = is_chief(strategy)
     report_sampling(data.train, config.training)
     size = image_size(config)
-    steps = steps_per_epoch(config.training, len(data.train))
-    num_identities = len({sample.pid for sample in data.train})
-    tower, model, initialisation = build_training_model(config, steps, strategy, num_identities)
+    first_epoch = start_epoch(run_dir, config.training.epochs)
+    tower, model, initialisation, dataset, steps = build_model_and_stream(config, data.train, strategy, first_epoch)
     monitored = "validation" if data.has_validation else "query / gallery (test)"
     files.write_json(
         Path(run_dir) / RUN_INFO,
@@ -65,9 +62,6 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
         logger.info(
             f"{worker_name(strategy)}: training beside the chief, which writes the run folder and scores the model"
         )
-    first_epoch = start_epoch(run_dir, config.training.epochs)
-    dataset = training_dataset(data.train, config.training, config.augment, size, first_epoch, steps)
-    dataset = split_by_data(fit_batches(dataset, model))
     split = monitored_history_split(Path(run_dir) / HISTORY, data.has_validation)
     # Only the chief scores: evaluation embeds on its default device, outside the strategy, with
     # no collective, so the other workers never wait on it.
@@ -93,6 +87,24 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
         f"({100 * scoring / max(elapsed, 1e-9):.1f}%); peak memory {cost['peak_memory_gib']:.2f} GiB"
     )
     return periodic, cost
+
+
+def build_model_and_stream(config, train, strategy, first_epoch=0):
+    """The model the config describes and the batches `fit` trains it on, as a run builds them.
+
+    Returns:
+      (tower, compiled training model, the record of its initialisation, the batches from
+      `first_epoch` (0-based) to the last epoch, batches per epoch).
+    """
+    from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
+    from siamese_reid.distribution import split_by_data
+    from siamese_reid.model.training_model import fit_batches
+
+    steps = steps_per_epoch(config.training, len(train))
+    num_identities = len({sample.pid for sample in train})
+    tower, model, initialisation = build_training_model(config, steps, strategy, num_identities)
+    dataset = training_dataset(train, config.training, config.augment, image_size(config), first_epoch, steps)
+    return tower, model, initialisation, split_by_data(fit_batches(dataset, model)), steps
 
 
 def _callbacks(tower, run_dir, periodic, meter, resuming, split, total_epochs):

@@ -72,6 +72,7 @@ BEST_MODEL = "best.keras"  # the embedding tower of the best monitored epoch
 BEST = "best.json"  # the monitored value and epoch of best.keras
 THRESHOLD = "threshold.json"  # the open-set threshold search.py uses
 RUN_INFO = "run_info.json"  # initialisation, monitored split, precision
+TIME_BUDGET = "time_budget.json"  # under training.time_budget_hours: the step timed, the epochs decided
 RUN_COST = "run_cost.json"  # training and scoring time and peak memory over all sessions so far
 DATASET_SUMMARY = "dataset_summary.json"  # images, identities and cameras of every split
 DATA_WARNINGS = "data_warnings.txt"  # images skipped and why, when there are any

@@ -184,6 +184,26 @@ def run_train(project_root):
     return train
 
 
+@pytest.fixture
+def run_stopped_in(tmp_path, monkeypatch, run_train):
+    """A function (module, name, config overrides) that trains a run in `tmp_path` stopped by a
+    Ctrl-C inside `module.name`, and returns the folder it kept, with every patch of
+    `monkeypatch` undone."""
+    from siamese_reid.errors import RunInterrupted
+
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    def train(module, name, settings):
+        monkeypatch.setattr(module, name, interrupted)
+        with pytest.raises(RunInterrupted) as caught:
+            run_train(tmp_path, settings)
+        monkeypatch.undo()
+        return caught.value.run_dir
+
+    return train
+
+
 @pytest.fixture(scope="session")
 def command_line(project_root):
     """A function (script, *arguments, timeout=300) that runs `python SCRIPT ARGS...` from the

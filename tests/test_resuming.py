@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from siamese_reid import experiment
-from siamese_reid.errors import RunInterrupted
 from siamese_reid.runs import load_run_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -113,29 +112,15 @@ def test_a_run_killed_before_its_report_is_finished_from_the_saved_model(
     assert (run_dir / "cmc.png").is_file() and (run_dir / "threshold.json").is_file()
 
 
-def run_stopped_in(module, name, monkeypatch, run_train, tmp_path, settings):
-    """Trains a run stopped by a Ctrl-C inside `module.name`; returns the folder it kept, with
-    `module.name` restored."""
-
-    def interrupted(*arguments, **keywords):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(module, name, interrupted)
-    with pytest.raises(RunInterrupted) as caught:
-        run_train(tmp_path, settings)
-    monkeypatch.undo()
-    return caught.value.run_dir
-
-
 def test_a_report_stopped_halfway_leaves_no_metrics_json_and_resume_writes_it_whole(
-    tmp_path, tiny_demo, monkeypatch, run_train, fast_settings
+    tiny_demo, run_stopped_in, fast_settings
 ):
     # metrics.json says a folder's report is whole (keep_record, compare_runs and resume read it
     # so): a Ctrl-C while the per-query APs are written must leave none, and resume redoes it
     from siamese_reid import reporting
 
     settings = fast_settings + demo_settings(tiny_demo) + TINY
-    run_dir = run_stopped_in(reporting, "_save_array", monkeypatch, run_train, tmp_path, settings)
+    run_dir = run_stopped_in(reporting, "_save_array", settings)
     assert (run_dir / "query_embeddings.npz").is_file()  # the report was under way
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "query_average_precisions.npy").exists()
     metrics = experiment.resume(run_dir)
@@ -145,12 +130,12 @@ def test_a_report_stopped_halfway_leaves_no_metrics_json_and_resume_writes_it_wh
 
 
 def test_a_run_stopped_while_writing_its_report_is_kept_and_resumes_to_the_report(
-    tmp_path, tiny_demo, monkeypatch, run_train, fast_settings
+    tmp_path, tiny_demo, run_stopped_in, fast_settings
 ):
     # fit removes its backup when it ends: a Ctrl-C while the report is written must still find
     # a saved epoch (last.keras) and keep the trained run
     settings = fast_settings + demo_settings(tiny_demo) + TINY + ["training.epochs=2"]
-    run_dir = run_stopped_in(experiment, "final_report", monkeypatch, run_train, tmp_path, settings)
+    run_dir = run_stopped_in(experiment, "final_report", settings)
     assert run_dir == tmp_path / "run" and (run_dir / "last.keras").is_file()
     # trained but unreported: the report, no training, scored as the resume asks, and config.yaml
     # says how (compare_runs trusts a folder's saved scores to be what its config.yaml scores)

@@ -164,6 +164,9 @@ class TrainingConfig:
     triplet_batch_size: int = _field(16, minimum=1)
     steps_per_epoch: int = _field(0, minimum=0)
     epochs: int = _field(150, minimum=1)
+    # Hours of this machine a new run's training may take (0 = no budget): the run times its train
+    # step first and trains min(epochs, what fits) epochs (siamese_reid.time_budget).
+    time_budget_hours: float = _field(0.0, minimum=0.0)
     optimizer: str = _field("adam", choices=OPTIMIZERS)
     learning_rate: float = _field(3.0e-4, minimum=0.0)
     weight_decay: float = _field(0.0, minimum=0.0)
