@@ -113,8 +113,8 @@ def shipped_images_per_second(config, train, steps, precision_name):
     precision = resolve_precision(precision_name)
     keras.mixed_precision.set_global_policy(precision.policy)
     keras.utils.set_random_seed(config.training.seed)
-    _, model, _, dataset, _ = build_model_and_stream(config, train, tf.distribute.get_strategy())
-    rate, spread = fit_images_per_second(model, dataset, steps, images_per_batch(config.training))
+    built = build_model_and_stream(config, train, tf.distribute.get_strategy())
+    rate, spread = fit_images_per_second(built.model, built.dataset, steps, images_per_batch(config.training))
     return rate, spread, precision.policy
 
 

@@ -127,7 +127,9 @@ def parse_arguments():
 
 def base_overrides(arguments):
     """What every variant shares: the user's --set, the dataset, the split, the epochs."""
-    overrides = list(arguments.overrides)
+    # variants compare at equal epochs: a time budget would give each the length its own timing
+    # fits (a recipe's training.time_budget_hours applies only where the user's --set gives it)
+    overrides = ["training.time_budget_hours=0", *arguments.overrides]
     if arguments.data_root:
         overrides.append(f"data.root={arguments.data_root}")
     overrides.append(f"data.validation_fraction={arguments.validation_fraction}")

@@ -2,8 +2,8 @@
 
 `train.py`, `evaluate.py`, the benchmarks, the notebooks and a Python user call these. This is
 the one module below the entry points that sees the whole `Config`; each stage it runs lives
-in the module that owns it (data/preparation, model/building, fitting, report, resuming,
-distribution, runs). Progress goes through `logging`: `console.show_messages()` shows it.
+in the module that owns it (data/preparation, time_budget, model/building, fitting, report,
+resuming, distribution, runs). Progress goes through `logging`: `console.show_messages()` shows it.
 
     from siamese_reid.config import load_config
     from siamese_reid import experiment
@@ -50,10 +50,12 @@ def train(config, output_dir=None):
     """
     from siamese_reid.distribution import folder_made_by_chief, is_chief, start_distribution
     from siamese_reid.model.backbones import resolve_weights
+    from siamese_reid.time_budget import check_budget_applies
 
     config = check_dataset(config)
     resolve_weights(config.model.weights)
     strategy = start_distribution(config.training)
+    check_budget_applies(config.training, strategy)
     parent = output_dir or config.output.dir
     run_dir = folder_made_by_chief(strategy, lambda: runs.create_run_dir(parent, config.output.run_name))
     logger.info(f"run folder: {run_dir}")

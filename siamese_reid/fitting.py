@@ -6,6 +6,7 @@ on turned into one-line errors.
 import logging
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from siamese_reid import files
 from siamese_reid.data.preparation import report_sampling
@@ -89,13 +90,17 @@ def fit_run(config, data, run_dir, strategy, resuming, precision):
     return periodic, cost
 
 
-def build_model_and_stream(config, train, strategy, first_epoch=0):
-    """The model the config describes and the batches `fit` trains it on, as a run builds them.
+class ModelAndStream(NamedTuple):
+    tower: object  # the embedding tower, whose weights are the ones trained
+    model: object  # the compiled model `fit` trains
+    initialisation: dict  # how the model was initialised (run_info.json)
+    dataset: object  # the batches from the first epoch asked for to the last
+    steps: int  # batches per epoch
 
-    Returns:
-      (tower, compiled training model, the record of its initialisation, the batches from
-      `first_epoch` (0-based) to the last epoch, batches per epoch).
-    """
+
+def build_model_and_stream(config, train, strategy, first_epoch=0):
+    """The model the config describes and the batches `fit` trains it on from `first_epoch`
+    (0-based), as a run builds them: a `ModelAndStream`."""
     from siamese_reid.data.pipeline import steps_per_epoch, training_dataset
     from siamese_reid.distribution import split_by_data
     from siamese_reid.model.training_model import fit_batches
@@ -104,7 +109,7 @@ def build_model_and_stream(config, train, strategy, first_epoch=0):
     num_identities = len({sample.pid for sample in train})
     tower, model, initialisation = build_training_model(config, steps, strategy, num_identities)
     dataset = training_dataset(train, config.training, config.augment, image_size(config), first_epoch, steps)
-    return tower, model, initialisation, split_by_data(fit_batches(dataset, model)), steps
+    return ModelAndStream(tower, model, initialisation, split_by_data(fit_batches(dataset, model)), steps)
 
 
 def _callbacks(tower, run_dir, periodic, meter, resuming, split, total_epochs):

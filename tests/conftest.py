@@ -185,20 +185,18 @@ def run_train(project_root):
 
 
 @pytest.fixture
-def run_stopped_in(tmp_path, monkeypatch, run_train):
+def run_stopped_in(tmp_path, run_train):
     """A function (module, name, config overrides) that trains a run in `tmp_path` stopped by a
-    Ctrl-C inside `module.name`, and returns the folder it kept, with every patch of
-    `monkeypatch` undone."""
+    Ctrl-C inside `module.name`, and returns the folder it kept, with `module.name` restored."""
     from siamese_reid.errors import RunInterrupted
 
     def interrupted(*arguments, **keywords):
         raise KeyboardInterrupt
 
     def train(module, name, settings):
-        monkeypatch.setattr(module, name, interrupted)
-        with pytest.raises(RunInterrupted) as caught:
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(RunInterrupted) as caught:
+            patch.setattr(module, name, interrupted)
             run_train(tmp_path, settings)
-        monkeypatch.undo()
         return caught.value.run_dir
 
     return train
