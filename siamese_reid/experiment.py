@@ -86,6 +86,9 @@ def resume(run_dir, overrides=()):
     run_dir = runs.require_run_dir(run_dir, refusal="cannot resume: ")
     config = runs.load_run_config(run_dir, overrides)
     check_resumable(run_dir, config)
+    # a budget decides a run's length once, when it starts: config.yaml keeps the one that did
+    saved_budget = runs.load_run_config(run_dir).training.time_budget_hours
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, time_budget_hours=saved_budget))
     if not runs.trained_but_unreported(run_dir, config.training.epochs):
         try:
             return _run(config, run_dir, resuming=True)

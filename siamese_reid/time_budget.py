@@ -1,8 +1,8 @@
 """`training.time_budget_hours`: fit a new run's epochs to a time budget on the machine at hand.
 
 A recipe's time is its CPU's, not only the recipe's (docs/benchmarks.md): the market1501_cpu
-recipe's 32 epochs take 1 h 39 min of one 2-core CPU with AMX and about 5 h of a 2-core Zen 4.
-With a budget, a new run first times its own train step (the model and batches it will train,
+recipe's 32 epochs take 1 h 39 min of one 2-core CPU with AMX and about 5.2 h of train steps on a
+2-core Zen 4. With a budget, a new run first times its own train step (the model and batches it will train,
 on a throwaway copy), then trains min(training.epochs, the epochs that fit), its warm-up and
 cosine decay built for that length, so the run ends within the budget on any machine instead of
 being cut off mid-schedule. (A multistep schedule's milestones are epochs of the configured

@@ -94,8 +94,9 @@ def test_a_budgeted_run_trains_the_epochs_that_fit_exactly_as_a_run_given_them_a
     assert (decision["configured_epochs"], decision["epochs"], decision["steps_per_epoch"]) == (5, 2, 3)
     assert decision["predicted_training_seconds"] == 2 * 3 * 500.0
     monkeypatch.setattr(time_budget, "time_train_steps", lambda *_: pytest.fail("a resumed run timed again"))
-    experiment.resume(run_dir)
+    experiment.resume(run_dir, ["training.time_budget_hours=3"])  # changes nothing on a resumed run
     assert (run_dir / METRICS).is_file()
+    assert load_run_config(run_dir).training.time_budget_hours == 1  # the budget that decided
     given, trained = read_history(tmp_path / "given" / HISTORY), read_history(run_dir / HISTORY)
     assert len(trained["loss"]) == 2
     # the copy that was timed left nothing the run draws: same initial weights, batches, losses
