@@ -36,7 +36,8 @@ MEASURED_STEPS = 20
 # Part of the budget kept for what the step time does not include: periodic evaluation (about 3%
 # of the market1501_cpu recipe's runs, scoring every 16 epochs; scoring a validation split every
 # few epochs can take more, docs/results.md), the first epoch's tracing, checkpoints, and steps
-# slower than the median.
+# slower than the median. Sized for epochs of minutes: with epochs of seconds the per-epoch
+# checkpoints and scoring outgrow it (the demo ran 27% over 6 minutes, docs/recipes.md).
 RESERVE = 0.10
 
 
