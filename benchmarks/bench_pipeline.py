@@ -8,8 +8,8 @@ Measured in one run, at the shapes of config.yaml (override with --set):
   5. the baseline: three separate tower calls fed by a Python generator of triplets that
      decodes with PIL, as in the keras.io Siamese example;
   6. the P x K train step under each precision policy, with and without XLA;
-  7. the shipped default exactly as train.py builds it (fitting.build_model_and_stream: its
-     loss, its training model, its batches, its precision) against the
+  7. the shipped default exactly as train.py builds it (time_budget.time_a_copy, as a
+     budgeted run times it: its loss, its training model, its batches, its precision) against the
      baseline at equal settings (float32, same images) and at each one's best settings (ours:
      the shipped config; the baseline: its faster precision policy).
 
@@ -46,13 +46,12 @@ from siamese_reid.data.pipeline import pk_dataset, triplet_dataset  # noqa: E402
 from siamese_reid.data.preparation import prepare_data  # noqa: E402
 from siamese_reid.data.splits import contiguous_labels  # noqa: E402
 from siamese_reid.files import create_folder, write_json  # noqa: E402
-from siamese_reid.fitting import build_model_and_stream  # noqa: E402
 from siamese_reid.losses import build_loss  # noqa: E402
 from siamese_reid.model import build_siamese_model  # noqa: E402
 from siamese_reid.model.building import build_tower  # noqa: E402
 from siamese_reid.precision import cpu_model  # noqa: E402
 from siamese_reid.runs import create_evaluation_dir  # noqa: E402
-from siamese_reid.time_budget import time_train_steps  # noqa: E402
+from siamese_reid.time_budget import time_a_copy, time_train_steps  # noqa: E402
 
 
 def images_per_second(dataset_or_generator, steps, images_per_step, consume):
@@ -68,7 +67,11 @@ def fit_images_per_second(model, dataset, steps, images_per_step):
     """images/s from the median train-step time of `steps` steps of model.fit after two untimed
     ones (the library's `time_train_steps`, which a time-budgeted run uses too), and the
     interquartile range of the rate."""
-    step_time = time_train_steps(model, dataset, steps)
+    return rates(time_train_steps(model, dataset, steps), images_per_step)
+
+
+def rates(step_time, images_per_step):
+    """A `StepTime` as images/s: the median and the interquartile range."""
     fast, slow = step_time.quartiles
     return images_per_step / step_time.median, (images_per_step / slow, images_per_step / fast)
 
@@ -113,8 +116,8 @@ def shipped_images_per_second(config, train, steps, precision_name):
     precision = resolve_precision(precision_name)
     keras.mixed_precision.set_global_policy(precision.policy)
     keras.utils.set_random_seed(config.training.seed)
-    built = build_model_and_stream(config, train, tf.distribute.get_strategy())
-    rate, spread = fit_images_per_second(built.model, built.dataset, steps, images_per_batch(config.training))
+    step_time, _ = time_a_copy(config, train, tf.distribute.get_strategy(), steps)
+    rate, spread = rates(step_time, images_per_batch(config.training))
     return rate, spread, precision.policy
 
 

@@ -38,6 +38,14 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from siamese_reid.errors import ReIDError  # noqa: E402  (pure Python; TensorFlow loads only to score)
+from siamese_reid.runs import (  # noqa: E402  (pure Python too)
+    LAST_MODEL,
+    METRICS,
+    QUERY_AVERAGE_PRECISIONS,
+    QUERY_EMBEDDINGS,
+    QUERY_IDENTITIES,
+    load_run_config,
+)
 
 # What must agree for two folders' queries to be the same ones: the data keys that can change
 # which images a split holds (for some layouts only). The query identities then catch much of
@@ -89,7 +97,6 @@ def validation_average_precisions(runs, configs, reasons):
     scored with its config's evaluation settings, and the queries' identities. The runs hold
     out the same identities (`check_same_queries`), so the data is read and scanned once, not
     once per run. `reasons` say why each run is scored again, for the error when it cannot be."""
-    from siamese_reid.runs import LAST_MODEL
 
     if configs[0].data.validation_fraction <= 0:
         raise ReIDError(f"{runs[0]} was trained without a validation split (data.validation_fraction is 0)")
@@ -128,7 +135,6 @@ def saved_scores_problem(folder, config, split):
 
     from siamese_reid.evaluation.evaluator import describe_distance
     from siamese_reid.evaluation.protocol import protocol_record
-    from siamese_reid.runs import METRICS, QUERY_AVERAGE_PRECISIONS
 
     if not (folder / METRICS).is_file():  # written last: without it the folder's report is not whole
         return f"{folder} has no {METRICS}: it has not finished a report"
@@ -164,8 +170,6 @@ def saved_average_precisions(folder, config, split):
     problem = saved_scores_problem(folder, config, split)
     if problem:
         raise ReIDError(problem)
-    from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
-
     return np.load(folder / QUERY_AVERAGE_PRECISIONS)
 
 
@@ -180,8 +184,6 @@ def validation_scores(runs, configs, overridden):
         else saved_scores_problem(run, config, "validation")
         for run, config, changed in zip(runs, configs, overridden, strict=True)
     ]
-    from siamese_reid.runs import QUERY_AVERAGE_PRECISIONS
-
     rescored = [index for index, reason in enumerate(reasons) if reason]
     # no reason: saved_scores_problem has found them to be what the run's config scores
     scores = [
@@ -202,7 +204,6 @@ def validation_scores(runs, configs, overridden):
 def saved_query_identities(folder):
     """The identities of the queries a folder scored, from the query embeddings it saved (or, in
     a record, the identities kept without them); None for a folder without either."""
-    from siamese_reid.runs import QUERY_EMBEDDINGS, QUERY_IDENTITIES
 
     folder = Path(folder)
     if (folder / QUERY_IDENTITIES).is_file():
@@ -266,7 +267,6 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
     candidates only; both only with split "validation", where they make the runs they apply to
     be scored again (the test split's scores are only ever the saved ones).
     """
-    from siamese_reid.runs import load_run_config
 
     runs = [Path(run) for run in runs]
     if split == "test" and (overrides or candidate_overrides):

@@ -86,9 +86,6 @@ def resume(run_dir, overrides=()):
     run_dir = runs.require_run_dir(run_dir, refusal="cannot resume: ")
     config = runs.load_run_config(run_dir, overrides)
     check_resumable(run_dir, config)
-    # a budget decides a run's length once, when it starts: config.yaml keeps the one that did
-    saved_budget = runs.load_run_config(run_dir).training.time_budget_hours
-    config = dataclasses.replace(config, training=dataclasses.replace(config.training, time_budget_hours=saved_budget))
     if not runs.trained_but_unreported(run_dir, config.training.epochs):
         try:
             return _run(config, run_dir, resuming=True)
@@ -167,7 +164,6 @@ def _train(config, run_dir, strategy, resuming):
     from siamese_reid.precision import resolve_precision
     from siamese_reid.time_budget import fit_to_budget
 
-    keras.utils.set_random_seed(config.training.seed)
     precision = resolve_precision(config.training.precision)
     keras.mixed_precision.set_global_policy(precision.policy)
     config, data = prepare_data(config, run_dir)
@@ -175,6 +171,9 @@ def _train(config, run_dir, strategy, resuming):
         config, decision = fit_to_budget(config, data.train, strategy)
         if decision:
             files.write_json(run_dir / runs.TIME_BUDGET, decision)
+    # after the budget's timing, whose throwaway model draws from the seeds: a budgeted run is
+    # the run its decided training.epochs gives
+    keras.utils.set_random_seed(config.training.seed)
     save_config(config, run_dir / runs.CONFIG)
     periodic, cost = fit_run(config, data, run_dir, strategy, resuming, precision)
     if periodic is None:

@@ -26,8 +26,6 @@ def check_resumable(run_dir, config):
 RESUMABLE_CHANGES = {
     "training.epochs": "training continues to the new last epoch; the cosine schedule is recomputed for the new "
     "length, so the learning rate continues from where the new schedule is at this step",
-    "training.time_budget_hours": "no effect on a resumed run: it keeps the epochs its config.yaml records "
-    "(change those with training.epochs)",
     "evaluation": "the run is evaluated and reported with the new settings from now on",
     "output": "no effect on a resumed run",
 }

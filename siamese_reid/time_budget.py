@@ -102,8 +102,9 @@ def fit_to_budget(config, train, strategy):
     """The config a new run trains with under `training.time_budget_hours`, and the record of
     the decision (None without a budget).
 
-    Times the train step on a copy of the run's model and batches, then re-seeds, so the run
-    trains exactly as a run given the decided `training.epochs` would.
+    Times the train step on a copy of the run's model and batches (`time_a_copy`); the run is
+    seeded after it (experiment._train), so it trains exactly as a run given the decided
+    `training.epochs` would.
     """
     training = config.training
     if not training.time_budget_hours:
@@ -111,9 +112,8 @@ def fit_to_budget(config, train, strategy):
     budget = training.time_budget_hours * 3600
     logger.info(f"time budget {format_duration(budget)}: timing {MEASURED_STEPS} train steps of this machine first")
     started = time.monotonic()
-    step_time, steps = _time_a_copy(config, train, strategy)
+    step_time, steps = time_a_copy(config, train, strategy)
     spent = time.monotonic() - started
-    keras.utils.set_random_seed(training.seed)  # the copy drew from the seeds: the run starts from them again
     epoch_seconds = steps * step_time.median
     epochs = epochs_within_budget(budget, spent, epoch_seconds, training.epochs)
     _check_decision(training, epochs, epoch_seconds, spent)
@@ -139,18 +139,19 @@ def fit_to_budget(config, train, strategy):
     return dataclasses.replace(config, training=dataclasses.replace(training, epochs=epochs)), decision
 
 
-def _time_a_copy(config, train, strategy):
-    """(`StepTime`, batches per epoch) of the model and batches the run will train, timed on a
-    copy that is freed before the run builds its own (its memory would count in the run's peak)."""
+def time_a_copy(config, train, strategy, steps=MEASURED_STEPS):
+    """(`StepTime` of `steps` steps, batches per epoch) of the model and batches a run of
+    `config` trains, timed on a copy that is freed before the run builds its own (its memory
+    would count in the run's peak)."""
     from siamese_reid.fitting import build_model_and_stream
 
     # the last epoch's stream: the sampler draws only the batches timed, not the whole run's
     built = build_model_and_stream(config, train, strategy, first_epoch=config.training.epochs - 1)
-    step_time = time_train_steps(built.model, built.dataset)
-    steps = built.steps
+    step_time = time_train_steps(built.model, built.dataset, steps)
+    steps_per_epoch = built.steps
     del built
     gc.collect()  # Keras models hold reference cycles
-    return step_time, steps
+    return step_time, steps_per_epoch
 
 
 def _check_decision(training, epochs, epoch_seconds, spent_seconds):

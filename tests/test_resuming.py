@@ -87,7 +87,7 @@ def test_resume_with_a_changed_model_is_refused_and_touches_nothing(
     )
     assert result.returncode == 2
     assert "cannot resume" in result.stderr and "changed data.image_height, model.embedding_dim" in result.stderr
-    assert "only training.epochs, training.time_budget_hours, evaluation.* and output.* may change" in result.stderr
+    assert "only training.epochs, evaluation.* and output.* may change" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 

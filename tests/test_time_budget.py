@@ -25,7 +25,6 @@ TINY = [
 def test_the_epochs_that_fit_are_counted_from_what_is_left_after_timing_and_the_reserve():
     # 2 h, 60 s of timing, the 10% reserve: (7200 - 60) x 0.9 = 6426 s; epochs of 585 s (202
     # steps of 2.9 s, the market1501_cpu recipe on a 2-core Zen 4): 10.98 -> 10
-    assert time_budget.RESERVE == 0.10
     assert time_budget.epochs_within_budget(7200, 60, 585, 32) == 10
     assert time_budget.epochs_within_budget(7200, 60, 585, 8) == 8  # the recipe's own length fits
     assert time_budget.epochs_within_budget(7200, 60, 6426, 32) == 1
@@ -38,7 +37,7 @@ def decide(monkeypatch, settings, step_seconds, steps=100):
     step takes `step_seconds` (the timing itself is replaced)."""
     config = load_config(None, settings)
     step_time = time_budget.StepTime(step_seconds, (step_seconds, step_seconds))
-    monkeypatch.setattr(time_budget, "_time_a_copy", lambda *_: (step_time, steps))
+    monkeypatch.setattr(time_budget, "time_a_copy", lambda *_: (step_time, steps))
     return time_budget.fit_to_budget(config, [], tf.distribute.get_strategy())
 
 
@@ -65,7 +64,7 @@ def test_a_multistep_schedule_is_not_cut_short(monkeypatch):
 
 def test_without_a_budget_nothing_is_timed(monkeypatch):
     config = load_config(None, ["training.epochs=7"])
-    monkeypatch.setattr(time_budget, "_time_a_copy", lambda *_: pytest.fail("timed without a budget"))
+    monkeypatch.setattr(time_budget, "time_a_copy", lambda *_: pytest.fail("timed without a budget"))
     assert time_budget.fit_to_budget(config, [], tf.distribute.get_strategy()) == (config, None)
 
 
@@ -94,9 +93,10 @@ def test_a_budgeted_run_trains_the_epochs_that_fit_exactly_as_a_run_given_them_a
     assert (decision["configured_epochs"], decision["epochs"], decision["steps_per_epoch"]) == (5, 2, 3)
     assert decision["predicted_training_seconds"] == 2 * 3 * 500.0
     monkeypatch.setattr(time_budget, "time_train_steps", lambda *_: pytest.fail("a resumed run timed again"))
-    experiment.resume(run_dir, ["training.time_budget_hours=3"])  # changes nothing on a resumed run
+    with pytest.raises(ReIDError, match="changed training.time_budget_hours"):
+        experiment.resume(run_dir, ["training.time_budget_hours=3"])  # the run's length is decided
+    experiment.resume(run_dir)
     assert (run_dir / METRICS).is_file()
-    assert load_run_config(run_dir).training.time_budget_hours == 1  # the budget that decided
     given, trained = read_history(tmp_path / "given" / HISTORY), read_history(run_dir / HISTORY)
     assert len(trained["loss"]) == 2
     # the copy that was timed left nothing the run draws: same initial weights, batches, losses
