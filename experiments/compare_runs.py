@@ -76,6 +76,7 @@ class Comparison(NamedTuple):
     standard_error: float | None  # over queries, as if independent
     identity_standard_error: float | None  # grouped by query identity; None where identities are unknown
     queries: int | None
+    epochs: int  # training.epochs in the folder's config.yaml: what the run trained (a budget's decision included)
 
 
 def check_same_queries(folders, configs, split):
@@ -290,10 +291,10 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
             ),
             None,
         )
-    comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None, None)]
-    for run, candidate in zip(runs[1:], scores[1:], strict=True):
+    comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None, None, configs[0].training.epochs)]
+    for run, config, candidate in zip(runs[1:], configs[1:], scores[1:], strict=True):
         difference = paired_difference(scores[0], candidate, identities)
-        comparisons.append(Comparison(run, 100 * np.nanmean(candidate), *difference))
+        comparisons.append(Comparison(run, 100 * np.nanmean(candidate), *difference, config.training.epochs))
     return comparisons
 
 
@@ -315,7 +316,10 @@ def main():
     candidate_settings = " ".join(arguments.overrides + arguments.candidate_overrides)
     for comparison in comparisons:
         settings = baseline_settings if comparison.difference is None else candidate_settings
-        line = f"{comparison.run}{f' ({settings})' if settings else ''}: {arguments.split} mAP {comparison.mAP:.1f}%"
+        line = (
+            f"{comparison.run}{f' ({settings})' if settings else ''}: {arguments.split} mAP {comparison.mAP:.1f}% "
+            f"after {comparison.epochs} epochs"
+        )
         if comparison.difference is not None:
             line += (
                 f", {comparison.difference:+.1f} ± {comparison.standard_error:.1f} points query by query "
@@ -324,6 +328,9 @@ def main():
             if comparison.identity_standard_error is not None:
                 line += f", ± {comparison.identity_standard_error:.1f} grouped by identity"
         print(line)
+    epochs = sorted({comparison.epochs for comparison in comparisons})
+    if len(epochs) > 1:  # a time budget decides epochs per CPU: a difference may be training length, not recipe
+        print(f"note: the runs trained different epochs ({', '.join(map(str, epochs))}); the differences include that")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ compare_runs = load_script()
 keep_record = load_script(PROJECT_ROOT / "experiments" / "keep_record.py")
 
 
-def write_run(folder, average_precisions=None, query_dir="query", validation_fraction=0.0):
+def write_run(folder, average_precisions=None, query_dir="query", validation_fraction=0.0, epochs=32):
     """A folder as a run or evaluation leaves it, as far as the script reads it; without
     `average_precisions`, one that never scored the test split."""
     folder.mkdir()
@@ -35,7 +35,7 @@ def write_run(folder, average_precisions=None, query_dir="query", validation_fra
         (folder / "metrics.json").write_text(json.dumps({"split": "test"}))  # written last, by a whole report
     (folder / "config.yaml").write_text(
         f"data:\n  query_dir: {query_dir}\n  gallery_dir: gallery\n  train_dir: train\n"
-        f"  validation_fraction: {validation_fraction}\n"
+        f"  validation_fraction: {validation_fraction}\ntraining:\n  epochs: {epochs}\n"
     )
     return folder
 
@@ -57,6 +57,19 @@ def test_the_difference_is_taken_query_by_query_over_queries_both_runs_scored(tm
     assert "grouped by identity" not in result.stdout  # the folders saved no query identities
     assert "test mAP 62.5%" in result.stdout  # each run's own mAP: (0.5 + 1 + 0.25 + 0.75) / 4
     assert "test mAP 83.3%" in result.stdout
+
+
+def test_runs_of_different_lengths_are_named_as_such(tmp_path):
+    # a time budget trains 10 epochs on one CPU and 32 on another: the difference is not the recipe's alone
+    baseline = write_run(tmp_path / "baseline", [0.5, 1.0], epochs=32)
+    candidate = write_run(tmp_path / "candidate", [1.0, 1.0], epochs=10)
+    result = compare("--split", "test", baseline, candidate)
+    assert result.returncode == 0, result.stderr
+    assert "baseline: test mAP 75.0% after 32 epochs" in result.stdout
+    assert "candidate: test mAP 100.0% after 10 epochs" in result.stdout
+    assert "note: the runs trained different epochs (10, 32)" in result.stdout
+    same = write_run(tmp_path / "same", [1.0, 1.0], epochs=32)
+    assert "different epochs" not in compare("--split", "test", baseline, same).stdout
 
 
 def test_paired_difference_matches_the_definition():
