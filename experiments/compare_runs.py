@@ -24,6 +24,10 @@ per-query APs that a run, or an evaluation folder evaluate.py wrote, saved when 
 test split (query_average_precisions.npy); the folders must have scored the same query and
 gallery folders, and a run that reported on validation (`evaluation.score_test: false`) is
 refused.
+
+Each line says how many epochs the folder trained (its history.csv), and a note says when the
+runs trained different epochs: a time budget trains fewer on a slower CPU, and such a
+difference is not the recipe's alone.
 """
 
 import argparse
@@ -44,6 +48,7 @@ from siamese_reid.runs import (  # noqa: E402  (pure Python too)
     QUERY_AVERAGE_PRECISIONS,
     QUERY_EMBEDDINGS,
     QUERY_IDENTITIES,
+    epochs_trained,
     load_run_config,
 )
 
@@ -76,7 +81,7 @@ class Comparison(NamedTuple):
     standard_error: float | None  # over queries, as if independent
     identity_standard_error: float | None  # grouped by query identity; None where identities are unknown
     queries: int | None
-    epochs: int  # training.epochs in the folder's config.yaml: what the run trained (a budget's decision included)
+    epochs: int  # what history.csv says the folder trained; 0 where it has none (an evaluation folder)
 
 
 def check_same_queries(folders, configs, split):
@@ -291,10 +296,10 @@ def compare_runs(runs, split="validation", overrides=(), candidate_overrides=())
             ),
             None,
         )
-    comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None, None, configs[0].training.epochs)]
-    for run, config, candidate in zip(runs[1:], configs[1:], scores[1:], strict=True):
+    comparisons = [Comparison(runs[0], 100 * np.nanmean(scores[0]), None, None, None, None, epochs_trained(runs[0]))]
+    for run, candidate in zip(runs[1:], scores[1:], strict=True):
         difference = paired_difference(scores[0], candidate, identities)
-        comparisons.append(Comparison(run, 100 * np.nanmean(candidate), *difference, config.training.epochs))
+        comparisons.append(Comparison(run, 100 * np.nanmean(candidate), *difference, epochs_trained(run)))
     return comparisons
 
 
@@ -316,10 +321,9 @@ def main():
     candidate_settings = " ".join(arguments.overrides + arguments.candidate_overrides)
     for comparison in comparisons:
         settings = baseline_settings if comparison.difference is None else candidate_settings
-        line = (
-            f"{comparison.run}{f' ({settings})' if settings else ''}: {arguments.split} mAP {comparison.mAP:.1f}% "
-            f"after {comparison.epochs} epochs"
-        )
+        line = f"{comparison.run}{f' ({settings})' if settings else ''}: {arguments.split} mAP {comparison.mAP:.1f}%"
+        if comparison.epochs:
+            line += f" after {comparison.epochs} epochs"
         if comparison.difference is not None:
             line += (
                 f", {comparison.difference:+.1f} ± {comparison.standard_error:.1f} points query by query "
@@ -328,7 +332,7 @@ def main():
             if comparison.identity_standard_error is not None:
                 line += f", ± {comparison.identity_standard_error:.1f} grouped by identity"
         print(line)
-    epochs = sorted({comparison.epochs for comparison in comparisons})
+    epochs = sorted({comparison.epochs for comparison in comparisons if comparison.epochs})
     if len(epochs) > 1:  # a time budget decides epochs per CPU: a difference may be training length, not recipe
         print(f"note: the runs trained different epochs ({', '.join(map(str, epochs))}); the differences include that")
 

@@ -146,13 +146,20 @@ def trained_but_unreported(run_dir, epochs):
         return False
     if (run_dir / BACKUP).exists():
         return resume_epoch(run_dir / BACKUP) >= epochs
-    trained = len(read_history(run_dir / HISTORY).get("epoch", []))
+    trained = epochs_trained(run_dir)
     if 0 < trained < epochs:
         raise ReIDError(
             f"cannot resume '{run_dir}' to {epochs} epochs: it finished training after {trained} epochs and "
             "its training state is gone; evaluate its last.keras with evaluate.py, or start a new run"
         )
     return trained >= epochs
+
+
+def epochs_trained(run_dir):
+    """How many epochs a run folder's history.csv says it trained, over all its sessions; 0 for
+    a folder without one (an evaluation folder). Not config.yaml's training.epochs: a run can
+    stop, or be reported, short of them. An epoch logged twice counts once."""
+    return len(np.unique(read_history(Path(run_dir) / HISTORY).get("epoch", [])))
 
 
 def read_history(path):

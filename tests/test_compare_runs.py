@@ -26,7 +26,7 @@ compare_runs = load_script()
 keep_record = load_script(PROJECT_ROOT / "experiments" / "keep_record.py")
 
 
-def write_run(folder, average_precisions=None, query_dir="query", validation_fraction=0.0, epochs=32):
+def write_run(folder, average_precisions=None, query_dir="query", validation_fraction=0.0, epochs=None):
     """A folder as a run or evaluation leaves it, as far as the script reads it; without
     `average_precisions`, one that never scored the test split."""
     folder.mkdir()
@@ -35,8 +35,11 @@ def write_run(folder, average_precisions=None, query_dir="query", validation_fra
         (folder / "metrics.json").write_text(json.dumps({"split": "test"}))  # written last, by a whole report
     (folder / "config.yaml").write_text(
         f"data:\n  query_dir: {query_dir}\n  gallery_dir: gallery\n  train_dir: train\n"
-        f"  validation_fraction: {validation_fraction}\ntraining:\n  epochs: {epochs}\n"
+        f"  validation_fraction: {validation_fraction}\ntraining:\n  epochs: 32\n"
     )
+    if epochs is not None:  # a run folder's history, one row per epoch trained; an evaluation folder has none
+        rows = "".join(f"{epoch},0.5\n" for epoch in range(1, epochs + 1))
+        (folder / "history.csv").write_text("epoch,loss\n" + rows)
     return folder
 
 
@@ -59,8 +62,9 @@ def test_the_difference_is_taken_query_by_query_over_queries_both_runs_scored(tm
     assert "test mAP 83.3%" in result.stdout
 
 
-def test_runs_of_different_lengths_are_named_as_such(tmp_path):
-    # a time budget trains 10 epochs on one CPU and 32 on another: the difference is not the recipe's alone
+def test_runs_are_named_with_the_epochs_their_history_shows(tmp_path):
+    # a time budget trains 10 epochs on one CPU and 32 on another: the difference is not the recipe's alone.
+    # Both configs say 32 epochs; a run stopped or reported short of them trained what its history shows.
     baseline = write_run(tmp_path / "baseline", [0.5, 1.0], epochs=32)
     candidate = write_run(tmp_path / "candidate", [1.0, 1.0], epochs=10)
     result = compare("--split", "test", baseline, candidate)
@@ -69,7 +73,14 @@ def test_runs_of_different_lengths_are_named_as_such(tmp_path):
     assert "candidate: test mAP 100.0% after 10 epochs" in result.stdout
     assert "note: the runs trained different epochs (10, 32)" in result.stdout
     same = write_run(tmp_path / "same", [1.0, 1.0], epochs=32)
-    assert "different epochs" not in compare("--split", "test", baseline, same).stdout
+    result = compare("--split", "test", baseline, same)
+    assert result.returncode == 0, result.stderr
+    assert "same: test mAP 100.0% after 32 epochs" in result.stdout and "different epochs" not in result.stdout
+    # an evaluation folder (no history.csv) is named without a count and does not make a note
+    evaluation = write_run(tmp_path / "evaluation", [1.0, 1.0])
+    result = compare("--split", "test", baseline, evaluation)
+    assert result.returncode == 0, result.stderr
+    assert "evaluation: test mAP 100.0%, +25.0" in result.stdout and "different epochs" not in result.stdout
 
 
 def test_paired_difference_matches_the_definition():
