@@ -84,17 +84,29 @@ class Comparison(NamedTuple):
     epochs: int  # what history.csv says the folder trained; 0 where it has none (an evaluation folder)
 
 
+# The data keys above that are folders: one folder spelled two ways (../shared/data/x from the
+# project root, /work/shared/data/x) is the same folder.
+FOLDER_KEYS = ("root", "train_dir", "query_dir", "gallery_dir")
+
+
+def data_setting(config, key):
+    """config.data's `key` as compared: a folder as an absolute path from here (relative ones
+    are read from where this runs, as train.py read them from where it ran)."""
+    value = getattr(config.data, key)
+    return os.path.abspath(value) if key in FOLDER_KEYS and value else value
+
+
 def check_same_queries(folders, configs, split):
     """Refuses folders whose configs score different queries (a length check would pair the
     362 queries of one validation split with the 362 of another)."""
     keys = SAME_QUERIES[split]
-    first = [getattr(configs[0].data, key) for key in keys]
+    first = [data_setting(configs[0], key) for key in keys]
     for folder, config in zip(folders[1:], configs[1:], strict=True):
         for key, expected in zip(keys, first, strict=True):
-            if getattr(config.data, key) != expected:
+            if data_setting(config, key) != expected:
                 raise ReIDError(
                     f"{folder} scored other {split} queries than {folders[0]}: "
-                    f"data.{key} is {getattr(config.data, key)!r}, not {expected!r}"
+                    f"data.{key} is {getattr(config.data, key)!r}, not {getattr(configs[0].data, key)!r}"
                 )
 
 

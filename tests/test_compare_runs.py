@@ -161,6 +161,16 @@ def test_runs_of_other_query_folders_are_not_paired_even_with_as_many_queries(tm
     assert "scored other test queries" in result.stderr and "data.query_dir is 'duke/query'" in result.stderr
 
 
+def test_one_folder_spelled_relative_and_absolute_is_the_same_folder(tmp_path, monkeypatch):
+    # a record made with ../shared/data/... from the project root pairs with a run given /work/shared/data/...
+    monkeypatch.chdir(tmp_path)
+    baseline = write_run(tmp_path / "baseline", [0.5, 1.0], query_dir="market/query")
+    candidate = write_run(tmp_path / "candidate", [1.0, 1.0], query_dir=str(tmp_path / "market" / "query"))
+    result = compare("--split", "test", baseline, candidate)
+    assert result.returncode == 0, result.stderr
+    assert "+25.0" in result.stdout
+
+
 def test_validation_runs_must_hold_out_the_same_identities():
     from siamese_reid.config import load_config
 
