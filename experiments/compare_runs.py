@@ -42,6 +42,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from siamese_reid.errors import ReIDError  # noqa: E402  (pure Python; TensorFlow loads only to score)
+from siamese_reid.files import resolve_folder  # noqa: E402  (pure Python too)
 from siamese_reid.runs import (  # noqa: E402  (pure Python too)
     LAST_MODEL,
     METRICS,
@@ -90,10 +91,10 @@ FOLDER_KEYS = ("root", "train_dir", "query_dir", "gallery_dir")
 
 
 def data_setting(config, key):
-    """config.data's `key` as compared: a folder as an absolute path from here (relative ones
-    are read from where this runs, as train.py read them from where it ran)."""
+    """config.data's `key` as compared: a folder resolved from here (relative ones are read from
+    where this runs, as train.py read them from where it ran)."""
     value = getattr(config.data, key)
-    return os.path.abspath(value) if key in FOLDER_KEYS and value else value
+    return resolve_folder(value) if key in FOLDER_KEYS and value else value
 
 
 def check_same_queries(folders, configs, split):

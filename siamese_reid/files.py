@@ -2,6 +2,8 @@
 
 A crash, Ctrl-C or a full disk never leaves a truncated file where a good one was: readers see
 the previous version or the new one. A full disk becomes one line naming the file.
+
+Also what makes two spellings of a folder one folder (`resolve_folder`).
 """
 
 import errno
@@ -11,6 +13,12 @@ import uuid
 from pathlib import Path
 
 from siamese_reid.errors import ReIDError
+
+
+def resolve_folder(folder):
+    """The resolved absolute path of `folder` as a string (it need not exist): the same folder
+    given through another relative path, `~` or a symbolic link gives the same string."""
+    return str(Path(folder).expanduser().resolve())
 
 
 def write_atomically(path, write, suffix=""):

@@ -10,11 +10,7 @@ import os
 from pathlib import Path
 
 from siamese_reid.errors import ReIDError
-
-
-def resolve_folder(folder):
-    """The resolved absolute path of `folder` as a string (it need not exist)."""
-    return str(Path(folder).expanduser().resolve())
+from siamese_reid.files import resolve_folder
 
 
 def is_inside(path, folder):

@@ -21,7 +21,7 @@ from siamese_reid.data.demo import is_demo_run
 from siamese_reid.data.readers import Sample
 from siamese_reid.data.scan import scan_samples
 from siamese_reid.errors import ArgumentError, ReIDError
-from siamese_reid.files import create_folder
+from siamese_reid.files import create_folder, resolve_folder
 from siamese_reid.runs import load_run_config
 from siamese_reid.search import folders as index_folders
 from siamese_reid.search import index as index_files
@@ -171,7 +171,7 @@ def _update(request, index_dir, model_path, tower):
         known_folders = index_folders.infer_folders([entry.path for entry in entries], identity_from_folder)
     for folder in request.remove:
         known_folders = index_folders.remove_folder(known_folders, folder, index_dir)
-    removed_folders = [index_folders.resolve_folder(folder) for folder in request.remove]
+    removed_folders = [resolve_folder(folder) for folder in request.remove]
     known_folders, warnings = index_folders.add_folders(known_folders, request.folders)
     unavailable = _unavailable_folders(known_folders, entries)
     missing = list(unavailable)
